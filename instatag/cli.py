@@ -1,0 +1,166 @@
+"""The ``instatag`` command line.
+
+Each stage module may define ``add_cli(subparsers)``, adding its commands; every command's
+handler is called as ``handler(args, settings)`` and returns an exit code. Stage modules
+import torch and fastai inside their functions, so ``instatag --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from .errors import UserError
+from .settings import SettingsError, describe, load_settings
+
+#: stage modules, in the order of the pipeline
+STAGE_MODULES = (
+    "ingest",
+    "vocab",
+    "train",
+    "evaluate",
+    "score",
+    "report",
+    "demo",
+)
+
+
+def _db_cli(sub) -> None:
+    db = sub.add_parser("db", help="create or upgrade the database schema and views")
+    dbsub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    up = dbsub.add_parser("upgrade", help="apply all migrations and (re)create the SQL views; safe to repeat")
+    up.set_defaults(handler=_db_upgrade)
+    cur = dbsub.add_parser("current", help="print the schema revision of the database")
+    cur.set_defaults(handler=_db_current)
+    rev = dbsub.add_parser("revision", help="(developers) autogenerate a migration from instatag/schema.py")
+    rev.add_argument("-m", "--message", required=True, help="what the migration changes")
+    rev.set_defaults(handler=_db_revision)
+
+    q = sub.add_parser("sql", help="run a SQL file (e.g. sql/examples/*.sql) and print the rows")
+    q.add_argument("file", type=Path, help="SQL file holding one statement with :named parameters")
+    q.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a value for :NAME in the statement (repeatable)")
+    q.set_defaults(handler=_sql)
+
+    c = sub.add_parser("config", help="print the effective settings and every INSTATAG_ variable")
+    c.set_defaults(handler=_config)
+
+
+def _db_upgrade(args, settings) -> int:
+    from . import db
+
+    rev = db.upgrade(settings)
+    print(f"database {_safe_url(settings.database_url)} at revision {rev}; views recreated")
+    return 0
+
+
+def _db_current(args, settings) -> int:
+    from . import db
+
+    print(db.current_revision(db.get_engine(settings)) or "(empty database: run `instatag db upgrade`)")
+    return 0
+
+
+def _db_revision(args, settings) -> int:
+    from . import db
+
+    db.new_revision(args.message, settings)
+    return 0
+
+
+def _sql(args, settings) -> int:
+    from sqlalchemy import text
+
+    from . import db
+
+    params = {}
+    for item in args.param:
+        if "=" not in item:
+            raise UserError(f"--param takes NAME=VALUE, not {item!r}")
+        k, v = item.split("=", 1)
+        params[k] = v
+    if not args.file.is_file():
+        raise UserError(f"{args.file}: no such file")
+    with db.get_engine(settings).connect() as conn:
+        res = conn.execute(text(args.file.read_text()), params)
+        cols = list(res.keys())
+        rows = res.fetchall()
+    print("\t".join(cols))
+    for row in rows:
+        print("\t".join("" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in row))
+    print(f"({len(rows)} rows)", file=sys.stderr)
+    return 0
+
+
+def _config(args, settings) -> int:
+    import dataclasses
+
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.name == "database_url":
+            value = _safe_url(value)
+        print(f"{f.name} = {value}")
+    print()
+    for env, default, doc in describe():
+        print(f"{env:32} default {default or '(empty)'}: {doc}")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """The URL with any password masked."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="instatag",
+        description="Learn the hashtags uploaders give #recipe photos: ingest, vocabulary, "
+        "train, evaluate, score, report. Settings come from INSTATAG_* variables "
+        "(see `instatag config`).",
+    )
+    parser.add_argument("--database-url", help="override INSTATAG_DATABASE_URL")
+    parser.add_argument("--data-dir", type=Path, help="override INSTATAG_DATA_DIR")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _db_cli(sub)
+    for name in STAGE_MODULES:
+        try:
+            module = importlib.import_module(f"instatag.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"instatag.{name}":
+                continue
+            raise
+        add_cli = getattr(module, "add_cli", None)
+        if add_cli:
+            add_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    overrides = {}
+    if args.database_url:
+        overrides["database_url"] = args.database_url
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    try:
+        settings = load_settings(**overrides)
+        return args.handler(args, settings) or 0
+    except (UserError, SettingsError) as exc:
+        print(f"instatag: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Database access: the engine, schema upgrades (Alembic) and the SQL views in ``sql/``."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+
+from .settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_conn, _record):
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.close()
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def get_engine(settings: Settings | None = None) -> Engine:
+    """The engine for the configured database (one per URL and process)."""
+    return _engine((settings or load_settings()).database_url)
+
+
+def _alembic_config(engine: Engine):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def view_statements() -> list[str]:
+    """The CREATE VIEW statements of ``sql/views.sql``, each preceded by its DROP."""
+    body = (SQL_DIR / "views.sql").read_text()
+    return [s.strip() for s in body.split(";") if s.strip() and not _only_comments(s)]
+
+
+def _only_comments(stmt: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in stmt.splitlines())
+
+
+def upgrade(settings: Settings | None = None, revision: str = "head") -> str:
+    """Bring the schema to ``revision`` and (re)create the views. Safe to run again."""
+    from alembic import command
+
+    engine = get_engine(settings)
+    command.upgrade(_alembic_config(engine), revision)
+    with engine.begin() as conn:
+        for stmt in view_statements():
+            conn.execute(text(stmt))
+    return current_revision(engine)
+
+
+def current_revision(engine: Engine) -> str:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return ""
+        return conn.execute(text("select version_num from alembic_version")).scalar() or ""
+
+
+def new_revision(message: str, settings: Settings | None = None) -> None:
+    """Autogenerate a migration from the difference between ``schema.py`` and the database."""
+    from alembic import command
+
+    engine = get_engine(settings)
+    command.revision(_alembic_config(engine), message=message, autogenerate=True)

@@ -1,0 +1,110 @@
+"""The schema: migrations, views, round trips on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import insert, inspect, select, text
+
+from instatag import db
+from instatag import schema as t
+
+
+def _image(conn, sha="a" * 64, post="2026-11-01_06-01-38_UTC"):
+    return conn.execute(
+        insert(t.images).values(
+            sha256=sha, post=post, source_path=f"/drop/{post}.jpg", format="JPEG", width=10, height=8,
+            original_path=f"store/originals/{sha}.jpg", resized_path=f"store/resized/{sha}.jpg",
+            taken_at=datetime(2026, 11, 1, tzinfo=UTC), caption="#cake",
+        )
+    ).inserted_primary_key[0]
+
+
+def _model(conn, vocab_id, status):
+    run = conn.execute(insert(t.training_runs).values(vocab_version_id=vocab_id, params={}, status="succeeded"))
+    return conn.execute(
+        insert(t.model_versions).values(
+            training_run_id=run.inserted_primary_key[0], vocab_version_id=vocab_id, arch="resnet18", params={},
+            artifact_path="models/1/model.safetensors", sha256="0" * 64, status=status,
+        )
+    ).inserted_primary_key[0]
+
+
+def _vocab(conn):
+    return conn.execute(
+        insert(t.vocab_versions).values(
+            config={"min_count": 1}, config_sha256="c" * 64, n_posts=1, n_images=1, n_unlabelled=0,
+            n_raw_tags=1, n_lemmas=1, n_labels=1, stats={},
+        )
+    ).inserted_primary_key[0]
+
+
+def test_upgrade_creates_every_table_and_view(settings):
+    engine = db.get_engine(settings)
+    insp = inspect(engine)
+    assert set(t.metadata.tables) <= set(insp.get_table_names())
+    assert {"predicted_tags", "uploader_labels"} <= set(insp.get_view_names())
+
+
+def test_migrations_match_schema_py(settings):
+    """schema.py is the source of truth: a change to it without a migration fails here."""
+    with db.get_engine(settings).connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), t.metadata)
+    assert diffs == []
+
+
+def test_upgrade_twice_changes_nothing(settings):
+    engine = db.get_engine(settings)
+    before = db.current_revision(engine)
+    with engine.begin() as conn:
+        image_id = _image(conn)
+    assert db.upgrade(settings) == before
+    with engine.connect() as conn:
+        assert conn.execute(select(t.images.c.id)).scalars().all() == [image_id]
+        assert set(inspect(conn).get_view_names()) >= {"predicted_tags"}
+
+
+def test_round_trip_and_predicted_tags_shows_only_the_champion(settings):
+    engine = db.get_engine(settings)
+    with engine.begin() as conn:
+        img = _image(conn)
+        vocab = _vocab(conn)
+        champion = _model(conn, vocab, "champion")
+        retired = _model(conn, vocab, "retired")
+        conn.execute(insert(t.predictions), [
+            {"model_version_id": champion, "image_id": img, "label": "cake", "probability": 0.9, "rank": 1},
+            {"model_version_id": champion, "image_id": img, "label": "pie", "probability": 0.4, "rank": 2},
+            {"model_version_id": retired, "image_id": img, "label": "soup", "probability": 0.8, "rank": 1},
+        ])
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "select image_id, post, label, probability, rank, model_version from predicted_tags order by rank"
+        )).all()
+        stored = conn.execute(select(t.images.c.taken_at, t.images.c.caption)).one()
+    assert [tuple(r) for r in rows] == [
+        (img, "2026-11-01_06-01-38_UTC", "cake", 0.9, 1, champion),
+        (img, "2026-11-01_06-01-38_UTC", "pie", 0.4, 2, champion),
+    ]
+    assert stored.caption == "#cake" and stored.taken_at.replace(tzinfo=UTC).year == 2026
+
+
+def test_unique_content_hash_is_enforced(settings):
+    from sqlalchemy.exc import IntegrityError
+
+    engine = db.get_engine(settings)
+    with engine.begin() as conn:
+        _image(conn)
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        _image(conn, post="other")
+
+
+def test_example_queries_run(settings):
+    from instatag.db import SQL_DIR
+
+    params = {"since": "2000-01-01", "tag": "cake", "min_probability": 0.5}
+    with db.get_engine(settings).connect() as conn:
+        for path in sorted((SQL_DIR / "examples").glob("*.sql")):
+            conn.execute(text(path.read_text()), {k: v for k, v in params.items() if f":{k}" in path.read_text()})
