@@ -22,7 +22,9 @@ STAGE_MODULES = (
     "vocab",
     "train",
     "evaluate",
+    "promote",
     "score",
+    "predict",
     "report",
     "demo",
 )
