@@ -56,9 +56,12 @@ def provision(target: Path | None = None, source: Path = DEBIAN_DIR) -> Path:
 
 
 def require():
-    """NLTK's WordNet reader, or a UserError saying how to install WordNet."""
+    """NLTK's WordNet reader, or a UserError saying how to install WordNet.
+
+    The reader is NLTK's own ``nltk.corpus.wordnet``, loaded here, so that
+    ``nltk.stem.WordNetLemmatizer`` uses the very same corpus (loaded once per process).
+    """
     import nltk
-    from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
     try:
         root = nltk.data.find("corpora/wordnet")
@@ -68,8 +71,11 @@ def require():
         except LookupError:
             raise UserError(HOW_TO_INSTALL.format(paths=", ".join(nltk.data.path))) from None
     try:
-        return WordNetCorpusReader(root, None)
-    except (OSError, LookupError) as exc:
+        from nltk.corpus import wordnet
+
+        wordnet.ensure_loaded()
+        return wordnet
+    except (OSError, LookupError, ValueError, AssertionError) as exc:
         raise UserError(f"WordNet at {root} is incomplete ({exc}). " + HOW_TO_INSTALL.format(
             paths=", ".join(nltk.data.path))) from None
 

@@ -1,0 +1,264 @@
+"""Building, storing and loading vocabulary versions (SQLite and PostgreSQL), the CLI, food10."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import hashlib
+
+import numpy as np
+import pytest
+from sqlalchemy import func, insert, select
+
+from instatag import db
+from instatag import schema as t
+from instatag.cli import main
+from instatag.errors import UserError
+from instatag.labels import LabelPipeline, is_valid
+from instatag.vocab import build, build_vocab, describe
+
+GROUPS = """
+scrape_tags: [recipe]
+drop: [foodie, yummy]
+min_count: 2
+groups:
+  sweets_sum: [dessert, sweet]
+  bbq: [barbecue, grill]
+"""
+
+#: (image key, post hashtags); an image key twice = the same photo posted twice
+POSTS = [
+    ("p1", ["recipe", "applepie", "dessert", "foodie"]),
+    ("p2", ["recipes", "pies", "apples", "sweets"]),
+    ("p3", ["recipe", "barbecue", "ribs"]),
+    ("p4", ["recipe", "grill", "ribs", "yummy"]),
+    ("p3", ["recipe", "bbq", "desserts"]),  # p3 re-posted: its labels are the union
+    ("p5", ["recipe"]),  # nothing but the scrape tag: unlabelled
+    ("p6", ["foodie", "yummy", "tofu"]),  # only generic tags and one rare label: unlabelled
+    ("p7", ["recipe", "chocolatecake", "Cakes"]),
+]
+
+
+def add_posts(settings, posts, scrape_flag=("recipe", "recipes")):
+    """Insert images, posts and post_hashtags as ingest would (tags case-folded by ingest)."""
+    with db.get_engine(settings).begin() as conn:
+        ids = dict(conn.execute(select(t.images.c.post, t.images.c.id)).all())
+        n = conn.execute(select(func.count()).select_from(t.posts)).scalar_one()
+        for key, tags in posts:
+            if key not in ids:
+                sha = hashlib.sha256(key.encode()).hexdigest()
+                ids[key] = conn.execute(insert(t.images).values(
+                    sha256=sha, post=key, source_path=f"/drop/{key}.jpg", format="jpeg", width=32, height=32,
+                    original_path=f"store/originals/{sha[:2]}/{sha}.jpg",
+                    resized_path=f"store/resized/{sha[:2]}/{sha}.jpg")).inserted_primary_key[0]
+            n += 1
+            post_id = conn.execute(insert(t.posts).values(
+                image_id=ids[key], post=f"{key}-{n}", source_path=f"/drop/{key}-{n}.txt")).inserted_primary_key[0]
+            if tags:
+                conn.execute(insert(t.post_hashtags), [
+                    {"post_id": post_id, "tag": tag.casefold(), "position": i, "is_scrape_tag": tag in scrape_flag}
+                    for i, tag in enumerate(tags)])
+    return ids
+
+
+@pytest.fixture
+def groups_file(tmp_path):
+    path = tmp_path / "groups.yaml"
+    path.write_text(GROUPS)
+    return path
+
+
+def stored(settings, vid):
+    """(labels rows in idx order, {image post key: labels}) of a version."""
+    with db.get_engine(settings).connect() as conn:
+        labels = [tuple(r) for r in conn.execute(
+            select(t.vocab_labels.c.label, t.vocab_labels.c.idx, t.vocab_labels.c.count, t.vocab_labels.c.members)
+            .where(t.vocab_labels.c.vocab_version_id == vid).order_by(t.vocab_labels.c.idx))]
+        per_image = collections.defaultdict(set)
+        for post, label in conn.execute(select(t.images.c.post, t.image_labels.c.label)
+                                        .join(t.images, t.images.c.id == t.image_labels.c.image_id)
+                                        .where(t.image_labels.c.vocab_version_id == vid)):
+            per_image[post].add(label)
+        row = conn.execute(select(t.vocab_versions).where(t.vocab_versions.c.id == vid)).one()
+    return labels, dict(per_image), row
+
+
+def test_build_stores_labels_images_and_stats(settings, groups_file):
+    add_posts(settings, POSTS)
+    vid = build_vocab(settings, groups_file)
+    labels, per_image, row = stored(settings, vid)
+    assert [(r[0], r[2]) for r in labels] == [("sweets_sum", 3), ("apple", 2), ("bbq", 2), ("pie", 2), ("rib", 2)]
+    assert [r[1] for r in labels] == [0, 1, 2, 3, 4]
+    assert dict((r[0], r[3]) for r in labels)["bbq"] == ["barbecue", "bbq", "grill"]
+    assert per_image == {
+        "p1": {"apple", "pie", "sweets_sum"},
+        "p2": {"apple", "pie", "sweets_sum"},
+        "p3": {"bbq", "rib", "sweets_sum"},  # union of both posts of the photo
+        "p4": {"bbq", "rib"},
+    }
+    assert (row.n_posts, row.n_images, row.n_unlabelled, row.n_labels) == (8, 7, 3, 5)
+    s = row.stats
+    assert s["raw_tags"]["recipe"] == 5 and s["raw_tags"]["applepie"] == 1 and len(s["raw_tags"]) == row.n_raw_tags
+    assert s["lemmas"]["recipe"] == 6 and s["lemmas"]["rib"] == 2 and len(s["lemmas"]) == row.n_lemmas
+    assert list(s["labels"].items()) == [(r[0], r[2]) for r in labels]
+    assert s["splits"] == {"applepie": ["apple", "pie"], "chocolatecake": ["chocolate", "cake"]}
+    assert s["dropped_rare"] == {"cake": 1, "chocolate": 1, "tofu": 1}
+    assert s["scrape"] == {"recipe": 6} and s["dropped"] == {"foodie": 2, "yummy": 2}
+    train = collections.Counter(lb for key, ls in per_image.items() if not is_valid(_sha(key)) for lb in ls)
+    assert s["train_counts"] == {r[0]: train[r[0]] for r in labels}
+    assert s["n_train_images"] + s["n_valid_images"] == s["n_labelled"] == 4
+    assert row.config["grouping"]["min_count"] == 2 and row.config["grouping"]["scrape_tags"] == ["recipe"]
+    assert "WordNetLemmatizer" in row.config["tools"]["lemmatizer"]
+
+
+def _sha(key):
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_is_scrape_tag_flag_and_settings_scrape_tags_exclude_tags(settings, groups_file):
+    add_posts(settings, [("a", ["pie", "dinner"]), ("b", ["pie", "dinner"]), ("c", ["pies", "cake"])],
+              scrape_flag=("pie",))
+    labels, per_image, row = stored(settings, build_vocab(settings.replace(scrape_tags=("dinner",)), groups_file))
+    assert [r[0] for r in labels] == []  # pie flagged at ingest, dinner from the settings, cake rare
+    assert row.n_unlabelled == 3 and row.stats["scrape"] == {"dinner": 2, "pie": 2}
+    assert row.stats["dropped_rare"] == {"cake": 1, "pie": 1}  # "pies" on c carried no flag
+
+
+def test_min_count_override_and_identical_rebuilds(settings, groups_file):
+    add_posts(settings, POSTS)
+    first = build(settings, groups_file)
+    again = build(settings, groups_file)
+    assert again.reused and again.version_id == first.version_id and not first.reused
+    one = build(settings, groups_file, min_count=1)
+    assert not one.reused and one.version_id > first.version_id
+    labels, _, row = stored(settings, one.version_id)
+    assert {"cake", "chocolate", "tofu"} <= {r[0] for r in labels} and row.stats["dropped_rare"] == {}
+    assert row.config_sha256 != stored(settings, first.version_id)[2].config_sha256
+    add_posts(settings, [("p8", ["grill"])])
+    grown = build(settings, groups_file)
+    assert not grown.reused
+    assert [r[:3] for r in stored(settings, grown.version_id)[0][:2]] == [("bbq", 0, 3), ("sweets_sum", 1, 3)]
+
+
+def test_same_posts_in_another_order_give_the_same_vocabulary(sqlite_settings, tmp_path, groups_file):
+    other = sqlite_settings.replace(database_url=f"sqlite:///{tmp_path / 'other.db'}")
+    db.upgrade(other)
+    add_posts(sqlite_settings, POSTS)
+    add_posts(other, [(k, list(reversed(tags))) for k, tags in reversed(POSTS)])
+    a_labels, a_images, a = stored(sqlite_settings, build_vocab(sqlite_settings, groups_file))
+    b_labels, b_images, b = stored(other, build_vocab(other, groups_file))
+    assert a_labels == b_labels and a_images == b_images and a.config_sha256 == b.config_sha256
+    for key in ("raw_tags", "lemmas", "labels", "splits", "dropped_rare"):
+        assert list(a.stats[key].items()) == list(b.stats[key].items())
+
+
+def test_for_version_items_encode_decode(settings, groups_file):
+    ids = add_posts(settings, POSTS)
+    vid = build_vocab(settings, groups_file)
+    p = LabelPipeline.for_version(settings)
+    assert p.version_id == vid and p.labels == ["sweets_sum", "apple", "bbq", "pie", "rib"]
+    items = p.items(settings)
+    assert [it.image_id for it in items] == sorted(ids[k] for k in ("p1", "p2", "p3", "p4"))
+    p3 = next(it for it in items if it.image_id == ids["p3"])
+    assert p3.labels == ("sweets_sum", "bbq", "rib")  # model-output order
+    assert p3.sha256 == _sha("p3") and p3.resized_path.is_absolute()
+    assert p3.resized_path == (settings.data_dir / f"store/resized/{_sha('p3')[:2]}/{_sha('p3')}.jpg").absolute()
+    vec = p.encode(p3.labels)
+    assert vec.dtype == np.float32 and vec.tolist() == [1, 0, 1, 0, 1]
+    assert p.decode(2) == "bbq"
+    assert p.counts == stored(settings, vid)[2].stats["train_counts"]
+    with pytest.raises(ValueError, match="'tofu' is not a label of vocabulary version"):
+        p.encode(["tofu"])
+    # the stored pipeline maps new hashtags under the same config, keeping only its labels
+    assert p.label_for("Grilling") is None and p.label_for("grill") == "bbq" and p.label_for("tofu") is None
+    assert p.resolve("tofu")[0].why == "rare"
+    assert p.labels_for_tag("applepies") == ("apple", "pie")
+
+
+def test_no_version_and_unknown_version(sqlite_settings):
+    with pytest.raises(UserError, match="run `instatag vocab build`"):
+        LabelPipeline.for_version(sqlite_settings)
+    with pytest.raises(UserError, match="vocabulary version 42 does not exist"):
+        LabelPipeline.for_version(sqlite_settings, 42)
+
+
+def test_empty_database_builds_an_empty_version(sqlite_settings):
+    vid = build_vocab(sqlite_settings)
+    labels, _, row = stored(sqlite_settings, vid)
+    assert labels == [] and (row.n_images, row.n_posts, row.n_labels) == (0, 0, 0)
+    assert "0 raw tags -> 0 lemmas -> 0 labels" in describe(sqlite_settings, vid)
+
+
+def test_missing_wordnet_stops_the_build(sqlite_settings, tmp_path, monkeypatch):
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
+    with pytest.raises(UserError, match="apt-get install wordnet-base wordnet-sense-index"):
+        build_vocab(sqlite_settings)
+    with db.get_engine(sqlite_settings).connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t.vocab_versions)).scalar_one() == 0
+
+
+def test_cli_build_show_list_explain(sqlite_settings, groups_file, tmp_path, capsys):
+    add_posts(sqlite_settings, POSTS)
+    base = ["--database-url", sqlite_settings.database_url, "--data-dir", str(sqlite_settings.data_dir)]
+    assert main([*base, "vocab", "build", "--groups", str(groups_file)]) == 0
+    out = capsys.readouterr().out
+    assert "posts 8, images 7: 4 labelled" in out and "3 without a label" in out
+    assert "raw tags -> " in out and "-> 5 labels" in out
+    assert "#applepie -> apple pie" in out and "sweets_sum" in out
+    assert main([*base, "vocab", "build", "--groups", str(groups_file)]) == 0
+    assert "nothing changed since vocabulary version 1" in capsys.readouterr().out
+    assert main([*base, "vocab", "show", "1", "--top", "2"]) == 0
+    assert "3 more" in capsys.readouterr().out
+    assert main([*base, "vocab", "show", "--json"]) == 0
+    assert '"splits"' in capsys.readouterr().out
+    assert main([*base, "vocab", "list"]) == 0
+    assert "5 labels" in capsys.readouterr().out
+    assert main([*base, "vocab", "explain", "#Recipes", "ApplePies", "foodie", "--groups", str(groups_file)]) == 0
+    out = capsys.readouterr().out
+    assert "lemma 'recipe' -> no label (scrape tag)" in out and "label 'pie'" in out and "(split: apple pie)" in out
+    assert main([*base, "vocab", "explain", "tofu", "grill", "--version", "1"]) == 0
+    assert "not in this vocabulary version" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("groups: {a: [x], b: [x]}\n")
+    assert main([*base, "vocab", "build", "--groups", str(bad)]) == 2
+    assert "'x' is in two groups" in capsys.readouterr().err
+    assert main([*base, "vocab", "build", "--min-count", "0"]) == 2
+
+
+DISH_LABELS = {
+    "apple_pie": {"apple", "pie"}, "baby_back_ribs": {"ribs", "bbq"}, "baklava": {"baklava"},
+    "beef_carpaccio": {"carpaccio"}, "beef_tartare": {"tartare"}, "beet_salad": {"beet", "salad"},
+    "beignets": {"beignet"}, "bibimbap": {"bibimbap"}, "bread_pudding": {"bread", "pudding"},
+    "breakfast_burrito": {"burrito", "breakfast"},
+}
+
+
+@pytest.mark.food10
+@pytest.mark.slow
+def test_food10_labels_reflect_the_dishes(sqlite_settings, food10):
+    from pathlib import Path
+
+    from instatag.ingest import ingest
+
+    ingest(sqlite_settings, sorted(food10.glob("drop-*")))
+    vid = build_vocab(sqlite_settings)
+    labels, _, row = stored(sqlite_settings, vid)
+    names = [r[0] for r in labels]
+    assert 20 <= len(names) <= 30, names
+    assert not {"recipe", "recipes", "food", "foodie", "instafood", "yummy", "foodporn", "delicious"} & set(names)
+    assert row.stats["splits"]["applepie"] == ["apple", "pie"]
+    assert row.stats["scrape"]["recipe"] == row.n_images  # every post carries the scrape tag
+    assert 0.2 * row.n_images < row.n_unlabelled < 0.5 * row.n_images  # a third carry no usable tag
+
+    classes = {(r["drop"], r["post"]): r["food101_class"] for r in csv.DictReader(open(food10 / "classes.csv"))}
+    with db.get_engine(sqlite_settings).connect() as conn:
+        dish_of = {i: classes.get((Path(src).parent.name, post)) for i, post, src in
+                   conn.execute(select(t.images.c.id, t.images.c.post, t.images.c.source_path))}
+    by_dish = collections.defaultdict(collections.Counter)
+    for item in LabelPipeline.for_version(sqlite_settings, vid).items(sqlite_settings):
+        by_dish[dish_of[item.image_id]].update(item.labels)
+    for dish, expected in DISH_LABELS.items():
+        top3 = [label for label, _ in by_dish[dish].most_common(3)]
+        assert expected & set(top3), (dish, top3)
