@@ -18,11 +18,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-$(VENV)/.wordnet: scripts/provision_wordnet.sh | $(BIN)/python
+$(VENV)/.system: scripts/provision_system.sh
+	sh scripts/provision_system.sh
+	@mkdir -p $(VENV) && touch $@
+
+$(VENV)/.wordnet: scripts/provision_wordnet.sh $(VENV)/.system $(VENV)/.installed
 	VENV=$(VENV) sh scripts/provision_wordnet.sh
 	touch $@
 
-setup: $(VENV)/.installed $(VENV)/.wordnet
+setup: $(VENV)/.installed $(VENV)/.system $(VENV)/.wordnet
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -58,6 +58,8 @@ class Settings:
     ingest_schedule: str = "@hourly"
     #: Cron expression or preset for the retrain DAG.
     retrain_schedule: str = "@daily"
+    #: Training preset of the retrain DAG's scheduled runs (and its form's default).
+    retrain_preset: str = "default"
     #: Number of shards the scoring DAG fans out to.
     score_shards: int = 4
     #: Promotion rule: ``no_worse`` (dominant_recall@2 and mAP not worse) or ``always``.

@@ -1,0 +1,494 @@
+"""``instatag report [MODEL_VERSION]``: a model version's figures and one self-contained HTML page.
+
+``build_report(settings, model_version_id)`` writes ``reports/<id>/`` under the data dir: the PNG
+figures (numbered as in the study) and ``report.html``, which embeds them as data URIs and needs
+no other file, no network, no external CSS or JS. Sections:
+
+- label distributions before and after lemmatizing and grouping (Figures 1-2, from the
+  vocabulary version's ``stats``);
+- RandomResizedCrop samples of one image with the run's ``size`` and ``min_scale`` (Figure 3);
+- the first convolution's filters and its activations for one image (Figures 4-5);
+- the lr_find curve with the suggestion marked (Figure 6) and the loss across both phases
+  against images processed (Figure 9), from ``training_runs`` and ``training_epochs``;
+- model against the popularity baseline, and the per-label table (``label_metrics``) with a
+  threshold slider: precision and recall of every label at thresholds 0.05..0.95, counted on the
+  validation split, travel in the page as JSON and a few lines of JS pick the slider's column;
+- example validation images with their predicted and their uploader's tags.
+
+A part whose data is missing (no lr_find because the learning rate was given, a model not yet
+evaluated, a model file gone) is replaced by a sentence saying why; the rest is still written.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: slider positions: thresholds 0.05, 0.10, ..., 0.95
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+N_EXAMPLES = 12
+N_CROPS = 8
+N_CHANNELS = 32
+#: at most this many validation images are run through the model for the slider and the examples
+MAX_VALID = 10_000
+FIGURES = {
+    "fig1": "fig1_raw_hashtags.png",
+    "fig2": "fig2_labels.png",
+    "fig3": "fig3_random_resized_crop.png",
+    "fig4": "fig4_conv1_filters.png",
+    "fig5": "fig5_conv1_activations.png",
+    "fig6": "fig6_lr_find.png",
+    "fig9": "fig9_loss.png",
+}
+
+
+@dataclass
+class Figure:
+    key: str
+    title: str
+    png: bytes | None = None
+    #: why there is no figure, or a caption under it
+    note: str = ""
+
+    @property
+    def filename(self) -> str:
+        return FIGURES[self.key]
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode() if self.png else ""
+
+
+@dataclass
+class Validation:
+    labels: list[str]
+    image_ids: list[int]
+    paths: list[Path]
+    truth: list[tuple[str, ...]]
+    y_true: np.ndarray
+    probs: np.ndarray | None = None
+    n_total: int = 0
+
+
+@dataclass
+class Context:
+    """Everything the template shows."""
+
+    model: dict
+    vocab: dict | None
+    figures: dict[str, Figure] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    summary: list[tuple[str, float | None, float | None]] = field(default_factory=list)
+    label_rows: list[dict] = field(default_factory=list)
+    curves: dict | None = None
+    examples: list[dict] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- model choice
+def resolve_model(conn, model_version_id: int | None = None) -> int:
+    """The given version (checked), else the champion, else the newest version."""
+    from sqlalchemy import func, select
+
+    from . import schema as t
+
+    mv = t.model_versions
+    if model_version_id is not None:
+        if conn.execute(select(mv.c.id).where(mv.c.id == model_version_id)).scalar() is None:
+            raise UserError(f"there is no model version {model_version_id}")
+        return int(model_version_id)
+    mid = conn.execute(select(mv.c.id).where(mv.c.status == "champion")).scalar()
+    mid = mid if mid is not None else conn.execute(select(func.max(mv.c.id))).scalar()
+    if mid is None:
+        raise UserError("there is no model version yet: train one with `instatag train`")
+    return int(mid)
+
+
+# --------------------------------------------------------------------------- data from the database
+def _rows(conn, model_version_id: int) -> tuple[dict, dict | None, list[dict], list[dict], list[tuple[str, int]]]:
+    """(model + run, vocabulary version, epochs, label_metrics rows, vocab labels with counts)."""
+    from sqlalchemy import select
+
+    from . import schema as t
+
+    mv, tr = t.model_versions.c, t.training_runs.c
+    model = conn.execute(
+        select(t.model_versions, tr.lr_find, tr.device, tr.started_at, tr.finished_at,
+               tr.params.label("run_params"))
+        .select_from(t.model_versions.outerjoin(t.training_runs, tr.id == mv.training_run_id))
+        .where(mv.id == model_version_id)).mappings().one()
+    model = dict(model)
+    vocab = conn.execute(select(t.vocab_versions).where(t.vocab_versions.c.id == model["vocab_version_id"])
+                         ).mappings().first()
+    epochs = [dict(r) for r in conn.execute(
+        select(t.training_epochs).where(t.training_epochs.c.training_run_id == model["training_run_id"])
+        .order_by(t.training_epochs.c.epoch)).mappings()] if model["training_run_id"] else []
+    lm = t.label_metrics.c
+    label_rows = [dict(r) for r in conn.execute(
+        select(t.label_metrics).where(lm.model_version_id == model_version_id)
+        .order_by(lm.support.desc(), lm.label)).mappings()]
+    vl = t.vocab_labels.c
+    vocab_labels = [(r.label, r.count) for r in conn.execute(
+        select(vl.label, vl.count).where(vl.vocab_version_id == model["vocab_version_id"]).order_by(vl.idx))]
+    return model, dict(vocab) if vocab else None, epochs, label_rows, vocab_labels
+
+
+def _hashtags(conn, image_ids: list[int]) -> dict[int, list[str]]:
+    """The uploaders' own hashtags of each image (all its posts; the scrape's search tags left out)."""
+    from sqlalchemy import select
+
+    from . import schema as t
+
+    out: dict[int, list[str]] = {i: [] for i in image_ids}
+    if not image_ids:
+        return out
+    rows = conn.execute(
+        select(t.posts.c.image_id, t.post_hashtags.c.tag)
+        .join(t.post_hashtags, t.post_hashtags.c.post_id == t.posts.c.id)
+        .where(t.posts.c.image_id.in_(image_ids), t.post_hashtags.c.is_scrape_tag.is_(False))
+        .order_by(t.posts.c.image_id, t.posts.c.id, t.post_hashtags.c.position))
+    for image_id, tag in rows:
+        if tag not in out[image_id]:
+            out[image_id].append(tag)
+    return out
+
+
+def scrape_tags(conn) -> frozenset[str]:
+    """The hashtags ingest recorded as the scrape's own search tags."""
+    from sqlalchemy import select
+
+    from . import schema as t
+
+    ph = t.post_hashtags.c
+    return frozenset(conn.execute(select(ph.tag).where(ph.is_scrape_tag.is_(True)).distinct()).scalars())
+
+
+def validation_split(settings, model: dict) -> Validation:
+    """The validation images of the model's vocabulary version (``evaluate.validation_set``), at most
+    ``MAX_VALID`` of them, in image id order."""
+    from . import evaluate
+
+    _, labels, _, items, y_true = evaluate.validation_set(settings, model["id"])
+    kept = items[:MAX_VALID]
+    return Validation(labels, [it.image_id for it in kept], [Path(it.resized_path) for it in kept],
+                      [tuple(it.labels) for it in kept], y_true[:MAX_VALID], n_total=len(items))
+
+
+# --------------------------------------------------------------------------- figures
+def label_figures(vocab: dict | None, vocab_labels: list[tuple[str, int]],
+                  scrape: frozenset[str] = frozenset()) -> list[Figure]:
+    """Figures 1-2 from the vocabulary version's frequency tables."""
+    from . import plots
+
+    f1 = Figure("fig1", "Hashtags before lemmatizing and grouping")
+    f2 = Figure("fig2", "Labels after lemmatizing and grouping")
+    stats = (vocab or {}).get("stats") or {}
+    labels = stats.get("labels") or dict(vocab_labels)
+    if stats.get("raw_tags"):
+        f1.png = plots.raw_tag_distribution(stats["raw_tags"], stats.get("lemmas") or {}, labels, scrape)
+        f1.note = (f"{vocab['n_raw_tags']:,} distinct hashtags became {vocab['n_lemmas']:,} lemmas (WordNet) and "
+                   f"{vocab['n_labels']:,} labels (the grouping file, rare labels dropped).")
+    else:
+        f1.note = "The vocabulary version stores no hashtag frequency table."
+    if labels:
+        f2.png = plots.label_distribution(labels, stats.get("train_counts"), stats.get("valid_counts"))
+        rare = stats.get("dropped_rare") or {}
+        f2.note = (f"{len(labels)} labels; {len(rare)} candidate labels on too few images were dropped."
+                   if rare else f"{len(labels)} labels.")
+    else:
+        f2.note = "The vocabulary version has no label."
+    return [f1, f2]
+
+
+def crop_figure(path: Path, size: int, min_scale: float, seed: int = 0) -> Figure:
+    """Figure 3: fastai's RandomResizedCrop, as training applies it, on one image of the resized store."""
+    from fastai.vision.augment import RandomResizedCrop
+    from fastai.vision.core import PILImage
+
+    from . import plots
+
+    img = PILImage.create(path)
+    rrc = RandomResizedCrop(size, min_scale=min_scale)
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        crops = [np.asarray(rrc(img, split_idx=0)) for _ in range(N_CROPS)]
+    finally:
+        random.setstate(state)
+    fig = Figure("fig3", "RandomResizedCrop samples of one image")
+    fig.png = plots.crop_samples(np.asarray(img), crops, size, min_scale)
+    fig.note = (f"Each training epoch sees a different crop: at least {min_scale:.0%} of the image area, "
+                f"aspect ratio 3:4 to 4:3, resized to {size}×{size}; flips, rotation and lighting come on top.")
+    return fig
+
+
+def first_conv(net):
+    """(name, module) of the first Conv2d in the network."""
+    import torch
+
+    for name, module in net.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            return name, module
+    raise UserError("the network has no Conv2d layer")
+
+
+def conv_figures(predictor, path: Path) -> list[Figure]:
+    """Figures 4-5: the first convolution's filters, and its activations for one preprocessed image."""
+    import torch
+
+    from . import plots
+    from .inference import load_array
+
+    name, conv = first_conv(predictor.net)
+    weight = conv.weight.detach().float().cpu().numpy()
+    title = "conv1"
+    f4 = Figure("fig4", "The first layer's filters", plots.conv_filters(weight, title),
+                f"The {weight.shape[0]} filters of the network's first convolution (module {name}), each scaled to its "
+                "own range: what the first layer looks for in the pixels.")
+    array = load_array(path, predictor.size)
+    x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float().div(255)
+    mean = torch.tensor(predictor.meta["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(predictor.meta["std"]).view(1, 3, 1, 1)
+    x = ((x - mean) / std).to(next(predictor.net.parameters()).device)
+    captured = {}
+    hook = conv.register_forward_hook(lambda _m, _i, out: captured.setdefault("out", out.detach().float().cpu()))
+    try:
+        with torch.inference_mode():
+            predictor.net(x)
+    finally:
+        hook.remove()
+    maps = captured["out"][0].numpy()
+    f5 = Figure("fig5", "The first layer's activations", plots.activation_maps(array, maps, title, N_CHANNELS),
+                f"The image as the model sees it ({predictor.size}×{predictor.size} centre crop) and "
+                f"{_channels(len(maps))} the first convolution makes of it, each scaled to its own range.")
+    return [f4, f5]
+
+
+def _channels(n: int) -> str:
+    return f"all {n} channels" if n <= N_CHANNELS else f"the first {N_CHANNELS} of the {n} channels"
+
+
+def lr_find_figure(model: dict) -> Figure:
+    from . import plots
+
+    fig = Figure("fig6", "Learning rate finder")
+    curve = model.get("lr_find") or {}
+    params = model.get("params") or {}
+    if curve.get("lrs") and curve.get("losses"):
+        fig.png = plots.lr_find(curve["lrs"], curve["losses"], curve.get("suggested"))
+        fig.note = (f"fastai's lr_find over {len(curve['lrs'])} mini-batches; the {curve.get('method', 'valley')} "
+                    f"suggestion {curve.get('suggested', 0):.2e} became the base learning rate.")
+    else:
+        lr = params.get("base_lr", params.get("lr"))
+        fig.note = (f"This run did not use lr_find: the learning rate was given explicitly ({lr})."
+                    if lr not in (None, "auto") else "This run recorded no lr_find curve.")
+    return fig
+
+
+def loss_figure(epochs: list[dict]) -> Figure:
+    from . import plots
+
+    fig = Figure("fig9", "Loss across both phases")
+    usable = [e for e in epochs if e.get("images_seen") is not None]
+    if usable:
+        fig.png = plots.loss_curves(usable)
+        frozen = sum(e["phase"] == "frozen" for e in usable)
+        unfrozen = len(usable) - frozen
+        fig.note = (f"{frozen} epoch{'s' * (frozen != 1)} with the pretrained body frozen, then {unfrozen} with every "
+                    f"layer training; {usable[-1]['images_seen']:,} training images processed in all.")
+    else:
+        fig.note = "This run recorded no epochs."
+    return fig
+
+
+# --------------------------------------------------------------------------- metrics, slider, examples
+SUMMARY_METRICS = ("dominant_recall@1", "dominant_recall@2", "map", "micro_f1", "macro_f1",
+                   "precision@1", "recall@1", "precision@2", "recall@2")
+
+
+def summary_rows(metrics: dict | None) -> list[tuple[str, float | None, float | None]]:
+    if not metrics or "model" not in metrics:
+        return []
+    return [(k, metrics["model"].get(k), (metrics.get("baseline") or {}).get(k)) for k in SUMMARY_METRICS]
+
+
+def threshold_curves(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
+    """Per label, true positives, false positives and false negatives at every slider threshold."""
+    from . import metrics
+
+    out = {label: {"tp": [], "fp": [], "fn": []} for label in labels}
+    for th in THRESHOLDS:
+        tp, fp, fn = metrics.label_counts(y_true, probs, th)
+        for j, label in enumerate(labels):
+            out[label]["tp"].append(int(tp[j]))
+            out[label]["fp"].append(int(fp[j]))
+            out[label]["fn"].append(int(fn[j]))
+    return {"thresholds": list(THRESHOLDS), "labels": out}
+
+
+def computed_label_rows(v: Validation, counts, thresholds) -> list[dict]:
+    """The per-label table computed here, for a model not yet evaluated."""
+    from . import metrics
+
+    res = metrics.evaluate_predictions(v.y_true, v.probs, v.labels, counts, thresholds)
+    rows = [{"label": label, **r} for label, r in res["per_label"].items()]
+    return sorted(rows, key=lambda r: (-r["support"], r["label"]))
+
+
+def examples(conn, v: Validation, thresholds, n: int = N_EXAMPLES) -> list[dict]:
+    """``n`` validation images spread over the split, with predicted tags (as scoring writes them)
+    and the uploader's labels and hashtags."""
+    from .predict import tags_for_scoring
+
+    if not v.image_ids:
+        return []
+    picks = sorted({int(i) for i in np.linspace(0, len(v.image_ids) - 1, min(n, len(v.image_ids)))})
+    predicted = tags_for_scoring(v.probs[picks], v.labels, thresholds)
+    hashtags = _hashtags(conn, [v.image_ids[i] for i in picks])
+    out = []
+    for i, tags in zip(picks, predicted, strict=True):
+        truth = set(v.truth[i])
+        out.append({
+            "image_id": v.image_ids[i],
+            "src": "data:image/jpeg;base64," + base64.b64encode(v.paths[i].read_bytes()).decode(),
+            "predicted": [(label, p, label in truth) for label, p in tags],
+            "truth": sorted(truth),
+            "hashtags": hashtags.get(v.image_ids[i], []),
+        })
+    return out
+
+
+# --------------------------------------------------------------------------- the report
+def build_report(settings, model_version_id: int | None = None) -> Path:
+    """Write ``reports/<id>/`` (PNGs and the self-contained ``report.html``) for a model version
+    (default: the champion, else the newest); returns the path of ``report.html``."""
+    from . import db
+
+    engine = db.get_engine(settings)
+    with engine.connect() as conn:
+        mid = resolve_model(conn, model_version_id)
+        model, vocab, epochs, label_rows, vocab_labels = _rows(conn, mid)
+        scrape = scrape_tags(conn)
+    ctx = Context(model=model, vocab=vocab)
+    figures = label_figures(vocab, vocab_labels, scrape)
+    params = model.get("params") or {}
+    size = int(params.get("size") or 64)
+    min_scale = float(params.get("min_scale") or 0.35)
+
+    valid = None
+    try:
+        valid = validation_split(settings, model)
+    except UserError as exc:
+        ctx.notes["valid"] = str(exc)
+    predictor = None
+    try:
+        from .inference import Predictor
+
+        predictor = Predictor.for_version(settings, mid)
+        size = predictor.size
+    except (UserError, FileNotFoundError, OSError) as exc:
+        ctx.notes["model"] = f"The model file could not be loaded: {exc}"
+
+    image = valid.paths[0] if valid and valid.paths else None
+    if image is not None:
+        figures.append(crop_figure(image, size, min_scale))
+    else:
+        figures.append(Figure("fig3", "RandomResizedCrop samples of one image", note="No validation image to show."))
+    if predictor is not None and image is not None:
+        figures += conv_figures(predictor, image)
+    else:
+        why = ctx.notes.get("model") or "No validation image to show."
+        figures += [Figure("fig4", "The first layer's filters", note=why),
+                    Figure("fig5", "The first layer's activations", note=why)]
+    figures += [lr_find_figure(model), loss_figure(epochs)]
+    ctx.figures = {f.key: f for f in figures}
+    ctx.summary = summary_rows(model.get("metrics"))
+
+    if predictor is not None and valid is not None and valid.image_ids:
+        if list(predictor.labels) != valid.labels:
+            ctx.notes["model"] = "The model file's labels differ from its vocabulary version's."
+        else:
+            valid.probs = predictor.predict_paths(valid.paths)
+            thresholds = predictor.threshold_row()
+            if thresholds is None:
+                thresholds = np.full(len(valid.labels), 0.5)
+                ctx.notes["thresholds"] = "The model is not evaluated yet: predictions use the threshold 0.5."
+            ctx.curves = threshold_curves(valid.y_true, valid.probs, valid.labels)
+            if not label_rows:
+                counts = [((vocab or {}).get("stats") or {}).get("train_counts", {}).get(lb, 0) for lb in valid.labels]
+                label_rows = computed_label_rows(valid, counts, thresholds)
+                ctx.notes["labels"] = ("The model is not evaluated yet (run `instatag evaluate`): the table is "
+                                       "computed here, on the same validation split.")
+            with engine.connect() as conn:
+                ctx.examples = examples(conn, valid, thresholds)
+    ctx.label_rows = label_rows
+    return write(settings, mid, ctx, valid)
+
+
+def write(settings, model_version_id: int, ctx: Context, valid: Validation | None) -> Path:
+    """The PNGs (stale ones of figures missing now removed) and report.html, written atomically."""
+    from .webapp import templates
+
+    folder = settings.reports_dir / str(model_version_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    for fig in ctx.figures.values():
+        path = folder / fig.filename
+        if fig.png:
+            _write_atomic(path, fig.png)
+        else:
+            path.unlink(missing_ok=True)
+    curves = json.dumps(ctx.curves or {}, separators=(",", ":")).replace("<", "\\u003c")
+    body = templates().get_template("report.html").render(
+        ctx=ctx, model=ctx.model, vocab=ctx.vocab, figures=ctx.figures, curves_json=curves,
+        valid=valid, generated=datetime.now(UTC), thresholds=THRESHOLDS, version=_version(),
+        default_index=THRESHOLDS.index(0.5))
+    out = folder / "report.html"
+    _write_atomic(out, body.encode())
+    log.info("report of model version %d: %s", model_version_id, out)
+    return out
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("instatag")
+    except PackageNotFoundError:
+        return "dev"
+
+
+# --------------------------------------------------------------------------- CLI
+def _report_cmd(args, settings) -> int:
+    print(build_report(settings, args.model_version))
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write a model version's plots and self-contained HTML report",
+        description="Write reports/<MODEL_VERSION>/ under the data dir: the study's figures as PNG files and "
+        "report.html, which embeds them (open it in any browser, offline): label distributions, augmentation, "
+        "first-layer filters and activations, lr_find, loss curves, per-label metrics against the popularity "
+        "baseline with a threshold slider, and example images. Prints the path of report.html.",
+    )
+    p.add_argument("model_version", nargs="?", type=int, metavar="MODEL_VERSION",
+                   help="model version id (default: the champion, else the newest)")
+    p.set_defaults(handler=_report_cmd)

@@ -1,0 +1,348 @@
+"""The plugin's FastAPI app through its test client: pages, browser queries, files, authentication."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import insert, text
+
+from instatag import db, webapp
+from instatag import schema as t
+
+LABELS = ("cake", "pie", "salad", "soup")
+
+
+def make_vocab(conn, labels=LABELS) -> int:
+    vid = conn.execute(insert(t.vocab_versions).values(
+        config={}, config_sha256="c" * 64, n_posts=1, n_images=1, n_unlabelled=0, n_raw_tags=1, n_lemmas=1,
+        n_labels=len(labels), stats={})).inserted_primary_key[0]
+    conn.execute(insert(t.vocab_labels), [
+        {"vocab_version_id": vid, "label": label, "idx": i, "count": 10 + i, "members": [label]}
+        for i, label in enumerate(labels)])
+    return vid
+
+
+def make_model(conn, vocab_id: int, status: str, metrics=None) -> int:
+    run = conn.execute(insert(t.training_runs).values(vocab_version_id=vocab_id, params={}, status="succeeded",
+                                                      device="cpu")).inserted_primary_key[0]
+    return conn.execute(insert(t.model_versions).values(
+        training_run_id=run, vocab_version_id=vocab_id, arch="resnet18", params={}, metrics=metrics,
+        artifact_path="models/x/model.safetensors", sha256="0" * 64, status=status)).inserted_primary_key[0]
+
+
+def make_images(settings, conn, n: int, files: bool = True) -> list[int]:
+    """``n`` images; with ``files`` a small JPEG each in the resized store."""
+    from PIL import Image
+
+    rows = []
+    for i in range(n):
+        sha = f"{i:064x}"
+        rel = f"store/resized/{sha[:2]}/{sha}.jpg"
+        if files:
+            path = settings.data_dir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 24), (40 * (i % 6), 120, 200)).save(path)
+        rows.append({"sha256": sha, "post": f"2026-11-01_06-{i // 60 % 60:02d}-{i % 60:02d}_UTC",
+                     "source_path": f"/drop/{i}.jpg", "format": "JPEG", "width": 32, "height": 24,
+                     "original_path": f"store/originals/{sha}.jpg", "resized_path": rel})
+    conn.execute(insert(t.images), rows)
+    return [r[0] for r in conn.execute(text("select id from images order by id"))]
+
+
+def predict_all(conn, model_id: int, image_ids, seed: int = 0, labels=LABELS, per_image: int = 2) -> None:
+    rng = random.Random(seed)
+    rows = []
+    for image_id in image_ids:
+        chosen = rng.sample(labels, per_image)
+        probs = sorted((round(rng.random(), 4) for _ in chosen), reverse=True)
+        rows += [{"model_version_id": model_id, "image_id": image_id, "label": label, "probability": p, "rank": r,
+                  "scored_at": datetime(2026, 11, 2, tzinfo=UTC)}
+                 for r, (label, p) in enumerate(zip(chosen, probs, strict=True), 1)]
+    conn.execute(insert(t.predictions), rows)
+
+
+@pytest.fixture
+def filled(settings):
+    """A champion (2) and a retired model (1) with predictions on 30 images; a report for the champion."""
+    with db.get_engine(settings).begin() as conn:
+        vid = make_vocab(conn)
+        old = make_model(conn, vid, "retired")
+        metrics = {"model": {"dominant_recall@1": 0.61, "dominant_recall@2": 0.7, "map": 0.55},
+                   "baseline": {"dominant_recall@1": 0.3, "dominant_recall@2": 0.4, "map": 0.2}}
+        champ = make_model(conn, vid, "champion", metrics)
+        ids = make_images(settings, conn, 30)
+        predict_all(conn, champ, ids, seed=1)
+        predict_all(conn, old, ids[:5], seed=2)
+    report_dir = settings.reports_dir / str(champ)
+    report_dir.mkdir(parents=True)
+    (report_dir / "report.html").write_text("<html><body><h1>report of the champion</h1></body></html>")
+    (report_dir / "fig4_conv1_filters.png").write_bytes(b"\x89PNG fake")
+    return settings, champ, old, ids
+
+
+def client_for(settings) -> TestClient:
+    app = webapp.create_app(settings)
+    app.dependency_overrides[webapp.airflow_auth()] = lambda: "tester"
+    return TestClient(app)
+
+
+def test_models_page_lists_versions_with_metrics_and_champion(filled):
+    settings, champ, old, _ = filled
+    r = client_for(settings).get("/")
+    assert r.status_code == 200
+    html = r.text
+    assert "★ champion" in html and "retired" in html
+    assert "70.0%" in html and "vs 40.0%" in html  # dominant_recall@2 against the baseline
+    assert f'href="/models/{champ}/report"' in html
+    assert html.count("not evaluated") == 3  # the retired model has no metrics
+    assert f'href="/browse?model={old}"' in html
+
+
+def test_models_page_without_models_says_what_to_do(sqlite_settings):
+    r = client_for(sqlite_settings).get("/")
+    assert r.status_code == 200 and "No model yet" in r.text
+
+
+def test_report_page_and_files(filled):
+    settings, champ, old, _ = filled
+    client = client_for(settings)
+    r = client.get(f"/models/{champ}/report")
+    assert r.status_code == 200 and "report of the champion" in r.text
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    r = client.get(f"/reports/{champ}/fig4_conv1_filters.png")
+    assert r.status_code == 200 and r.content == b"\x89PNG fake"
+    assert client.get(f"/models/{old}/report").status_code == 404
+    assert client.get(f"/reports/{champ}/missing.png").status_code == 404
+
+
+def test_browse_newest_first_with_all_predicted_tags(filled):
+    settings, champ, _, ids = filled
+    r = client_for(settings).get("/browse")
+    assert r.status_code == 200
+    html = r.text
+    assert f"model version {champ}" in html
+    assert html.count('class="card"') == 30
+    first = html.index(f'src="/thumb/{ids[-1]}"')
+    assert first < html.index(f'src="/thumb/{ids[0]}"')  # newest first
+    assert html.count('<span class="chip') == 60  # two tags per image
+    assert 'id="next"' not in html
+
+
+def test_browse_filters_by_tag_and_probability(filled):
+    settings, champ, _, _ = filled
+    with db.get_engine(settings).connect() as conn:
+        expected = conn.execute(text(
+            "select image_id, probability from predictions where model_version_id = :m and label = 'soup' "
+            "and probability >= 0.5 order by probability desc, image_id desc"), {"m": champ}).all()
+    assert expected
+    html = client_for(settings).get("/browse", params={"tag": "soup", "min_p": 0.5}).text
+    assert f"{len(expected)} image" in html
+    shown = [int(part.split('"')[0]) for part in html.split('src="/thumb/')[1:]]
+    assert shown == [image_id for image_id, _ in expected]
+    assert html.count("chip hit") == len(expected)
+    assert '<option value="soup" selected>' in html
+
+
+def test_browse_paginates(filled, monkeypatch):
+    settings, champ, _, ids = filled
+    monkeypatch.setattr(webapp, "PER_PAGE", 7)
+    client = client_for(settings)
+    seen = []
+    for page in range(1, 6):
+        with db.get_engine(settings).connect() as conn:
+            result = webapp.browse(conn, champ, page=page, per_page=7)
+        seen += [c.image_id for c in result.cards]
+        assert result.has_next == (page < 5)
+    assert seen == sorted(ids, reverse=True)
+    html = client.get("/browse", params={"page": 2, "tag": "cake"}).text
+    assert "Page 2" in html and "previous" in html
+
+
+def test_browse_other_model_and_unknown_tag(filled):
+    settings, champ, old, _ = filled
+    client = client_for(settings)
+    html = client.get("/browse", params={"model": old}).text
+    assert html.count('class="card"') == 5
+    html = client.get("/browse", params={"tag": "pizza"}).text
+    assert "is not a label of model version" in html and 'class="card"' not in html
+    assert client.get("/browse", params={"min_p": 2}).status_code == 422
+    assert client.get("/browse", params={"page": 0}).status_code == 422
+
+
+def test_browse_without_predictions(sqlite_settings):
+    html = client_for(sqlite_settings).get("/browse").text
+    assert "No predictions yet" in html
+
+
+def test_thumbnail_served_from_the_resized_store(filled):
+    settings, _, _, ids = filled
+    client = client_for(settings)
+    r = client.get(f"/thumb/{ids[0]}")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
+    assert client.get("/thumb/999999").status_code == 404
+    assert client.get("/thumb/abc").status_code == 422
+
+
+def test_thumbnail_refuses_paths_outside_the_store(settings, tmp_path):
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(b"\xff\xd8secret")
+    (settings.resized_dir / "ab").mkdir(parents=True)
+    (settings.resized_dir / "ab" / "link.jpg").symlink_to(outside)
+    (settings.data_dir / "models").mkdir(parents=True)
+    (settings.data_dir / "models" / "x.jpg").write_bytes(b"\xff\xd8model")
+    bad = [str(outside), "store/resized/../../../secret.jpg", "store/resized/ab/link.jpg", "models/x.jpg"]
+    with db.get_engine(settings).begin() as conn:
+        conn.execute(insert(t.images), [
+            {"sha256": f"{i:064x}", "post": "p", "source_path": f"/d/{i}", "format": "JPEG", "width": 1,
+             "height": 1, "original_path": "o", "resized_path": rel} for i, rel in enumerate(bad)])
+        ids = [r[0] for r in conn.execute(text("select id from images order by id"))]
+    client = client_for(settings)
+    for image_id in ids:
+        r = client.get(f"/thumb/{image_id}")
+        assert r.status_code == 404 and b"secret" not in r.content and b"model" not in r.content
+
+
+@pytest.mark.parametrize("path", [
+    "/reports/1/../../etc/passwd",
+    "/reports/1/..%2f..%2f..%2fetc%2fpasswd",
+    "/reports/1/%2e%2e%2f%2e%2e%2fsecret.txt",
+    "/reports/1/%2e%2e",
+    "/reports/1/.hidden",
+    "/reports/1/%2fetc%2fpasswd",
+    "/reports/1/..%5c..%5csecret.txt",
+    "/reports/..%2f..%2f/secret.txt",
+    "/reports/1/link.txt",
+    "/reports/1/loop.txt",
+    "/models/..%2f..%2fsecret.txt/report",
+])
+def test_report_files_refuse_traversal(sqlite_settings, tmp_path, path):
+    settings = sqlite_settings
+    (tmp_path / "secret.txt").write_text("secret")
+    (settings.data_dir / "secret.txt").write_text("secret")
+    folder = settings.reports_dir / "1"
+    folder.mkdir(parents=True)
+    (folder / "link.txt").symlink_to(tmp_path / "secret.txt")
+    (folder / "loop.txt").symlink_to(folder / "loop.txt")
+    (folder / ".hidden").write_text("secret")
+    r = client_for(settings).get(path)
+    assert r.status_code in (400, 404, 422) and "secret" not in r.text
+
+
+def test_raw_traversal_paths_reach_the_app_unnormalised(sqlite_settings, tmp_path):
+    """The client normalises ``..``; send the raw path through ASGI to be sure the app refuses it."""
+    import asyncio
+
+    (sqlite_settings.data_dir / "secret.txt").write_text("secret")
+    app = webapp.create_app(sqlite_settings)
+    app.dependency_overrides[webapp.airflow_auth()] = lambda: "tester"
+    for raw in ("/reports/1/../../secret.txt", "/reports/1/..", "/reports/1/../1/../../secret.txt"):
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message, sent=sent):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                 "scheme": "http", "path": raw, "raw_path": raw.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"test")], "server": ("test", 80), "client": ("test", 1)}
+        asyncio.run(app(scope, receive, send))
+        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        assert status in (400, 404) and b"secret" not in body, raw
+
+
+def test_report_file_helper_refuses_absolute_and_dotted_names(sqlite_settings):
+    s = sqlite_settings
+    (s.reports_dir / "1").mkdir(parents=True)
+    (s.reports_dir / "1" / "ok.png").write_bytes(b"x")
+    assert webapp.report_file(s, 1, "ok.png") is not None
+    for name in ("/etc/passwd", "../1/ok.png", "..", ".", "", "a/b", "ok.png\x00", "ok.png/"):
+        assert webapp.report_file(s, 1, name) is None, name
+
+
+def test_every_route_requires_an_airflow_user(filled):
+    """Without the override, Airflow's own dependency refuses a request without a token."""
+    settings, champ, _, ids = filled
+    client = TestClient(webapp.create_app(settings))
+    for path in ("/", "/browse", f"/thumb/{ids[0]}", f"/models/{champ}/report",
+                 f"/reports/{champ}/fig4_conv1_filters.png"):
+        r = client.get(path)
+        assert r.status_code == 401, path
+        assert "champion" not in r.text
+    app = webapp.create_app(settings)
+    for route in app.routes:
+        if getattr(route, "methods", None):
+            assert route.methods <= {"GET", "HEAD"}, route.path  # read-only
+
+
+@pytest.mark.slow
+def test_only_the_index_serves_filtered_pages(sqlite_settings):
+    """100,000 prediction rows: the filtered page and its count read the (model, label, probability) index."""
+    s = sqlite_settings
+    engine = db.get_engine(s)
+    with engine.begin() as conn:
+        vid = make_vocab(conn, tuple(f"label{i:02d}" for i in range(40)))
+        mid = make_model(conn, vid, "champion")
+        ids = make_images(s, conn, 50_000, files=False)
+        predict_all(conn, mid, ids, labels=tuple(f"label{i:02d}" for i in range(40)))
+        assert conn.execute(text("select count(*) from predictions")).scalar() == 100_000
+    with engine.connect() as conn:
+        statements = webapp.browse_statement(mid, "label07", 0.3, 49, 480), webapp.count_statement(mid, "label07", 0.3)
+        for stmt in statements:
+            compiled = stmt.compile(engine, compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(r[-1]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
+            assert "USING INDEX ix_predictions_label_probability" in plan or \
+                "USING COVERING INDEX ix_predictions_label_probability" in plan, plan
+            assert "SCAN predictions" not in plan, plan
+        page = webapp.browse(conn, mid, "label07", 0.3, page=3, per_page=48)
+        assert len(page.cards) == 48 and page.total and page.total > 48 * 3
+        probs = [dict(c.tags)["label07"] for c in page.cards]
+        assert probs == sorted(probs, reverse=True) and min(probs) >= 0.3
+        newest = webapp.browse(conn, mid, "", 0.0, page=1, per_page=48)
+        assert [c.image_id for c in newest.cards] == ids[::-1][:48]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_postgres_plan_uses_the_index(pg_settings):
+    s = pg_settings
+    engine = db.get_engine(s)
+    labels = tuple(f"label{i:02d}" for i in range(40))
+    with engine.begin() as conn:
+        mid = make_model(conn, make_vocab(conn, labels), "champion")
+        predict_all(conn, mid, make_images(s, conn, 20_000, files=False), labels=labels)
+        conn.execute(text("ANALYZE"))
+    with engine.connect() as conn:
+        compiled = webapp.browse_statement(mid, "label07", 0.3, 49, 48).compile(
+            engine, compile_kwargs={"literal_binds": True})
+        plan = "\n".join(r[0] for r in conn.execute(text(f"EXPLAIN {compiled}")))
+    assert "ix_predictions_label_probability" in plan, plan
+
+
+def test_plugin_declares_the_app_and_a_nav_entry():
+    import importlib.util
+    from pathlib import Path
+
+    from airflow.api_fastapi.app import RESERVED_URL_PREFIXES
+    from airflow.api_fastapi.core_api.datamodels.plugins import ExternalViewResponse, FastAPIAppResponse
+    from airflow.plugins_manager import AirflowPlugin
+    from fastapi import FastAPI
+
+    path = Path(__file__).resolve().parents[1] / "plugins" / "instatag_plugin.py"
+    spec = importlib.util.spec_from_file_location("instatag_plugin_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plugin = module.InstatagPlugin
+    assert issubclass(plugin, AirflowPlugin) and plugin.name == "instatag"
+    (entry,) = plugin.fastapi_apps
+    assert isinstance(entry["app"], FastAPI)
+    assert not any(entry["url_prefix"].startswith(p) for p in RESERVED_URL_PREFIXES)
+    FastAPIAppResponse(**{**entry, "app": "x"})
+    (view,) = plugin.external_views
+    ExternalViewResponse(**view)
+    assert view["name"] == "instatag" and view["destination"] == "nav" and view["href"] == entry["url_prefix"] + "/"
