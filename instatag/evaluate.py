@@ -1,0 +1,218 @@
+"""``instatag evaluate``: score a trained model on the validation split of its vocabulary version.
+
+It stores the metrics of the model and of the popularity baseline (``model_versions.metrics``), the
+per-label table (``label_metrics``) and the per-label thresholds tuned on the validation split
+(``label_metrics.threshold`` and the model file's ``model.json``). Re-running replaces them.
+Definitions: ``docs/evaluation.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: share of images in the validation split, unless the model's params say otherwise
+VALID_PCT = 0.2
+BATCH_SIZE = 256
+
+
+@dataclass
+class Validation:
+    """A model's predictions on the validation split of its vocabulary version."""
+
+    model_version_id: int
+    vocab_version_id: int
+    labels: list[str]
+    counts: np.ndarray  # training frequency per label
+    image_ids: list[int]
+    paths: list[Path]
+    y_true: np.ndarray
+    probs: np.ndarray
+
+    @property
+    def ids_sha256(self) -> str:
+        return hashlib.sha256(",".join(map(str, self.image_ids)).encode()).hexdigest()
+
+
+def model_row(conn, model_version_id: int):
+    from sqlalchemy import select
+
+    from . import schema as t
+
+    row = conn.execute(select(t.model_versions).where(t.model_versions.c.id == model_version_id)).mappings().first()
+    if row is None:
+        raise UserError(f"there is no model version {model_version_id} (see `instatag models`)")
+    return row
+
+
+def newest_candidate(settings) -> int:
+    from sqlalchemy import func, select
+
+    from . import db
+    from . import schema as t
+
+    with db.get_engine(settings).connect() as conn:
+        mv = t.model_versions
+        mid = conn.execute(select(func.max(mv.c.id)).where(mv.c.status == "candidate")).scalar()
+    if mid is None:
+        raise UserError("there is no candidate model to evaluate: train one with `instatag train`")
+    return int(mid)
+
+
+def predict_probs(settings, model_version_id: int, paths: list[Path], batch_size: int = BATCH_SIZE):
+    """(labels in output order, probabilities ``[len(paths), n_labels]``) of a stored model."""
+    from .inference import Predictor
+
+    predictor = Predictor.for_version(settings, model_version_id)
+    return list(predictor.labels), np.asarray(predictor.predict_paths(paths, batch_size=batch_size))
+
+
+def validation_set(settings, model_version_id: int) -> tuple[int, list[str], np.ndarray, list, np.ndarray]:
+    """(vocab version id, labels, training counts, validation items, y_true) for a model version."""
+    from . import db
+    from .labels import LabelPipeline, is_valid
+
+    with db.get_engine(settings).connect() as conn:
+        row = model_row(conn, model_version_id)
+    valid_pct = float((row["params"] or {}).get("valid_pct", VALID_PCT))
+    pipeline = LabelPipeline.for_version(settings, row["vocab_version_id"])
+    labels = list(pipeline.labels)
+    counts = np.array([pipeline.counts.get(label, 0) for label in labels], dtype=np.int64)
+    items = [it for it in pipeline.items(settings) if is_valid(it.sha256, valid_pct)]
+    if not items:
+        raise UserError(f"vocabulary version {row['vocab_version_id']} has no labelled image in the validation "
+                        f"split ({valid_pct:.0%} of images): ingest more posts")
+    index = {label: j for j, label in enumerate(labels)}
+    y_true = np.zeros((len(items), len(labels)), dtype=bool)
+    for i, it in enumerate(items):
+        y_true[i, [index[label] for label in it.labels if label in index]] = True
+    return row["vocab_version_id"], labels, counts, items, y_true
+
+
+def validate(settings, model_version_id: int, batch_size: int = BATCH_SIZE) -> Validation:
+    """Run a model on the validation split of its own vocabulary version."""
+    vocab_id, labels, counts, items, y_true = validation_set(settings, model_version_id)
+    paths = [Path(it.resized_path) for it in items]
+    model_labels, probs = predict_probs(settings, model_version_id, paths, batch_size)
+    if model_labels != labels:
+        raise UserError(f"model version {model_version_id} outputs {len(model_labels)} labels that differ from its "
+                        f"vocabulary version {vocab_id}; the model file does not belong to this database")
+    return Validation(model_version_id, vocab_id, labels, counts, [it.image_id for it in items], paths,
+                      y_true, probs)
+
+
+def evaluate(settings, model_version_id: int | None = None, batch_size: int = BATCH_SIZE,
+             floor: float = metrics.THRESHOLD_FLOOR, validation: Validation | None = None) -> dict:
+    """Evaluate a model version (default: the newest candidate); store and return its metrics:
+    {"model": {...}, "baseline": {...}, "n_images", "global_threshold", "threshold_floor",
+    "valid_image_ids_sha256", "vocab_version_id"} (the per-label table goes to ``label_metrics``)."""
+    if model_version_id is None:
+        model_version_id = newest_candidate(settings)
+    v = validation or validate(settings, model_version_id, batch_size)
+    thresholds, global_t = metrics.tune_thresholds(v.y_true, v.probs, floor=floor)
+    res = metrics.evaluate_predictions(v.y_true, v.probs, v.labels, v.counts, thresholds)
+    summary = {
+        "model": res["model"],
+        "baseline": res["baseline"],
+        "n_images": len(v.image_ids),
+        "global_threshold": global_t,
+        "threshold_floor": floor,
+        "baseline_k": metrics.BASELINE_K,
+        "vocab_version_id": v.vocab_version_id,
+        "valid_image_ids_sha256": v.ids_sha256,
+    }
+    _store(settings, model_version_id, summary, res["per_label"], dict(zip(v.labels, thresholds.tolist(),
+                                                                          strict=True)), global_t)
+    log.info("model version %d on %d validation images: dominant_recall@2 %.3f (baseline %.3f), mAP %.3f",
+             model_version_id, len(v.image_ids), res["model"]["dominant_recall@2"] or 0,
+             res["baseline"]["dominant_recall@2"] or 0, res["model"]["map"] or 0)
+    return summary
+
+
+def _store(settings, model_version_id: int, summary: dict, per_label: dict, thresholds: dict,
+           global_t: float) -> None:
+    from sqlalchemy import delete, insert, update
+
+    from . import db, modelfile
+    from . import schema as t
+
+    engine = db.get_engine(settings)
+    with engine.connect() as conn:
+        artifact = settings.data_dir / model_row(conn, model_version_id)["artifact_path"]
+    modelfile.update_meta(artifact.parent, thresholds=thresholds, global_threshold=global_t)
+    rows = [
+        {"model_version_id": model_version_id, "label": label, "precision": r["precision"], "recall": r["recall"],
+         "ap": r["ap"], "support": r["support"], "threshold": r["threshold"], "baseline": r["baseline"]}
+        for label, r in per_label.items()
+    ]
+    with engine.begin() as conn:
+        conn.execute(delete(t.label_metrics).where(t.label_metrics.c.model_version_id == model_version_id))
+        if rows:
+            conn.execute(insert(t.label_metrics), rows)
+        conn.execute(update(t.model_versions).where(t.model_versions.c.id == model_version_id)
+                     .values(metrics=summary))
+
+
+# --------------------------------------------------------------------------- CLI
+SHOWN = ("dominant_recall@1", "dominant_recall@2", "map", "micro_f1", "macro_f1",
+         "precision@1", "recall@1", "precision@2", "recall@2")
+
+
+def _fmt(value) -> str:
+    return "   -  " if value is None else f"{value:.3f}"
+
+
+def format_table(summary: dict) -> str:
+    """Model against the popularity baseline, one metric a line."""
+    lines = [f"{'metric':20} {'model':>7} {'baseline':>9}"]
+    for key in SHOWN:
+        lines.append(f"{key:20} {_fmt(summary['model'].get(key)):>7} {_fmt(summary['baseline'].get(key)):>9}")
+    lines.append(f"on {summary['n_images']} validation images; baseline = the {summary.get('baseline_k', 2)} most "
+                 f"frequent training labels; F1 at the tuned thresholds (global {summary['global_threshold']:.2f})")
+    return "\n".join(lines)
+
+
+def _evaluate_cmd(args, settings) -> int:
+    from . import db, promote
+
+    model_id = args.model_version or newest_candidate(settings)
+    v = validate(settings, model_id, args.batch_size)
+    summary = evaluate(settings, model_id, floor=args.floor, validation=v)
+    print(f"model version {model_id}")
+    print(format_table(summary))
+    if args.no_promote:
+        return 0
+    with db.get_engine(settings).connect() as conn:
+        if promote.champion_id(conn) == model_id:
+            print(f"model version {model_id} is the champion already")
+            return 0
+    decision = promote.decide(settings, model_id, force=args.force, validation=v)
+    print(f"{decision.decision}: {decision.reason}")
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a trained model on the validation split, tune thresholds, decide promotion",
+        description="Score MODEL_VERSION (default: the newest candidate) on the validation split of its "
+        "vocabulary version; store its metrics next to the popularity baseline's and per-label thresholds "
+        "tuned for F1; then decide whether it replaces the champion (see `instatag models`).",
+    )
+    p.add_argument("model_version", nargs="?", type=int, metavar="MODEL_VERSION",
+                   help="model version id (default: the newest candidate)")
+    p.add_argument("--no-promote", action="store_true", help="only evaluate; leave the champion as it is")
+    p.add_argument("--force", action="store_true", help="promote whatever the comparison with the champion says")
+    p.add_argument("--floor", type=float, default=metrics.THRESHOLD_FLOOR,
+                   help=f"lowest allowed per-label threshold (default {metrics.THRESHOLD_FLOOR})")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"inference batch size (default {BATCH_SIZE})")
+    p.set_defaults(handler=_evaluate_cmd)

@@ -1,0 +1,149 @@
+"""Turning probabilities into tags, and ``instatag predict FILE...`` for ad-hoc photos.
+
+``predict_tags`` is the study's ``my_predict_func``: the ``request_number`` most probable labels of
+each image, optionally only those at or over their threshold. ``tags_for_scoring`` is what batch
+scoring writes: every label at or over its threshold, and at least ``request_number`` labels.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+Tags = list[tuple[str, float]]
+
+
+def _thresholds_row(thresholds, n_labels: int) -> np.ndarray:
+    t = np.asarray(thresholds, dtype=np.float64)
+    row = np.full(n_labels, float(t)) if t.ndim == 0 else t
+    if row.shape != (n_labels,):
+        raise ValueError(f"{row.shape[0]} thresholds for {n_labels} labels")
+    return row
+
+
+def _ranked(probs) -> tuple[np.ndarray, np.ndarray]:
+    p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    return p, np.argsort(-p, axis=1, kind="stable")
+
+
+def predict_tags(probs, labels: Sequence[str], request_number: int = 2, thresholds=None) -> list[Tags]:
+    """Per image, the ``request_number`` most probable (label, probability) pairs, most probable first
+    (ties by output order); with ``thresholds`` (one per label, or one for all) only those whose
+    probability is at least their threshold."""
+    if request_number < 1:
+        raise UserError(f"request number must be at least 1, not {request_number}")
+    p, order = _ranked(probs)
+    t = None if thresholds is None else _thresholds_row(thresholds, p.shape[1])
+    out = []
+    for row, idx in zip(p, order[:, :request_number], strict=True):
+        out.append([(labels[j], float(row[j])) for j in idx if t is None or row[j] >= t[j]])
+    return out
+
+
+def tags_for_scoring(probs, labels: Sequence[str], thresholds, request_number: int = 2) -> list[Tags]:
+    """Per image, every label whose probability is at least its threshold, and at least the
+    ``request_number`` most probable ones; most probable first (the list position is the rank)."""
+    if request_number < 1:
+        raise UserError(f"request number must be at least 1, not {request_number}")
+    p, order = _ranked(probs)
+    keep = p >= _thresholds_row(thresholds, p.shape[1])
+    np.put_along_axis(keep, order[:, :request_number], True, axis=1)
+    return [[(labels[j], float(row[j])) for j in idx if k[j]] for row, idx, k in zip(p, order, keep, strict=True)]
+
+
+# --------------------------------------------------------------------------- CLI
+def resolve_model(settings, model: str | int = "champion") -> int:
+    """The model version id for ``champion`` or a version number; clear errors when there is none."""
+    from sqlalchemy import select
+
+    from . import db
+    from . import schema as t
+
+    with db.get_engine(settings).connect() as conn:
+        if str(model) == "champion":
+            mid = conn.execute(select(t.model_versions.c.id).where(t.model_versions.c.status == "champion")).scalar()
+            if mid is None:
+                raise UserError("there is no champion model yet: train and evaluate one "
+                                "(`instatag train`, `instatag evaluate`) or name a version with --model")
+            return int(mid)
+        try:
+            mid = int(model)
+        except ValueError:
+            raise UserError(f"--model takes 'champion' or a model version number, not {model!r}") from None
+        if conn.execute(select(t.model_versions.c.id).where(t.model_versions.c.id == mid)).scalar() is None:
+            raise UserError(f"there is no model version {mid} (see `instatag models`)")
+        return mid
+
+
+def load_image(path: Path, side: int = 160, max_pixels: int = 40_000_000):
+    """An ad-hoc photo turned into what ingest stores as its resized copy: upright (EXIF orientation),
+    RGB, longest side at most ``side``, through the same JPEG encoding; so it gets the tags it would get
+    after ingest and scoring."""
+    import io
+
+    from PIL import Image
+
+    from . import imagestore
+
+    try:
+        data = Path(path).read_bytes()
+        im = imagestore._open(data, max_pixels)
+        buf = io.BytesIO()
+        imagestore.resize(im, side).save(buf, "JPEG", quality=imagestore.RESIZED_QUALITY)
+        return Image.open(buf).convert("RGB")
+    except (FileNotFoundError, IsADirectoryError):
+        raise UserError(f"{path}: no such file") from None
+    except imagestore.Rejected as exc:
+        raise UserError(f"{path}: not a usable image ({exc})") from None
+
+
+def predict_files(settings, files: Sequence[Path], model: str | int = "champion", request_number: int = 2,
+                  use_thresholds: bool = True) -> tuple[int, list[Tags]]:
+    """(model version id, tags per file) for ad-hoc image files; writes nothing to the database."""
+    from .inference import Predictor
+
+    model_id = resolve_model(settings, model)
+    predictor = Predictor.for_version(settings, model_id)
+    images = [load_image(Path(f), settings.resized_side, settings.max_pixels) for f in files]
+    probs = predictor.predict_images(images)
+    thresholds = predictor.threshold_row() if use_thresholds else None
+    return model_id, predict_tags(probs, predictor.labels, request_number, thresholds)
+
+
+def _predict_cmd(args, settings) -> int:
+    model_id, tags = predict_files(settings, args.files, args.model, args.request_number, not args.no_thresholds)
+    if args.json:
+        out = [{"file": str(f), "model_version": model_id, "tags": [{"label": lab, "probability": round(p, 4)}
+                                                                    for lab, p in row]}
+               for f, row in zip(args.files, tags, strict=True)]
+        json.dump(out, sys.stdout, indent=2)
+        print()
+        return 0
+    for f, row in zip(args.files, tags, strict=True):
+        shown = "  ".join(f"#{lab} {p:.2f}" for lab, p in row) or "(no tag over its threshold)"
+        print(f"{f}\t{shown}")
+    print(f"(model version {model_id})", file=sys.stderr)
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="print the predicted tags of image files (champion model); writes nothing",
+        description="Predict the hashtags of ad-hoc image files with the champion model (or --model "
+        "VERSION). Prints the --request-number most probable tags of each file that are at or over "
+        "their tuned threshold. Nothing is written to the database.",
+    )
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--model", default="champion", help="'champion' (default) or a model version number")
+    p.add_argument("--request-number", type=int, default=2, metavar="N", help="tags per image at most (default 2)")
+    p.add_argument("--no-thresholds", action="store_true",
+                   help="always print the N most probable tags, whatever their probability")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.set_defaults(handler=_predict_cmd)

@@ -1,0 +1,143 @@
+"""``evaluate`` with a real (tiny, untrained) model: stored metrics, label_metrics, thresholds in
+model.json, idempotent re-runs, the CLI with promotion, a vocabulary change, a trained model."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+from test_score import LABELS, add_images, add_model, add_vocab, tiny_model_dir  # noqa: F401
+
+from instatag import cli, db, evaluate, metrics, modelfile, promote
+from instatag import schema as t
+from instatag.errors import UserError
+from instatag.labels import is_valid
+
+
+def _label_rows(settings, mid):
+    with db.get_engine(settings).connect() as conn:
+        return conn.execute(select(t.label_metrics).where(t.label_metrics.c.model_version_id == mid)
+                            .order_by(t.label_metrics.c.label)).mappings().all()
+
+
+def _status(settings, mid):
+    with db.get_engine(settings).connect() as conn:
+        return conn.execute(select(t.model_versions.c.status).where(t.model_versions.c.id == mid)).scalar()
+
+
+def test_evaluate_stores_metrics_thresholds_and_is_idempotent(settings, tiny_model_dir):  # noqa: F811
+    images = add_images(settings, 24)
+    mid = add_model(settings, add_vocab(settings, images), tiny_model_dir)
+    v = evaluate.validate(settings, mid)
+    assert v.image_ids == [i for i, sha, _ in images if is_valid(sha, 0.5)]
+    assert v.y_true.sum(axis=1).min() >= 1 and v.probs.shape == (len(v.image_ids), len(LABELS))
+
+    summary = evaluate.evaluate(settings, mid, validation=v)
+    expected = metrics.evaluate_predictions(v.y_true, v.probs, LABELS, v.counts,
+                                            metrics.tune_thresholds(v.y_true, v.probs)[0])
+    assert summary["model"] == expected["model"] and summary["baseline"] == expected["baseline"]
+    assert summary["n_images"] == len(v.image_ids) and summary["vocab_version_id"] == v.vocab_version_id
+    with db.get_engine(settings).connect() as conn:
+        stored = conn.execute(select(t.model_versions.c.metrics).where(t.model_versions.c.id == mid)).scalar()
+    assert stored == summary
+
+    rows = _label_rows(settings, mid)
+    assert [r["label"] for r in rows] == sorted(LABELS)
+    meta = modelfile.read_meta(settings.data_dir / "models" / str(mid))
+    for r in rows:
+        assert r["threshold"] == pytest.approx(meta["thresholds"][r["label"]]) and r["threshold"] >= 0.05
+        assert r["support"] == int(v.y_true[:, LABELS.index(r["label"])].sum())
+        assert set(r["baseline"]) == {"precision", "recall", "f1", "ap"}
+    assert meta["global_threshold"] == summary["global_threshold"]
+
+    again = evaluate.evaluate(settings)  # the newest candidate, predicted again: same numbers
+    assert again["model"]["dominant_recall@2"] == pytest.approx(summary["model"]["dominant_recall@2"])
+    assert len(_label_rows(settings, mid)) == len(LABELS)
+
+
+def test_evaluate_errors(settings, tiny_model_dir):  # noqa: F811
+    with pytest.raises(UserError, match="no candidate model"):
+        evaluate.evaluate(settings)
+    with pytest.raises(UserError, match="no model version 5"):
+        evaluate.evaluate(settings, 5)
+    images = add_images(settings, 6)
+    mid = add_model(settings, add_vocab(settings, images), tiny_model_dir, valid_pct=1e-9)
+    with pytest.raises(UserError, match="no labelled image in the validation split"):
+        evaluate.evaluate(settings, mid)
+    ok = add_model(settings, add_vocab(settings, images), tiny_model_dir, valid_pct=0.9)
+    (settings.data_dir / "models" / str(ok) / modelfile.WEIGHTS).write_bytes(b"tampered")
+    with pytest.raises(modelfile.HashMismatch):
+        evaluate.evaluate(settings, ok)
+
+
+@pytest.mark.slow
+def test_evaluate_cli_promotes_then_compares_with_the_champion(sqlite_settings, tiny_model_dir, capsys):  # noqa: F811
+    s = sqlite_settings
+    base = ["--database-url", s.database_url, "--data-dir", str(s.data_dir)]
+    images = add_images(s, 16)
+    vocab = add_vocab(s, images)
+    first = add_model(s, vocab, tiny_model_dir)
+    assert cli.main(base + ["evaluate"]) == 0
+    out = capsys.readouterr().out
+    assert f"model version {first}" in out and "dominant_recall@2" in out and "baseline" in out
+    assert "promoted: no champion yet" in out
+    # the same weights again: a tie on the same images is not worse
+    second = add_model(s, vocab, tiny_model_dir)
+    assert cli.main(base + ["evaluate", str(second), "--no-promote"]) == 0
+    assert _status(s, second) == "candidate"
+    d = promote.decide(s, second)
+    assert d.decision == "promoted" and "not worse" in d.reason
+    cand, champ = d.comparison["candidate"]["metrics"], d.comparison["champion"]["metrics"]
+    assert cand["map"] == pytest.approx(champ["map"]) and not d.comparison["vocabulary_changed"]
+    assert (_status(s, first), _status(s, second)) == ("retired", "champion")
+    assert cli.main(base + ["models", "rollback"]) == 0
+    assert _status(s, first) == "champion"
+    capsys.readouterr()
+    assert cli.main(base + ["evaluate", str(first)]) == 0  # re-evaluating the champion decides nothing
+    assert f"model version {first} is the champion already" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_vocabulary_change_with_real_models(sqlite_settings, tiny_model_dir, tmp_path):  # noqa: F811
+    s = sqlite_settings
+    images = add_images(s, 16)
+    champ = add_model(s, add_vocab(s, images), tiny_model_dir)
+    evaluate.evaluate(s, champ)
+    promote.decide(s, champ)
+    # a new vocabulary: 'tomato' gone, 'bowl' new, the rest reordered
+    new_labels = ["soup", "salad", "cake", "dessert", "tart", "bowl"]
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir, other)
+    modelfile.update_meta(other, labels=new_labels)
+    cand = add_model(s, add_vocab(s, images, labels=new_labels), other)
+    evaluate.evaluate(s, cand)
+    d = promote.decide(s, cand)
+    c = d.comparison
+    assert c["vocabulary_changed"] and c["labels_compared"] == 5
+    assert c["labels_candidate_only"] == ["bowl"] and c["labels_champion_only"] == ["tomato"]
+    assert "vocabulary changed" in d.reason and "5 labels both share" in d.reason
+    assert c["candidate"]["metrics"]["n_labels"] == 5 and c["champion"]["metrics"]["n_labels"] == 5
+    with db.get_engine(s).connect() as conn:
+        rows = conn.execute(select(func.count()).select_from(t.promotion_decisions)).scalar()
+    assert rows == 2
+
+
+@pytest.mark.slow
+def test_a_trained_model_evaluates_and_scores(sqlite_settings):
+    """train.py's output is what evaluate and score expect (size 32, no pretrained weights, 1+1 epochs)."""
+    from instatag import score
+    from instatag.train import TrainConfig, train
+
+    s = sqlite_settings
+    images = add_images(s, 24)
+    vocab = add_vocab(s, images)
+    mid = train(s, TrainConfig(arch="resnet18", size=32, epochs=1, freeze_epochs=1, lr=1e-3, bs=8,
+                               pretrained=False, valid_pct=0.5), vocab_version_id=vocab)
+    summary = evaluate.evaluate(s, mid)
+    assert summary["n_images"] > 0 and 0 <= summary["model"]["map"] <= 1
+    assert promote.decide(s, mid).promoted
+    report = score.score(s, new=False)
+    assert report.n_images == 24 and report.n_rows >= 48
+    assert np.isfinite(summary["model"]["dominant_recall@1"])

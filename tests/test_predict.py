@@ -1,0 +1,127 @@
+"""predict_tags / tags_for_scoring by hand, and ``instatag predict FILE...``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+from test_score import add_images, add_model, add_vocab, make_champion, tiny_model_dir  # noqa: F401
+
+from instatag import cli, db, predict
+from instatag import schema as t
+from instatag.errors import UserError
+
+LABELS = ["a", "b", "c", "d"]
+PROBS = np.array([
+    [0.1, 0.7, 0.9, 0.3],
+    [0.6, 0.6, 0.2, 0.05],  # a tie between a and b: output order
+])
+
+
+def test_predict_tags_top_n():
+    assert predict.predict_tags(PROBS, LABELS) == [[("c", 0.9), ("b", 0.7)], [("a", 0.6), ("b", 0.6)]]
+    assert predict.predict_tags(PROBS[0], LABELS, request_number=1) == [[("c", 0.9)]]
+    assert len(predict.predict_tags(PROBS, LABELS, request_number=10)[0]) == 4
+
+
+def test_predict_tags_with_thresholds_keeps_only_those_over():
+    t = np.array([0.5, 0.8, 0.5, 0.1])
+    assert predict.predict_tags(PROBS, LABELS, 2, t) == [[("c", 0.9)], [("a", 0.6)]]
+    assert predict.predict_tags(PROBS, LABELS, 3, 0.6) == [[("c", 0.9), ("b", 0.7)], [("a", 0.6), ("b", 0.6)]]
+    assert predict.predict_tags(PROBS, LABELS, 2, 0.95) == [[], []]
+    with pytest.raises(UserError):
+        predict.predict_tags(PROBS, LABELS, 0)
+
+
+def test_tags_for_scoring_all_over_threshold_and_at_least_n():
+    t = np.array([0.05, 0.5, 0.5, 0.25])
+    # image 0: over = a (0.1 >= 0.05), b, c, d -> all four, ranked; image 1: over = a, b, d (0.05 < 0.25: no)
+    assert predict.tags_for_scoring(PROBS, LABELS, t, 2) == [
+        [("c", 0.9), ("b", 0.7), ("d", 0.3), ("a", 0.1)], [("a", 0.6), ("b", 0.6)]]
+    # nothing over 0.95: the top n anyway
+    assert predict.tags_for_scoring(PROBS, LABELS, 0.95, 3) == [
+        [("c", 0.9), ("b", 0.7), ("d", 0.3)], [("a", 0.6), ("b", 0.6), ("c", 0.2)]]
+    # a label far down the ranking but over its own low threshold is kept, the one above it is not
+    assert predict.tags_for_scoring(PROBS[:1], LABELS, [0.05, 0.99, 0.99, 0.99], 1) == [[("c", 0.9), ("a", 0.1)]]
+
+
+def test_load_image_applies_exif_orientation(tmp_path):
+    from PIL import Image
+
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90° on display
+    img.save(tmp_path / "rot.jpg", exif=exif)
+    Image.new("L", (10, 10)).save(tmp_path / "grey.png")
+    assert predict.load_image(tmp_path / "rot.jpg").size == (20, 40)
+    assert predict.load_image(tmp_path / "grey.png").mode == "RGB"
+    (tmp_path / "junk.jpg").write_text("<html>")
+    with pytest.raises(UserError, match="not a usable image"):
+        predict.load_image(tmp_path / "junk.jpg")
+    with pytest.raises(UserError, match="no such file"):
+        predict.load_image(tmp_path / "absent.jpg")
+
+
+def test_predict_cli_prints_tags_and_writes_nothing(sqlite_settings, tiny_model_dir, tmp_path, capsys):  # noqa: F811
+    s = sqlite_settings
+    base = ["--database-url", s.database_url, "--data-dir", str(s.data_dir)]
+    assert cli.main(base + ["predict", str(tmp_path / "x.jpg")]) == 2
+    assert "no champion model yet" in capsys.readouterr().err
+
+    mid, _ = make_champion(s, tiny_model_dir, n=12)
+    files = sorted((s.data_dir / "store" / "resized").rglob("*.jpg"))[:3]
+    capsys.readouterr()
+    assert cli.main(base + ["predict", *map(str, files), "--no-thresholds"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    for f, line in zip(files, lines, strict=True):
+        name, tags = line.split("\t")
+        assert name == str(f) and tags.count("#") == 2
+
+    assert cli.main(base + ["predict", str(files[0]), "--json", "--request-number", "3", "--model", str(mid)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["model_version"] == mid and out[0]["file"] == str(files[0])
+    assert 0 <= len(out[0]["tags"]) <= 3
+    probs = [tag["probability"] for tag in out[0]["tags"]]
+    assert probs == sorted(probs, reverse=True)
+
+    with db.get_engine(s).connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t.predictions)).scalar() == 0
+    assert cli.main(base + ["predict", str(tmp_path / "absent.jpg")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_an_ad_hoc_file_gets_the_probabilities_of_its_ingested_copy(sqlite_settings, tiny_model_dir, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    from instatag import ingest
+    from instatag.inference import Predictor
+    from instatag.sample import DISHES, draw
+
+    s = sqlite_settings
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    photo = drop / "2026-11-01_06-00-00_UTC.jpg"
+    img = draw(DISHES[0], __import__("random").Random(3), size=96).resize((400, 260))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(photo, quality=95, exif=exif)
+    (drop / "2026-11-01_06-00-00_UTC.txt").write_text("Soup #recipe #soup")
+    ingest.ingest(s, [drop])
+    with db.get_engine(s).connect() as conn:
+        resized = conn.execute(select(t.images.c.resized_path)).scalar_one()
+    ad_hoc = predict.load_image(photo, s.resized_side, s.max_pixels)
+    assert ad_hoc.size == Image.open(s.data_dir / resized).size == (104, 160)  # upright, longest side 160
+
+    with db.get_engine(s).connect() as conn:
+        image_id, sha = conn.execute(select(t.images.c.id, t.images.c.sha256)).one()
+    mid = add_model(s, add_vocab(s, [(image_id, sha, ("soup",))]), tiny_model_dir, valid_pct=0.999999)
+    model_id, tags = predict.predict_files(s, [photo], model=mid, request_number=4, use_thresholds=False)
+    predictor = Predictor.for_version(s, mid)
+    probs = predictor.predict_paths([s.data_dir / resized])[0]
+    top = np.argsort(-probs, kind="stable")[:4]
+    assert model_id == mid
+    assert [label for label, _ in tags[0]] == [predictor.labels[j] for j in top]
+    np.testing.assert_allclose([p for _, p in tags[0]], probs[top], atol=1e-6)

@@ -1,0 +1,256 @@
+"""Batch scoring on SQLite and PostgreSQL: rows, idempotent re-runs, atomic shards, shard coverage,
+hash check. The helpers here (a few generated images, a vocabulary and a tiny untrained resnet18 at
+size 32, registered by hand) are shared with test_evaluate.py and test_predict.py."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, insert, select, text, update
+
+from instatag import cli, db, evaluate, modelfile, score
+from instatag import schema as t
+from instatag.errors import UserError
+from instatag.sample import DISHES, draw
+
+LABELS = ["dessert", "cake", "soup", "salad", "tart", "tomato"]  # model-output order
+DISH_LABELS = {
+    "tomato_soup": ("soup", "tomato"),
+    "green_salad": ("salad",),
+    "chocolate_cake": ("cake", "dessert"),
+    "lemon_tart": ("dessert", "tart"),
+}
+SIZE = 32
+
+
+# --------------------------------------------------------------------------- shared helpers
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved, untrained resnet18 (fastai head) for LABELS at size 32: files only, no database."""
+    import torch
+
+    from instatag import archs
+
+    torch.manual_seed(0)
+    net = archs.build("resnet18", len(LABELS), pretrained=False)
+    mean, std = archs.stats("resnet18")
+    folder = tmp_path_factory.mktemp("tiny-model")
+    modelfile.save(folder, net.state_dict(), {"arch": "resnet18", "size": SIZE, "mean": mean, "std": std,
+                                              "labels": LABELS, "thresholds": None, "global_threshold": None})
+    return folder
+
+
+def add_images(settings, n: int = 24, seed: int = 0, labelled: bool = True) -> list[tuple[int, str, tuple]]:
+    """``n`` generated photos in the resized store and table images: (id, sha256, labels)."""
+    rng = random.Random(seed)
+    dishes = [d for d in DISHES if d.name in DISH_LABELS]
+    out = []
+    with db.get_engine(settings).begin() as conn:
+        for k in range(n):
+            dish = dishes[k % len(dishes)]
+            buf = io.BytesIO()
+            draw(dish, rng, size=48).save(buf, "JPEG", quality=85)
+            sha = hashlib.sha256(buf.getvalue() + f"{seed}/{k}".encode()).hexdigest()
+            rel = f"store/resized/{sha[:2]}/{sha}.jpg"
+            path = settings.data_dir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(buf.getvalue())
+            image_id = conn.execute(insert(t.images).values(
+                sha256=sha, post=f"post-{seed}-{k}", source_path=f"/drop/{seed}-{k}.jpg", format="JPEG", width=48,
+                height=48, original_path=rel, resized_path=rel)).inserted_primary_key[0]
+            out.append((image_id, sha, DISH_LABELS[dish.name] if labelled else ()))
+    return out
+
+
+def add_vocab(settings, images, labels=LABELS) -> int:
+    """A vocabulary version over ``images`` (as add_images returns them)."""
+    counts = {label: sum(label in lab for _, _, lab in images) for label in labels}
+    with db.get_engine(settings).begin() as conn:
+        vid = conn.execute(insert(t.vocab_versions).values(
+            config={"grouping": {}}, config_sha256="c" * 64, n_posts=len(images), n_images=len(images),
+            n_unlabelled=0, n_raw_tags=len(labels), n_lemmas=len(labels), n_labels=len(labels),
+            stats={"train_counts": counts})).inserted_primary_key[0]
+        conn.execute(insert(t.vocab_labels), [{"vocab_version_id": vid, "label": label, "idx": i,
+                                               "count": counts[label], "members": [label]}
+                                              for i, label in enumerate(labels)])
+        rows = [{"vocab_version_id": vid, "image_id": i, "label": label} for i, _, lab in images for label in lab
+                if label in labels]
+        if rows:
+            conn.execute(insert(t.image_labels), rows)
+    return vid
+
+
+def add_model(settings, vocab_id: int, model_dir: Path, valid_pct: float = 0.5) -> int:
+    """Register a copy of ``model_dir`` as a candidate model version of ``vocab_id``."""
+    engine = db.get_engine(settings)
+    sha = hashlib.sha256((model_dir / modelfile.WEIGHTS).read_bytes()).hexdigest()
+    with engine.begin() as conn:
+        run = conn.execute(insert(t.training_runs).values(vocab_version_id=vocab_id, params={},
+                                                          status="succeeded")).inserted_primary_key[0]
+        mid = conn.execute(insert(t.model_versions).values(
+            training_run_id=run, vocab_version_id=vocab_id, arch="resnet18", params={"valid_pct": valid_pct},
+            artifact_path="", sha256=sha, status="candidate")).inserted_primary_key[0]
+        rel = f"models/{mid}/{modelfile.WEIGHTS}"
+        conn.execute(update(t.model_versions).where(t.model_versions.c.id == mid).values(artifact_path=rel))
+    shutil.copytree(model_dir, settings.data_dir / "models" / str(mid))
+    modelfile.update_meta(settings.data_dir / "models" / str(mid), vocab_version_id=vocab_id)
+    return mid
+
+
+def make_champion(settings, model_dir: Path, n: int = 24) -> tuple[int, list]:
+    """Images, a vocabulary and an evaluated champion model: (model id, images)."""
+    from instatag import promote
+
+    images = add_images(settings, n)
+    mid = add_model(settings, add_vocab(settings, images), model_dir)
+    evaluate.evaluate(settings, mid)
+    promote.promote(settings, mid, reason="test")
+    return mid, images
+
+
+def prediction_rows(settings, model_id: int | None = None) -> list:
+    p = t.predictions
+    q = select(p.c.model_version_id, p.c.image_id, p.c.label, p.c.probability, p.c.rank).order_by(
+        p.c.image_id, p.c.rank)
+    if model_id is not None:
+        q = q.where(p.c.model_version_id == model_id)
+    with db.get_engine(settings).connect() as conn:
+        return conn.execute(q).all()
+
+
+# --------------------------------------------------------------------------- tests
+def test_score_writes_ranked_tags_over_threshold_and_at_least_n(settings, tiny_model_dir):
+    mid, images = make_champion(settings, tiny_model_dir)
+    extra = add_images(settings, 4, seed=1, labelled=False)  # unlabelled images are scored too
+    report = score.score(settings, request_number=2)
+    assert (report.model_version_id, report.n_images, report.mode) == (mid, 28, "new")
+    rows = prediction_rows(settings, mid)
+    assert report.n_rows == len(rows)
+    thresholds = modelfile.read_meta(settings.data_dir / "models" / str(mid))["thresholds"]
+    assert set(thresholds) == set(LABELS)
+    by_image: dict[int, list] = {}
+    for r in rows:
+        by_image.setdefault(r.image_id, []).append(r)
+    assert set(by_image) == {i for i, _, _ in images + extra}
+    for tags in by_image.values():
+        assert [r.rank for r in tags] == list(range(1, len(tags) + 1))
+        assert [r.probability for r in tags] == sorted((r.probability for r in tags), reverse=True)
+        assert len(tags) >= 2  # at least two labels; beyond the top two only labels over their threshold
+        assert all(r.probability >= thresholds[r.label] for r in tags[2:])
+    with db.get_engine(settings).connect() as conn:
+        view = conn.execute(text("SELECT count(*) FROM predicted_tags")).scalar()
+    assert view == len(rows)
+
+
+def test_rerun_new_is_a_no_op_and_all_replaces_without_duplicates(settings, tiny_model_dir):
+    mid, images = make_champion(settings, tiny_model_dir)
+    first = score.score(settings)
+    before = prediction_rows(settings)
+    again = score.score(settings)
+    assert again.n_images == 0 and again.n_rows == 0
+    assert prediction_rows(settings) == before
+    again = score.score(settings, new=False, request_number=3)
+    assert again.n_images == first.n_images
+    after = prediction_rows(settings)
+    assert len({(r.model_version_id, r.image_id, r.label) for r in after}) == len(after)
+    assert all(sum(r.image_id == i for r in after) >= 3 for i, _, _ in images)  # replaced with 3 tags each
+    # a new image is picked up by --new
+    add_images(settings, 1, seed=7, labelled=False)
+    assert score.score(settings).n_images == 1
+
+
+def test_shards_partition_the_images(settings, tiny_model_dir):
+    mid, images = make_champion(settings, tiny_model_dir, n=20)
+    ids = [i for i, _, _ in images]
+    shards = [{i for i, _ in score.shard_images(settings, mid, (k, 3), new=True)} for k in range(3)]
+    assert sorted(i for s in shards for i in s) == sorted(ids)  # every image exactly once
+    assert all(i % 3 == k for k, s in enumerate(shards) for i in s)
+    assert sum(score.score(settings, shard=(k, 3)).n_images for k in range(3)) == len(ids)
+    assert {r.image_id for r in prediction_rows(settings)} == set(ids)
+    assert all(not score.shard_images(settings, mid, (k, 3), new=True) for k in range(3))
+
+
+@pytest.mark.parametrize("mode_all", [False, True], ids=["new", "all"])
+def test_failure_inside_a_shard_leaves_no_partial_rows(settings, tiny_model_dir, monkeypatch, mode_all):
+    mid, images = make_champion(settings, tiny_model_dir)
+    if mode_all:
+        score.score(settings, shard=(0, 2))
+    before = prediction_rows(settings)
+    real_rows_for = score.rows_for
+
+    def failing_rows(*args):
+        for n, row in enumerate(real_rows_for(*args)):
+            if n == 7:
+                raise RuntimeError("worker killed")
+            yield row
+
+    monkeypatch.setattr(score, "WRITE_CHUNK", 3)  # rows 0-5 are already written when it fails
+    monkeypatch.setattr(score, "rows_for", failing_rows)
+    with pytest.raises(RuntimeError, match="worker killed"):
+        score.score(settings, new=not mode_all, shard=(0, 2), request_number=3)
+    assert prediction_rows(settings) == before  # nothing of the failed shard, old rows intact
+    monkeypatch.setattr(score, "rows_for", real_rows_for)
+    score.score(settings, new=not mode_all, shard=(0, 2), request_number=3)
+    rows = prediction_rows(settings)
+    assert {r.image_id for r in rows} == {i for i, _, _ in images if i % 2 == 0}
+    assert len({(r.image_id, r.label) for r in rows}) == len(rows)
+    assert all(sum(r.image_id == i for r in rows) >= 3 for i in {r.image_id for r in rows})
+
+
+def test_model_file_with_wrong_hash_is_refused(settings, tiny_model_dir):
+    mid, _ = make_champion(settings, tiny_model_dir)
+    weights = settings.data_dir / "models" / str(mid) / modelfile.WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(modelfile.HashMismatch):
+        score.score(settings)
+    assert prediction_rows(settings) == []
+
+
+def test_clear_errors(settings, tiny_model_dir):
+    with pytest.raises(UserError, match="no champion"):
+        score.score(settings)
+    images = add_images(settings, 4)
+    mid = add_model(settings, add_vocab(settings, images), tiny_model_dir)
+    with pytest.raises(UserError, match="no tuned thresholds"):
+        score.score(settings, model=mid)
+    with pytest.raises(UserError, match="no model version 99"):
+        score.score(settings, model=99)
+    for bad in ("3/3", "1", "a/b", "-1/2"):
+        with pytest.raises(UserError):
+            score.parse_shard(bad)
+    assert score.parse_shard("2/5") == (2, 5)
+
+
+@pytest.mark.slow
+def test_score_cli_and_only_champion_in_view(settings, tiny_model_dir, capsys):
+    from instatag import promote
+
+    champ, images = make_champion(settings, tiny_model_dir, n=12)
+    other = add_model(settings, add_vocab(settings, images), tiny_model_dir)
+    evaluate.evaluate(settings, other)
+    base = ["--database-url", settings.database_url, "--data-dir", str(settings.data_dir)]
+    assert cli.main(base + ["score", "--model", str(other), "--shard", "1/2", "--request-number", "1"]) == 0
+    assert f"model version {other}, shard 1/2 (new): 6 images scored" in capsys.readouterr().out
+    assert cli.main(base + ["score", "--all"]) == 0
+    with db.get_engine(settings).connect() as conn:
+        shown = set(conn.execute(text("SELECT DISTINCT model_version FROM predicted_tags")).scalars())
+        total = conn.execute(select(func.count()).select_from(t.predictions)).scalar()
+    assert shown == {champ} and total > len(prediction_rows(settings, champ))
+    promote.promote(settings, other)
+    with db.get_engine(settings).connect() as conn:
+        assert set(conn.execute(text("SELECT DISTINCT model_version FROM predicted_tags")).scalars()) == {other}
+    assert cli.main(base + ["score", "--shard", "2/2"]) == 2
+
+
+def test_labels_with_tabs_survive_copy():
+    rows = [(1, "a\tb\\c\nd", 0.5, 1)]
+    assert score._tsv(rows).getvalue() == "1\ta\\tb\\\\c\\nd\t0.5\t1\n"
+    assert np.isclose(float(score._tsv([(2, "x", 1 / 3, 2)]).getvalue().split("\t")[2]), 1 / 3)
