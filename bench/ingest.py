@@ -17,7 +17,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -29,7 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from machine import machine_info  # noqa: E402
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 
 from instatag import db  # noqa: E402
@@ -86,23 +87,6 @@ def bare_loop(paths: list[str], workers: int, side: int, max_pixels: int) -> Non
             list(pool.map(fn, paths, chunksize=chunksize))
 
 
-def machine() -> dict:
-    from PIL import __version__ as pil_version
-
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "cpus_available": len(os.sched_getaffinity(0)), "cpu_model": model,
-            "python": platform.python_version(), "pillow": pil_version,
-            "load_average_at_start": os.getloadavg()}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--food10", type=Path, default=Path(os.environ.get("INSTATAG_FOOD10", FOOD10)))
@@ -114,7 +98,7 @@ def main(argv=None) -> int:
     drops = sorted(p for p in args.food10.glob("drop-*") if p.is_dir())
     if not drops:
         ap.error(f"no drop-* folders under {args.food10}")
-    info = machine()
+    info = machine_info()
 
     found, _ = discover(drops)
     paths = [f.image for f in found]

@@ -18,7 +18,8 @@ from instatag import db
 from instatag.settings import load_settings
 
 PG_ADMIN = os.environ.get("INSTATAG_TEST_PG_ADMIN", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-FOOD10 = Path(os.environ.get("INSTATAG_FOOD10", Path(__file__).resolve().parents[2] / "shared" / "data" / "food10-scrape"))
+FOOD10 = Path(os.environ.get("INSTATAG_FOOD10",
+                             Path(__file__).resolve().parents[2] / "shared" / "data" / "food10-scrape"))
 
 
 def _pg_unreachable_reason() -> str | None:
