@@ -33,20 +33,22 @@ def add_cli(sub) -> None:
     p.add_argument("--preset", default="default", help="training preset (see `instatag train --help`)")
     p.add_argument("--epochs", type=int, help="override the preset's unfrozen epochs")
     p.add_argument("--freeze-epochs", type=int, help="override the preset's frozen epochs")
+    p.add_argument("--lr", help="override the preset's learning rate: auto (lr_find) or a number")
     p.add_argument("--min-count", type=int, help="override the grouping file's min_count")
     p.set_defaults(handler=_run)
 
 
 def _run(args, settings: Settings) -> int:
     summary = run_demo(settings, sources=args.source, posts=args.posts, preset=args.preset,
-                       epochs=args.epochs, freeze_epochs=args.freeze_epochs, min_count=args.min_count)
+                       epochs=args.epochs, freeze_epochs=args.freeze_epochs, lr=args.lr,
+                       min_count=args.min_count)
     print(format_summary(summary))
     return 0
 
 
 def run_demo(settings: Settings, sources: list[Path] | None = None, posts: int = SAMPLE_POSTS,
              preset: str = "default", epochs: int | None = None, freeze_epochs: int | None = None,
-             min_count: int | None = None) -> dict:
+             lr: str | None = None, min_count: int | None = None) -> dict:
     """Run every stage once; returns what the summary prints."""
     from . import db, pipeline, sample
 
@@ -75,6 +77,8 @@ def run_demo(settings: Settings, sources: list[Path] | None = None, posts: int =
         params["epochs"] = epochs
     if freeze_epochs is not None:
         params["freeze_epochs"] = freeze_epochs
+    if lr is not None:
+        params["lr"] = lr if lr == "auto" else float(lr)
     model_id = pipeline.train_model(vocab_id, **params)
     steps["evaluate"] = pipeline.evaluate_model(model_id)
     steps["promote"] = pipeline.promote_model(model_id)

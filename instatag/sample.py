@@ -57,8 +57,8 @@ def draw(dish: Dish, rng: random.Random, size: int = 96):
     else:
         for x in range(0, size, 12):
             d.rectangle((x, 0, x + 5, size), fill=tuple(jitter))
-    noise = Image.effect_noise((size, size), 24).convert("RGB")
-    return Image.blend(img, noise, 0.15)
+    noise = Image.frombytes("RGB", (size, size), rng.randbytes(size * size * 3))  # seeded, unlike effect_noise
+    return Image.blend(img, noise, 0.1)
 
 
 def make_scrape(

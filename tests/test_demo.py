@@ -14,7 +14,7 @@ def test_demo_runs_every_stage_and_prints_a_summary(tmp_path, capsys, monkeypatc
     monkeypatch.delenv("INSTATAG_DATABASE_URL", raising=False)
     data = tmp_path / "var"
     code = main(["--data-dir", str(data), "demo", "--posts", "48", "--epochs", "1", "--freeze-epochs", "1",
-                 "--min-count", "3"])
+                 "--lr", "0.003", "--min-count", "3"])
     out = capsys.readouterr().out
     assert code == 0
     for words in ("instatag demo finished", "48 ingested", "labels:", "dominant_recall@2", "report",
@@ -30,7 +30,7 @@ def test_demo_runs_every_stage_and_prints_a_summary(tmp_path, capsys, monkeypatc
     assert (data / "reports" / "1" / "report.html").is_file()
     # a second run on the same data dir ingests nothing new and still succeeds
     assert main(["--data-dir", str(data), "demo", "--posts", "48", "--epochs", "1", "--freeze-epochs", "1",
-                 "--min-count", "3"]) == 0
+                 "--lr", "0.003", "--min-count", "3"]) == 0
     assert "48 ingested" in capsys.readouterr().out
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from instatag import db, pipeline, sample
 from instatag.errors import UserError
 
-TINY = {"arch": "efficientnet_lite0", "size": 32, "epochs": 1, "freeze_epochs": 1, "lr": "0.01", "bs": 16}
+TINY = {"arch": "efficientnet_lite0", "size": 32, "epochs": 1, "freeze_epochs": 1, "lr": "0.01", "bs": 8}
 
 
 @pytest.fixture

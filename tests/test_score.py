@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
 import shutil
 from pathlib import Path
@@ -56,7 +57,7 @@ def add_images(settings, n: int = 24, seed: int = 0, labelled: bool = True) -> l
             dish = dishes[k % len(dishes)]
             buf = io.BytesIO()
             draw(dish, rng, size=48).save(buf, "JPEG", quality=85)
-            sha = hashlib.sha256(buf.getvalue() + f"{seed}/{k}".encode()).hexdigest()
+            sha = hashlib.sha256(buf.getvalue() + f"{seed}/{k}".encode() + os.urandom(8)).hexdigest()  # unique per call
             rel = f"store/resized/{sha[:2]}/{sha}.jpg"
             path = settings.data_dir / rel
             path.parent.mkdir(parents=True, exist_ok=True)

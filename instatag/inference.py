@@ -1,0 +1,179 @@
+"""Batched inference from model files: evaluation, scoring, ``instatag predict`` and the report.
+
+Preprocessing is the contract of docs/ARCHITECTURE.md, and the same function crops the
+validation images during training (``center_crop_resize``): the shorter side is resized to
+``size`` and the centre cropped to ``size`` x ``size`` (one PIL bilinear resize of the central
+square), pixels scaled to [0, 1] and normalised with the model file's mean and std. Images are
+decoded in a thread pool (PIL releases the GIL) while the previous batch runs through the
+network. On CUDA the network runs channels_last under bf16 (fp16 where bf16 is unsupported)
+autocast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def center_crop_resize(img, size: int):
+    """The central square of a PIL image, resized to ``size`` x ``size`` (bilinear)."""
+    from PIL import Image
+
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.BILINEAR)
+
+
+def load_array(path: Path | str, size: int) -> np.ndarray:
+    """An image file as a ``size`` x ``size`` x 3 uint8 array, preprocessed for the model."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(center_crop_resize(img.convert("RGB"), size))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"{path}: not a readable image ({exc})") from None
+
+
+def resolve_device(name: str = "auto") -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("INSTATAG_DEVICE is cuda but no CUDA device is available")
+    return name
+
+
+class Predictor:
+    """A model version ready to predict: ``predict_paths(paths) -> probabilities [n, n_labels]``."""
+
+    def __init__(self, state_dict: dict, meta: dict, device: str = "auto", model_version_id: int | None = None):
+        import torch
+
+        from . import archs
+
+        self.meta = meta
+        self.model_version_id = model_version_id
+        self.labels: list[str] = list(meta["labels"])
+        self.arch: str = meta["arch"]
+        self.size: int = int(meta["size"])
+        self.device = resolve_device(device)
+        net = archs.build(self.arch, len(self.labels), pretrained=False)
+        net.load_state_dict(state_dict, strict=True)
+        net.eval().to(self.device)
+        if self.device == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        self._mean = torch.tensor(meta["mean"], device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(meta["std"], device=self.device).view(1, 3, 1, 1)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_files(cls, directory: Path, expected_sha256: str | None = None, device: str = "auto") -> Predictor:
+        """From a model folder; without ``expected_sha256`` the hash stated in its model.json is checked."""
+        from . import modelfile
+
+        state, meta = modelfile.load(Path(directory), expected_sha256)
+        return cls(state, meta, device)
+
+    @classmethod
+    def for_version(cls, settings: Settings, model_version_id: int) -> Predictor:
+        """The registered model version, its file verified against ``model_versions.sha256``."""
+        from sqlalchemy import select
+
+        from . import db, modelfile
+        from .schema import model_versions
+
+        with db.get_engine(settings).connect() as conn:
+            row = conn.execute(select(model_versions.c.artifact_path, model_versions.c.sha256)
+                               .where(model_versions.c.id == int(model_version_id))).first()
+        if row is None:
+            raise UserError(f"there is no model version {model_version_id}")
+        state, meta = modelfile.load(settings.data_dir / row.artifact_path, row.sha256)
+        return cls(state, meta, settings.device, model_version_id=int(model_version_id))
+
+    # ------------------------------------------------------------------ thresholds
+    @property
+    def thresholds(self):
+        """The tuned per-label thresholds from model.json (None until the model is evaluated)."""
+        return self.meta.get("thresholds")
+
+    def threshold_row(self) -> np.ndarray | None:
+        """Per-label thresholds in label order (labels without one get the global threshold), or None."""
+        t, glob = self.thresholds, self.meta.get("global_threshold")
+        if t is None:
+            return None if glob is None else np.full(len(self.labels), float(glob))
+        if isinstance(t, dict):
+            fallback = 0.5 if glob is None else float(glob)
+            return np.array([float(t.get(lab, fallback)) for lab in self.labels])
+        row = np.asarray(t, dtype=np.float64)
+        if row.shape != (len(self.labels),):
+            raise UserError(f"model.json: {row.size} thresholds for {len(self.labels)} labels")
+        return row
+
+    # ------------------------------------------------------------------ prediction
+    def predict_tensor(self, x, tta: bool = False) -> np.ndarray:
+        """Probabilities for a batch of preprocessed, not yet normalised images.
+
+        ``x``: [n, 3, size, size], uint8 (0..255) or float (0..1), any device."""
+        import torch
+
+        x = x.to(self.device, non_blocking=True)
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        x = (x - self._mean) / self._std
+        if self.device == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=self.device == "cuda"):
+            logits = self.net(x).float()
+            probs = torch.sigmoid(logits)
+            if tta:
+                probs = (probs + torch.sigmoid(self.net(torch.flip(x, dims=[3])).float())) / 2
+        return probs.cpu().numpy().astype(np.float32)
+
+    def _predict_arrays(self, batches: Iterator[np.ndarray], tta: bool) -> np.ndarray:
+        import torch
+
+        out = [self.predict_tensor(torch.from_numpy(b).permute(0, 3, 1, 2), tta) for b in batches]
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
+    def predict_images(self, images: Sequence, batch_size: int = 256, tta: bool = False) -> np.ndarray:
+        """Probabilities [n, n_labels] for PIL images (any size; converted to RGB here)."""
+        arrays = [np.asarray(center_crop_resize(im.convert("RGB"), self.size)) for im in images]
+        batches = (np.stack(arrays[i:i + batch_size]) for i in range(0, len(arrays), batch_size))
+        return self._predict_arrays(batches, tta)
+
+    def predict_paths(self, paths: Sequence[Path | str], batch_size: int = 256, tta: bool = False,
+                      workers: int | None = None) -> np.ndarray:
+        """Probabilities [n, n_labels] (float32) for image files, in order.
+
+        Files are decoded by ``workers`` threads (default: one per core, at most 8), two batches
+        ahead of the network."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = workers or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+            return self._predict_arrays(self._decoded(list(paths), batch_size, pool), tta)
+
+    def _decoded(self, paths: list, batch_size: int, pool) -> Iterator[np.ndarray]:
+        pending: deque = deque()
+        for i in range(0, len(paths), batch_size):
+            pending.append([pool.submit(load_array, p, self.size) for p in paths[i:i + batch_size]])
+            if len(pending) > 2:
+                yield np.stack([f.result() for f in pending.popleft()])
+        while pending:
+            yield np.stack([f.result() for f in pending.popleft()])

@@ -1,0 +1,136 @@
+"""Model files: safetensors + JSON round trip, the hash check, metadata updates, and Predictor
+rebuilding the network from the files alone (same outputs, flip TTA, thresholds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from instatag import archs, modelfile
+from instatag.errors import UserError
+from instatag.inference import Predictor, center_crop_resize, load_array
+
+LABELS = ["cake", "soup", "salad"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """An untrained resnet18 (fastai head) saved at size 32: (folder, sha256, net)."""
+    import torch
+
+    torch.manual_seed(0)
+    net = archs.build("resnet18", len(LABELS)).eval()
+    mean, std = archs.stats("resnet18")
+    folder = tmp_path_factory.mktemp("model")
+    sha = modelfile.save(folder, net.state_dict(), {"arch": "resnet18", "size": 32, "mean": mean, "std": std,
+                                                    "labels": LABELS, "thresholds": None, "global_threshold": None})
+    return folder, sha, net
+
+
+def test_round_trip(saved):
+    import torch
+
+    folder, sha, net = saved
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
+    state, meta = modelfile.load(folder, sha)
+    assert meta["weights_sha256"] == sha and meta["labels"] == LABELS
+    assert {"torch", "fastai", "timm", "instatag"} <= set(meta["libraries"])
+    ref = net.state_dict()
+    assert set(state) == set(ref)  # safetensors stores the names sorted; load_state_dict goes by name
+    assert all(torch.equal(state[k], ref[k]) for k in ref)
+    # the file holds tensors only: no pickle opcodes, a JSON header first
+    raw = (folder / modelfile.WEIGHTS).read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    assert json.loads(raw[8:8 + header_len])
+    # the path of the weights file works as well as the folder
+    assert modelfile.load(folder / modelfile.WEIGHTS, sha)[1] == meta
+
+
+def test_hash_mismatch_is_refused(saved, tmp_path):
+    folder, sha, _ = saved
+    with pytest.raises(modelfile.HashMismatch, match="does not match"):
+        modelfile.load(folder, "0" * 64)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    data = bytearray((folder / modelfile.WEIGHTS).read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in a tensor
+    (copy / modelfile.WEIGHTS).write_bytes(bytes(data))
+    (copy / modelfile.META).write_text((folder / modelfile.META).read_text())
+    with pytest.raises(modelfile.HashMismatch):
+        modelfile.load(copy, sha)
+    with pytest.raises(modelfile.HashMismatch):  # None: the hash model.json states
+        modelfile.load(copy, None)
+    assert issubclass(modelfile.HashMismatch, UserError)
+    with pytest.raises(UserError, match="no such file"):
+        modelfile.load(tmp_path / "nowhere", sha)
+
+
+def test_update_meta_keeps_the_hash_valid(saved, tmp_path):
+    import shutil
+
+    folder, sha, _ = saved
+    copy = tmp_path / "m"
+    shutil.copytree(folder, copy)
+    meta = modelfile.update_meta(copy, thresholds={"cake": 0.3, "soup": np.float64(0.4)}, global_threshold=0.45)
+    assert meta["thresholds"]["soup"] == 0.4
+    state, again = modelfile.load(copy, sha)  # model.json is outside the hash
+    assert again["global_threshold"] == 0.45 and again["labels"] == LABELS
+    p = Predictor(state, again, device="cpu")
+    assert p.threshold_row().tolist() == [0.3, 0.4, 0.45]
+
+
+def _photos(tmp_path, n=5):
+    import random
+
+    from instatag.sample import DISHES, draw
+
+    rng = random.Random(1)
+    paths = []
+    for i in range(n):
+        img = draw(DISHES[i % len(DISHES)], rng, size=96).resize((60 + 7 * i, 45))
+        paths.append(tmp_path / f"{i}.jpg")
+        img.save(paths[-1], quality=90)
+    return paths
+
+
+def test_predictor_matches_the_network(saved, tmp_path):
+    import torch
+
+    folder, sha, net = saved
+    p = Predictor.from_files(folder, sha, device="cpu")
+    assert p.labels == LABELS and p.size == 32 and p.thresholds is None and p.threshold_row() is None
+    paths = _photos(tmp_path)
+    probs = p.predict_paths(paths, batch_size=2)
+    assert probs.shape == (5, 3) and probs.dtype == np.float32
+    # by hand: the contract's preprocessing, then the original network
+    x = torch.stack([torch.tensor(load_array(q, 32)).permute(2, 0, 1).float() / 255 for q in paths])
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in archs.stats("resnet18"))
+    with torch.no_grad():
+        ref = torch.sigmoid(net((x - mean) / std)).numpy()
+    np.testing.assert_allclose(probs, ref, atol=1e-5)
+    # the same from PIL images, and flip TTA averages the flipped view in
+    from PIL import Image
+
+    np.testing.assert_allclose(p.predict_images([Image.open(q) for q in paths]), probs, atol=1e-6)
+    with torch.no_grad():
+        flipped = torch.sigmoid(net((torch.flip(x, dims=[3]) - mean) / std)).numpy()
+    np.testing.assert_allclose(p.predict_paths(paths, tta=True), (ref + flipped) / 2, atol=1e-5)
+    assert p.predict_paths([]).shape == (0, 3)
+
+
+def test_preprocessing_is_the_centre_square(tmp_path):
+    from PIL import Image
+
+    img = Image.new("RGB", (90, 30), (0, 0, 0))
+    img.paste((255, 255, 255), (30, 0, 60, 30))  # a white centre square between black sides
+    out = np.asarray(center_crop_resize(img, 16))
+    assert out.shape == (16, 16, 3) and out.min() == 255
+    img.save(tmp_path / "x.png")
+    assert load_array(tmp_path / "x.png", 16).min() == 255
+    with pytest.raises(UserError, match="no such image"):
+        load_array(tmp_path / "missing.jpg", 16)
+    (tmp_path / "bad.jpg").write_bytes(b"<html>")
+    with pytest.raises(UserError, match="not a readable image"):
+        load_array(tmp_path / "bad.jpg", 16)

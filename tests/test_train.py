@@ -1,0 +1,277 @@
+"""Training on CPU with tiny settings (generated images, size 32, 1+1 epochs): both phases recorded,
+validation preprocessed exactly as inference, lr_find leaves the weights alone, registration in the
+database (SQLite and PostgreSQL), failures registering nothing, presets and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+
+import numpy as np
+import pytest
+from sqlalchemy import insert, select
+
+from instatag import cli, db, modelfile
+from instatag import schema as t
+from instatag import train as tr
+from instatag.errors import UserError
+from instatag.labels import Item
+from instatag.sample import DISHES, draw
+
+LABELS = ["dessert", "cake", "soup", "salad", "tart"]  # model-output order
+DISH_LABELS = {"tomato_soup": ("soup",), "green_salad": ("salad",), "chocolate_cake": ("dessert", "cake"),
+               "lemon_tart": ("dessert", "tart")}
+TINY = dict(arch="resnet18", size=32, epochs=1, freeze_epochs=1, lr=1e-3, bs=8, pretrained=False, valid_pct=0.3)
+
+
+def _photos(n: int, seed: int = 0):
+    """(jpeg bytes, labels) of ``n`` generated photos of varied sizes (so an uncropped batch cannot collate)."""
+    rng = random.Random(seed)
+    dishes = [d for d in DISHES if d.name in DISH_LABELS]
+    for k in range(n):
+        dish = dishes[k % len(dishes)]
+        buf = io.BytesIO()
+        draw(dish, rng, size=96).resize((48 + 4 * (k % 5), 40 + 3 * (k % 4))).save(buf, "JPEG", quality=85)
+        yield buf.getvalue(), DISH_LABELS[dish.name]
+
+
+@pytest.fixture
+def items(tmp_path) -> list[Item]:
+    out = []
+    for k, (data, labels) in enumerate(_photos(24)):
+        path = tmp_path / f"{k}.jpg"
+        path.write_bytes(data)
+        out.append(Item(k + 1, hashlib.sha256(data).hexdigest(), path, tuple(sorted(labels, key=LABELS.index))))
+    return out
+
+
+def add_labelled_images(settings, n: int = 24) -> int:
+    """``n`` generated photos in the resized store, table images and a vocabulary version over them."""
+    with db.get_engine(settings).begin() as conn:
+        rows = []
+        for k, (data, labels) in enumerate(_photos(n)):
+            sha = hashlib.sha256(data).hexdigest()
+            rel = f"store/resized/{sha[:2]}/{sha}.jpg"
+            (settings.data_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (settings.data_dir / rel).write_bytes(data)
+            image_id = conn.execute(insert(t.images).values(
+                sha256=sha, post=f"p{k}", source_path=f"/drop/{k}.jpg", format="JPEG", width=48, height=40,
+                original_path=rel, resized_path=rel)).inserted_primary_key[0]
+            rows += [(image_id, label) for label in labels]
+        counts = {label: sum(lab == label for _, lab in rows) for label in LABELS}
+        vid = conn.execute(insert(t.vocab_versions).values(
+            config={"grouping": {}}, config_sha256="c" * 64, n_posts=n, n_images=n, n_unlabelled=0,
+            n_raw_tags=len(LABELS), n_lemmas=len(LABELS), n_labels=len(LABELS),
+            stats={"train_counts": counts})).inserted_primary_key[0]
+        conn.execute(insert(t.vocab_labels), [{"vocab_version_id": vid, "label": label, "idx": i,
+                                               "count": counts[label], "members": [label]}
+                                              for i, label in enumerate(LABELS)])
+        conn.execute(insert(t.image_labels), [{"vocab_version_id": vid, "image_id": i, "label": label}
+                                              for i, label in rows])
+    return vid
+
+
+def _rows(settings, table, **where):
+    q = select(table)
+    for k, v in where.items():
+        q = q.where(table.c[k] == v)
+    with db.get_engine(settings).connect() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+# --------------------------------------------------------------------------- the core, no database
+@pytest.mark.slow
+def test_fit_records_both_phases(items, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    seen = []
+    result = tr.fit(items, LABELS, tr.TrainConfig(**TINY), sink=seen.append)
+    assert [(r.epoch, r.phase) for r in result.epochs] == [(0, "frozen"), (1, "unfrozen")]
+    assert seen == result.epochs
+    n_train = result.meta["n_train"]
+    assert n_train + result.meta["n_valid"] == len(items) and result.meta["n_valid"] > 0
+    per_epoch = n_train // 8 * 8  # fastai drops the last incomplete training batch
+    assert [r.images_seen for r in result.epochs] == [per_epoch, 2 * per_epoch]
+    for r in result.epochs:
+        assert np.isfinite(r.train_loss) and np.isfinite(r.valid_loss) and r.seconds > 0
+        assert set(r.metrics) == {"accuracy_multi", "precision_at_1"}
+        assert all(0 <= v <= 1 for v in r.metrics.values())
+    assert result.lr_find is None and result.meta["base_lr"] == 1e-3 and result.device == "cpu"
+    assert result.meta["labels"] == LABELS and result.meta["mean"] == [0.485, 0.456, 0.406]
+    # the files hold what inference needs: rebuild the network and predict from the files alone
+    from instatag.inference import Predictor
+
+    sha = modelfile.save(tmp_path / "m", result.state_dict, result.meta)
+    probs = Predictor.from_files(tmp_path / "m", sha, device="cpu").predict_paths([it.resized_path for it in items])
+    assert probs.shape == (len(items), len(LABELS)) and ((probs > 0) & (probs < 1)).all()
+
+
+def test_validation_batches_are_the_inference_preprocessing(items):
+    import torch
+
+    from instatag import archs
+    from instatag.inference import load_array
+    from instatag.labels import is_valid
+
+    config = tr.TrainConfig(**TINY)
+    dls = tr.dataloaders(items, LABELS, config, "cpu")
+    xb, yb = dls.valid.one_batch()
+    valid = [it for it in items if is_valid(it.sha256, config.valid_pct)][:len(xb)]
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in archs.stats("resnet18"))
+    ref = torch.stack([torch.tensor(load_array(it.resized_path, 32)).permute(2, 0, 1) for it in valid]) / 255
+    np.testing.assert_allclose(xb.float().numpy(), ((ref - mean) / std).numpy(), atol=1e-5)
+    assert yb.tolist() == [[float(lab in it.labels) for lab in LABELS] for it in valid]
+    xt, _ = dls.train.one_batch()
+    assert tuple(xt.shape) == (8, 3, 32, 32)
+
+
+@pytest.mark.slow
+def test_lr_find_keeps_the_weights(items, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    config = tr.TrainConfig(**{**TINY, "lr": "auto", "lr_find_iters": 20})
+    learn = tr.learner(items, LABELS, config, tr.Settings(), tmp_path)
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    lr, curve = tr._lr_find(learn, config)
+    after = learn.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert 1e-7 < lr < 10 and curve["suggested"] == lr and curve["method"] == "valley"
+    assert 5 <= len(curve["lrs"]) == len(curve["losses"]) <= 20
+    assert curve["lrs"] == sorted(curve["lrs"])
+
+
+def test_too_few_images_is_a_clear_error(items):
+    with pytest.raises(UserError, match="too few labelled images"):
+        tr.dataloaders(items[:6], LABELS, tr.TrainConfig(**TINY), "cpu")
+
+
+# --------------------------------------------------------------------------- with the database
+@pytest.mark.slow
+def test_train_registers_a_candidate(settings):
+    import torch
+
+    from instatag.inference import Predictor
+
+    torch.set_num_threads(1)
+    vid = add_labelled_images(settings)
+    mid = tr.train(settings, tr.TrainConfig(**TINY))
+    (mv,) = _rows(settings, t.model_versions)
+    assert mv["id"] == mid and mv["status"] == "candidate" and mv["vocab_version_id"] == vid
+    assert mv["artifact_path"] == f"models/{mid}/model.safetensors"
+    assert mv["params"]["valid_pct"] == 0.3 and mv["params"]["final_epoch"]["phase"] == "unfrozen"
+    path = settings.data_dir / mv["artifact_path"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == mv["sha256"]
+    assert sorted(p.name for p in settings.models_dir.iterdir()) == [str(mid)]  # no staging left behind
+    (run,) = _rows(settings, t.training_runs)
+    assert run["id"] == mv["training_run_id"] and run["status"] == "succeeded" and run["error"] is None
+    assert run["params"]["arch"] == "resnet18" and run["device"] == "cpu" and run["finished_at"] is not None
+    epochs = _rows(settings, t.training_epochs, training_run_id=run["id"])
+    assert [(e["epoch"], e["phase"]) for e in sorted(epochs, key=lambda e: e["epoch"])] == [(0, "frozen"),
+                                                                                             (1, "unfrozen")]
+    meta = modelfile.read_meta(path)
+    assert meta["vocab_version_id"] == vid and meta["labels"] == LABELS and meta["training_run_id"] == run["id"]
+    p = Predictor.for_version(settings, mid)
+    assert p.labels == LABELS and p.model_version_id == mid
+    path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(modelfile.HashMismatch):
+        Predictor.for_version(settings, mid)
+
+
+def _fake_result():
+    from instatag import archs
+
+    net = archs.build("resnet18", len(LABELS))
+    return tr.FitResult(net.state_dict(), {"arch": "resnet18", "size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                           "labels": LABELS, "base_lr": 1e-3, "n_train": 1, "n_valid": 1},
+                        None, [], "cpu")
+
+
+@pytest.mark.parametrize("where", ["fit", "save"])
+def test_a_failure_marks_the_run_failed_and_registers_nothing(sqlite_settings, monkeypatch, where):
+    s = sqlite_settings
+    add_labelled_images(s, 12)
+
+    def failing_fit(items, labels, config, settings, sink, on_lr_find):
+        sink(tr.EpochRecord(0, "frozen", 0.7, 0.6, {}, 8, 0.1))
+        if where == "fit":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return _fake_result()
+
+    def failing_save(directory, state_dict, meta):
+        directory.mkdir(parents=True)
+        (directory / modelfile.WEIGHTS).write_bytes(b"half")
+        raise OSError("No space left on device (simulated)")
+
+    monkeypatch.setattr(tr, "fit", failing_fit)
+    monkeypatch.setattr(modelfile, "save", failing_save)
+    with pytest.raises((RuntimeError, OSError)):
+        tr.train(s, tr.TrainConfig(**TINY))
+    (run,) = _rows(s, t.training_runs)
+    assert run["status"] == "failed" and run["finished_at"] is not None
+    assert ("CUDA out of memory" if where == "fit" else "No space left") in run["error"]
+    assert _rows(s, t.model_versions) == []
+    assert not s.models_dir.exists() or list(s.models_dir.iterdir()) == []
+    assert len(_rows(s, t.training_epochs)) == 1  # the epochs it did finish stay on record
+
+
+def test_missing_weights_fail_before_a_run_starts(sqlite_settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    add_labelled_images(sqlite_settings, 12)
+    with pytest.raises(UserError, match="resnet18-f37072fd.pth"):
+        tr.train(sqlite_settings, tr.TrainConfig(**{**TINY, "pretrained": True}))
+    assert _rows(sqlite_settings, t.training_runs) == []
+
+
+def test_no_vocabulary_is_a_clear_error(sqlite_settings):
+    with pytest.raises(UserError, match="vocab"):
+        tr.train(sqlite_settings, tr.TrainConfig(**TINY))
+
+
+# --------------------------------------------------------------------------- presets and the CLI
+def test_presets_and_overrides():
+    study = tr.PRESETS["study"]
+    assert (study.arch, study.size, study.epochs, study.freeze_epochs, study.lr) == ("resnet18", 64, 15, 15, "auto")
+    d = tr.config_from("default", size=32, lr=None)
+    assert d.arch == "efficientnet_lite0" and d.pretrained and d.size == 32 and d.lr == 0.01
+    assert tr.config_from("study", epochs=2).freeze_epochs == 15
+    for bad, match in [({"arch": "vgg"}, "unknown architecture"), ({"lr": "fast"}, "lr must"),
+                       ({"loss": "hinge"}, "loss"), ({"epochs": 0}, "epochs"), ({"colour": 1}, "unknown training")]:
+        with pytest.raises(UserError, match=match):
+            tr.config_from("default", **bad)
+    with pytest.raises(UserError, match="unknown preset"):
+        tr.config_from("fastest")
+
+
+def test_cli_flags_override_the_preset():
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--preset", "study", "--size", "48", "--lr", "3e-3", "--no-pretrained",
+                              "--set", "label_smoothing=0.1", "--set", "loss=focal", "--workers", "1"])
+    c = tr.config_from_args(args)
+    assert (c.arch, c.size, c.lr, c.pretrained, c.label_smoothing, c.loss, c.num_workers, c.preset) == (
+        "resnet18", 48, 3e-3, False, 0.1, "focal", 1, "study")
+    with pytest.raises(UserError, match="NAME=VALUE"):
+        tr.config_from_args(parser.parse_args(["train", "--set", "oops"]))
+
+
+@pytest.mark.slow
+def test_cli_trains_the_default_preset_with_pretrained_weights(sqlite_settings, capsys):
+    """efficientnet_lite0 with its packaged ImageNet weights, lr_find, 1+1 epochs at size 32."""
+    import torch
+
+    torch.set_num_threads(1)
+    s = sqlite_settings
+    add_labelled_images(s)
+    code = cli.main(["--database-url", s.database_url, "--data-dir", str(s.data_dir), "train", "--size", "32",
+                     "--epochs", "1", "--freeze-epochs", "1", "--bs", "8", "--lr", "auto", "--set", "lr_find_iters=20",
+                     "--set", "valid_pct=0.3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    (mv,) = _rows(s, t.model_versions)
+    assert f"model version {mv['id']} (candidate)" in out and "frozen" in out and "unfrozen" in out
+    assert mv["arch"] == "efficientnet_lite0" and mv["params"]["preset"] == "default"
+    (run,) = _rows(s, t.training_runs)
+    assert run["lr_find"]["suggested"] == mv["params"]["base_lr"] and len(run["lr_find"]["lrs"]) >= 5
+    assert modelfile.read_meta(s.data_dir / mv["artifact_path"])["mean"] == [0.5, 0.5, 0.5]
