@@ -66,7 +66,7 @@ def trained(tmp_path_factory):
     ingest.ingest(settings, [root / "drop"], workers=1)
     vocab.build_vocab(settings, min_count=2)
     config = train.config_from("default", arch="resnet18", size=32, pretrained=False, epochs=1, freeze_epochs=1,
-                               bs=8, lr_find_iters=10)
+                               bs=8, lr="auto", lr_find_iters=10)
     mid = train.train(settings, config)
     evaluate.evaluate(settings, mid)
     promote.promote(settings, mid, reason="test")
