@@ -89,13 +89,8 @@ def broken_drop(folder: Path) -> dict[str, str]:
         (folder / name).write_bytes(data)
     for stem in ("01", "02", "03", "04", "06", "07", "11"):
         (folder / f"2026-11-03_23-59-{stem}_UTC.txt").write_text(f"post {stem} #recipe #Pie", encoding="utf-8")
-    return {
-        "2026-11-03_23-59-01_UTC.jpg": "empty_file",
-        "2026-11-03_23-59-02_UTC.jpg": "truncated_image",
-        "2026-11-03_23-59-03_UTC.jpg": "not_an_image",
-        "2026-11-03_23-59-04_UTC.txt": "caption_without_photo",
-        "2026-11-03_23-59-05_UTC.json.xz": "unreadable_metadata",
-        "2026-11-03_23-59-06_UTC.jpg": "too_many_pixels",
+    return {  # the broken files of food10's drop 3, plus more kinds
+        **FOOD10_BROKEN,
         "2026-11-03_23-59-08_UTC.mp4": "unsupported_format",
         "2026-11-03_23-59-09_UTC.txt": "unreadable_caption",
         "2026-11-03_23-59-10_UTC.json.xz": "unreadable_metadata",
