@@ -45,7 +45,23 @@ def prepare(settings, food10: Path) -> int:
     return vocab.build_vocab(settings)
 
 
-def run_one(settings, vocab_id: int, name: str, overrides: dict, seed: int) -> dict:
+def by_ranking(v) -> dict:
+    """The top-k metrics of the same predictions under each ranking (instatag.ranking)."""
+    from instatag import metrics, ranking
+
+    order = metrics.frequency_order(v.labels, v.counts)
+    out = {}
+    for name in ranking.RANKINGS:
+        r = ranking.rank_scores(v.probs, name, order)
+        out[name] = {f"dominant_recall@{k}": metrics.dominant_recall_at_k(v.y_true, r, v.labels, v.counts, k)
+                     for k in metrics.KS}
+        for k in metrics.KS:
+            out[name][f"precision@{k}"], out[name][f"recall@{k}"] = metrics.precision_recall_at_k(v.y_true, r, k)
+        out[name] = {key: None if val is None else round(float(val), 4) for key, val in out[name].items()}
+    return out
+
+
+def run_one(settings, vocab_id: int, name: str, overrides: dict, seed: int, probs_dir: Path | None = None) -> dict:
     from instatag import evaluate, train
 
     overrides = dict(overrides)
@@ -54,7 +70,13 @@ def run_one(settings, vocab_id: int, name: str, overrides: dict, seed: int) -> d
     t0 = time.monotonic()
     model_id = train.train(settings, config, vocab_version_id=vocab_id)
     train_s = time.monotonic() - t0
-    summary = evaluate.evaluate(settings, model_id)
+    v = evaluate.validate(settings, model_id)
+    summary = evaluate.evaluate(settings, model_id, validation=v)
+    if probs_dir:
+        import numpy as np
+
+        np.savez_compressed(probs_dir / f"probs-{name}-seed{seed}.npz", probs=v.probs, y_true=v.y_true,
+                            labels=np.array(v.labels), counts=v.counts, image_ids=np.array(v.image_ids))
     return {
         "benchmark": "quality",
         "variant": name,
@@ -66,6 +88,7 @@ def run_one(settings, vocab_id: int, name: str, overrides: dict, seed: int) -> d
         "n_valid_images": summary["n_images"],
         "model": summary["model"],
         "baseline": summary["baseline"],
+        "model_by_ranking": by_ranking(v),
         "targets_met": targets_met(summary["model"], summary["baseline"], train_s),
         "machine": machine_info(),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -93,6 +116,8 @@ def main() -> int:
     parser.add_argument("--vocab-version", type=int,
                         help="use this vocabulary version of an already ingested data dir (skips ingest and vocab)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--probs", action="store_true",
+                        help="also save each run's validation probabilities (npz) beside its JSON")
     args = parser.parse_args()
     import logging
 
@@ -111,7 +136,7 @@ def main() -> int:
     rows = []
     for name, overrides in variants:
         for seed in args.seeds:
-            res = run_one(settings, vocab_id, name, overrides, seed)
+            res = run_one(settings, vocab_id, name, overrides, seed, args.out if args.probs else None)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             path = args.out / f"quality-{name}-seed{seed}-{stamp}.json"
             path.write_text(json.dumps(res, indent=2, sort_keys=True))

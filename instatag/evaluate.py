@@ -37,6 +37,8 @@ class Validation:
     paths: list[Path]
     y_true: np.ndarray
     probs: np.ndarray
+    #: scores that order each image's labels as the model ranks them (None: by probability)
+    ranks: np.ndarray | None = None
 
     @property
     def ids_sha256(self) -> str:
@@ -69,11 +71,13 @@ def newest_candidate(settings) -> int:
 
 
 def predict_probs(settings, model_version_id: int, paths: list[Path], batch_size: int = BATCH_SIZE):
-    """(labels in output order, probabilities ``[len(paths), n_labels]``) of a stored model."""
+    """(labels in output order, probabilities ``[len(paths), n_labels]``, the model's ranking scores
+    of the same shape) of a stored model."""
     from .inference import Predictor
 
     predictor = Predictor.for_version(settings, model_version_id)
-    return list(predictor.labels), np.asarray(predictor.predict_paths(paths, batch_size=batch_size))
+    probs = np.asarray(predictor.predict_paths(paths, batch_size=batch_size))
+    return list(predictor.labels), probs, predictor.rank_scores(probs)
 
 
 def validation_set(settings, model_version_id: int) -> tuple[int, list[str], np.ndarray, list, np.ndarray]:
@@ -102,12 +106,12 @@ def validate(settings, model_version_id: int, batch_size: int = BATCH_SIZE) -> V
     """Run a model on the validation split of its own vocabulary version."""
     vocab_id, labels, counts, items, y_true = validation_set(settings, model_version_id)
     paths = [Path(it.resized_path) for it in items]
-    model_labels, probs = predict_probs(settings, model_version_id, paths, batch_size)
+    model_labels, probs, ranks = predict_probs(settings, model_version_id, paths, batch_size)
     if model_labels != labels:
         raise UserError(f"model version {model_version_id} outputs {len(model_labels)} labels that differ from its "
                         f"vocabulary version {vocab_id}; the model file does not belong to this database")
     return Validation(model_version_id, vocab_id, labels, counts, [it.image_id for it in items], paths,
-                      y_true, probs)
+                      y_true, probs, ranks)
 
 
 def evaluate(settings, model_version_id: int | None = None, batch_size: int = BATCH_SIZE,
@@ -119,7 +123,7 @@ def evaluate(settings, model_version_id: int | None = None, batch_size: int = BA
         model_version_id = newest_candidate(settings)
     v = validation or validate(settings, model_version_id, batch_size)
     thresholds, global_t = metrics.tune_thresholds(v.y_true, v.probs, floor=floor)
-    res = metrics.evaluate_predictions(v.y_true, v.probs, v.labels, v.counts, thresholds)
+    res = metrics.evaluate_predictions(v.y_true, v.probs, v.labels, v.counts, thresholds, v.ranks)
     summary = {
         "model": res["model"],
         "baseline": res["baseline"],

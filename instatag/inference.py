@@ -125,13 +125,34 @@ class Predictor:
             raise UserError(f"model.json: {row.size} thresholds for {len(self.labels)} labels")
         return row
 
+    # ------------------------------------------------------------------ ranking
+    @property
+    def ranking(self) -> str:
+        """How the model orders labels (``instatag.ranking``); models from before it: by probability."""
+        return self.meta.get("ranking") or "probability"
+
+    def rank_scores(self, probs) -> np.ndarray:
+        """Scores whose descending order is this model's ranking of each image's labels."""
+        from . import ranking
+
+        names = self.meta.get("frequency_order") or []
+        index = {label: j for j, label in enumerate(self.labels)}
+        return ranking.rank_scores(probs, self.ranking, [index[n] for n in names] if names else None)
+
     # ------------------------------------------------------------------ prediction
-    def predict_tensor(self, x, tta: bool = False) -> np.ndarray:
+    @property
+    def tta(self) -> bool:
+        """Whether the model averages each image with its mirror image (``flip_tta`` in model.json)."""
+        return bool(self.meta.get("flip_tta", False))
+
+    def predict_tensor(self, x, tta: bool | None = None) -> np.ndarray:
         """Probabilities for a batch of preprocessed, not yet normalised images.
 
-        ``x``: [n, 3, size, size], uint8 (0..255) or float (0..1), any device."""
+        ``x``: [n, 3, size, size], uint8 (0..255) or float (0..1), any device. ``tta``: also average
+        with the mirror images (default: the model's ``flip_tta``)."""
         import torch
 
+        tta = self.tta if tta is None else tta
         x = x.to(self.device, non_blocking=True)
         x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
         x = (x - self._mean) / self._std
@@ -145,19 +166,19 @@ class Predictor:
                 probs = (probs + torch.sigmoid(self.net(torch.flip(x, dims=[3])).float())) / 2
         return probs.cpu().numpy().astype(np.float32)
 
-    def _predict_arrays(self, batches: Iterator[np.ndarray], tta: bool) -> np.ndarray:
+    def _predict_arrays(self, batches: Iterator[np.ndarray], tta: bool | None) -> np.ndarray:
         import torch
 
         out = [self.predict_tensor(torch.from_numpy(b).permute(0, 3, 1, 2), tta) for b in batches]
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
-    def predict_images(self, images: Sequence, batch_size: int = 256, tta: bool = False) -> np.ndarray:
+    def predict_images(self, images: Sequence, batch_size: int = 256, tta: bool | None = None) -> np.ndarray:
         """Probabilities [n, n_labels] for PIL images (any size; converted to RGB here)."""
         arrays = [np.asarray(center_crop_resize(im.convert("RGB"), self.size)) for im in images]
         batches = (np.stack(arrays[i:i + batch_size]) for i in range(0, len(arrays), batch_size))
         return self._predict_arrays(batches, tta)
 
-    def predict_paths(self, paths: Sequence[Path | str], batch_size: int = 256, tta: bool = False,
+    def predict_paths(self, paths: Sequence[Path | str], batch_size: int = 256, tta: bool | None = None,
                       workers: int | None = None) -> np.ndarray:
         """Probabilities [n, n_labels] (float32) for image files, in order.
 

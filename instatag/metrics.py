@@ -5,7 +5,8 @@ Inputs everywhere: ``y_true`` is an ``[n_images, n_labels]`` 0/1 (or bool) matri
 order and ``counts`` the training frequency of each label (same order). The exact definitions are
 in ``docs/evaluation.md``; in short:
 
-- *top-k* of an image: the k labels with the highest probability, ties by output order.
+- *top-k* of an image: its k first-ranked labels (``instatag.ranking``; by default the k labels with the
+  highest probability), ties by output order.
 - ``dominant_recall@k``: per image with a true label, D = its k true labels with the highest training
   frequency (all when it has k or fewer; ties by label name), score = |D ∩ top-k| / |D|; the mean.
 - ``precision@k`` / ``recall@k``: per image with a true label, |top-k ∩ true| / k and / |true|; means.
@@ -136,9 +137,12 @@ def per_label(y_true, probs, labels: Sequence[str], thresholds) -> dict[str, dic
     return out
 
 
-def summary(y_true, probs, labels: Sequence[str], counts, thresholds) -> dict:
-    """Every summary metric of one set of predictions (the per-label table is ``per_label``)."""
+def summary(y_true, probs, labels: Sequence[str], counts, thresholds, ranks=None) -> dict:
+    """Every summary metric of one set of predictions (the per-label table is ``per_label``).
+    ``ranks``: scores that order each image's labels for the top-k metrics (``ranking.rank_scores``);
+    default: the probabilities."""
     y, p = _arrays(y_true, probs)
+    r = p if ranks is None else _arrays(y, ranks)[1]
     table = per_label(y, p, labels, thresholds)
     tp, fp, fn = label_counts(y, p, thresholds)
     out: dict = {
@@ -147,12 +151,12 @@ def summary(y_true, probs, labels: Sequence[str], counts, thresholds) -> dict:
         "n_labels_with_positives": int(y.any(axis=0).sum()),
     }
     for k in KS:
-        out[f"dominant_recall@{k}"] = dominant_recall_at_k(y, p, labels, counts, k)
+        out[f"dominant_recall@{k}"] = dominant_recall_at_k(y, r, labels, counts, k)
     out["map"] = _mean(row["ap"] for row in table.values())
     out["micro_f1"] = _f1(tp.sum(), fp.sum(), fn.sum())
     out["macro_f1"] = _mean(row["f1"] for row in table.values())
     for k in KS:
-        out[f"precision@{k}"], out[f"recall@{k}"] = precision_recall_at_k(y, p, k)
+        out[f"precision@{k}"], out[f"recall@{k}"] = precision_recall_at_k(y, r, k)
     return out
 
 
@@ -225,8 +229,8 @@ def thresholds_for(labels: Sequence[str], stored: Mapping[str, float] | None, de
     return np.array([float(stored.get(label, default)) for label in labels])
 
 
-def evaluate_predictions(y_true, probs, labels: Sequence[str], counts, thresholds) -> dict:
-    """Model and popularity-baseline metrics on the same images:
+def evaluate_predictions(y_true, probs, labels: Sequence[str], counts, thresholds, ranks=None) -> dict:
+    """Model and popularity-baseline metrics on the same images (``ranks``: the model's ranking scores):
     {"model": summary, "baseline": summary, "per_label": {label: {..., "threshold", "baseline": {...}}}}."""
     y, p = _arrays(y_true, probs)
     b_probs = baseline_probs(len(y), labels, counts)
@@ -238,7 +242,7 @@ def evaluate_predictions(y_true, probs, labels: Sequence[str], counts, threshold
         table[label]["threshold"] = float(thresholds[j])
         table[label]["baseline"] = {key: b_table[label][key] for key in ("precision", "recall", "f1", "ap")}
     return {
-        "model": summary(y, p, labels, counts, thresholds),
+        "model": summary(y, p, labels, counts, thresholds, ranks),
         "baseline": summary(y, b_probs, labels, counts, b_thresholds),
         "per_label": table,
     }

@@ -1,8 +1,10 @@
 """Turning probabilities into tags, and ``instatag predict FILE...`` for ad-hoc photos.
 
-``predict_tags`` is the study's ``my_predict_func``: the ``request_number`` most probable labels of
+``predict_tags`` is the study's ``my_predict_func``: the ``request_number`` first-ranked labels of
 each image, optionally only those at or over their threshold. ``tags_for_scoring`` is what batch
 scoring writes: every label at or over its threshold, and at least ``request_number`` labels.
+Both list labels in the model's ranking (``ranks``, from ``Predictor.rank_scores``; default: most
+probable first, see ``instatag.ranking``).
 """
 
 from __future__ import annotations
@@ -27,18 +29,21 @@ def _thresholds_row(thresholds, n_labels: int) -> np.ndarray:
     return row
 
 
-def _ranked(probs) -> tuple[np.ndarray, np.ndarray]:
+def _ranked(probs, ranks=None) -> tuple[np.ndarray, np.ndarray]:
     p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
-    return p, np.argsort(-p, axis=1, kind="stable")
+    r = p if ranks is None else np.atleast_2d(np.asarray(ranks, dtype=np.float64))
+    if r.shape != p.shape:
+        raise ValueError(f"ranks {r.shape} and probs {p.shape} differ in shape")
+    return p, np.argsort(-r, axis=1, kind="stable")
 
 
-def predict_tags(probs, labels: Sequence[str], request_number: int = 2, thresholds=None) -> list[Tags]:
-    """Per image, the ``request_number`` most probable (label, probability) pairs, most probable first
+def predict_tags(probs, labels: Sequence[str], request_number: int = 2, thresholds=None, ranks=None) -> list[Tags]:
+    """Per image, the ``request_number`` first-ranked (label, probability) pairs, first-ranked first
     (ties by output order); with ``thresholds`` (one per label, or one for all) only those whose
     probability is at least their threshold."""
     if request_number < 1:
         raise UserError(f"request number must be at least 1, not {request_number}")
-    p, order = _ranked(probs)
+    p, order = _ranked(probs, ranks)
     t = None if thresholds is None else _thresholds_row(thresholds, p.shape[1])
     out = []
     for row, idx in zip(p, order[:, :request_number], strict=True):
@@ -46,12 +51,12 @@ def predict_tags(probs, labels: Sequence[str], request_number: int = 2, threshol
     return out
 
 
-def tags_for_scoring(probs, labels: Sequence[str], thresholds, request_number: int = 2) -> list[Tags]:
+def tags_for_scoring(probs, labels: Sequence[str], thresholds, request_number: int = 2, ranks=None) -> list[Tags]:
     """Per image, every label whose probability is at least its threshold, and at least the
-    ``request_number`` most probable ones; most probable first (the list position is the rank)."""
+    ``request_number`` first-ranked ones; in ranking order (the list position is the rank)."""
     if request_number < 1:
         raise UserError(f"request number must be at least 1, not {request_number}")
-    p, order = _ranked(probs)
+    p, order = _ranked(probs, ranks)
     keep = p >= _thresholds_row(thresholds, p.shape[1])
     np.put_along_axis(keep, order[:, :request_number], True, axis=1)
     return [[(labels[j], float(row[j])) for j in idx if k[j]] for row, idx, k in zip(p, order, keep, strict=True)]
@@ -113,7 +118,7 @@ def predict_files(settings, files: Sequence[Path], model: str | int = "champion"
     images = [load_image(Path(f), settings.resized_side, settings.max_pixels) for f in files]
     probs = predictor.predict_images(images)
     thresholds = predictor.threshold_row() if use_thresholds else None
-    return model_id, predict_tags(probs, predictor.labels, request_number, thresholds)
+    return model_id, predict_tags(probs, predictor.labels, request_number, thresholds, predictor.rank_scores(probs))
 
 
 def _predict_cmd(args, settings) -> int:

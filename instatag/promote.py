@@ -80,15 +80,17 @@ def compare(settings, candidate, champion: int) -> dict:
         champ_vocab = model_row(conn, champion)["vocab_version_id"]
         cand_t, cand_g = _stored_thresholds(conn, candidate.model_version_id)
         champ_t, champ_g = _stored_thresholds(conn, champion)
-    champ_labels, champ_probs = predict_probs(settings, champion, candidate.paths)
+    champ_labels, champ_probs, champ_ranks = predict_probs(settings, champion, candidate.paths)
     champ_index = {label: j for j, label in enumerate(champ_labels)}
     shared = [label for label in candidate.labels if label in champ_index]
     cols = [candidate.labels.index(label) for label in shared]
     y, counts = candidate.y_true[:, cols], candidate.counts[cols]
+    cand_ranks = None if candidate.ranks is None else candidate.ranks[:, cols]
     cand = metrics.evaluate_predictions(y, candidate.probs[:, cols], shared, counts,
-                                        metrics.thresholds_for(shared, cand_t, cand_g))
-    champ = metrics.evaluate_predictions(y, champ_probs[:, [champ_index[label] for label in shared]], shared,
-                                         counts, metrics.thresholds_for(shared, champ_t, champ_g))
+                                        metrics.thresholds_for(shared, cand_t, cand_g), cand_ranks)
+    champ_cols = [champ_index[label] for label in shared]
+    champ = metrics.evaluate_predictions(y, champ_probs[:, champ_cols], shared, counts,
+                                         metrics.thresholds_for(shared, champ_t, champ_g), champ_ranks[:, champ_cols])
     return {
         "candidate": {"id": candidate.model_version_id, "vocab_version_id": candidate.vocab_version_id,
                       "metrics": cand["model"]},

@@ -80,6 +80,7 @@ class Validation:
     y_true: np.ndarray
     probs: np.ndarray | None = None
     n_total: int = 0
+    ranks: np.ndarray | None = None  # the model's ranking scores (Predictor.rank_scores)
 
 
 @dataclass
@@ -354,7 +355,8 @@ def examples(conn, v: Validation, thresholds, n: int = N_EXAMPLES) -> list[dict]
     if not v.image_ids:
         return []
     picks = sorted({int(i) for i in np.linspace(0, len(v.image_ids) - 1, min(n, len(v.image_ids)))})
-    predicted = tags_for_scoring(v.probs[picks], v.labels, thresholds)
+    predicted = tags_for_scoring(v.probs[picks], v.labels, thresholds,
+                                 ranks=None if v.ranks is None else v.ranks[picks])
     hashtags = _hashtags(conn, [v.image_ids[i] for i in picks])
     out = []
     for i, tags in zip(picks, predicted, strict=True):
@@ -420,6 +422,7 @@ def build_report(settings, model_version_id: int | None = None) -> Path:
             ctx.notes["model"] = "The model file's labels differ from its vocabulary version's."
         else:
             valid.probs = predictor.predict_paths(valid.paths)
+            valid.ranks = predictor.rank_scores(valid.probs)
             thresholds = predictor.threshold_row()
             if thresholds is None:
                 thresholds = np.full(len(valid.labels), 0.5)

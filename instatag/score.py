@@ -10,7 +10,7 @@ and the primary key (model, image, label) with ON CONFLICT DO NOTHING rules out 
 ``new`` (default) scores the shard's images without a prediction from the model; ``all`` scores
 every image of the shard and replaces the model's earlier rows for them (after a promotion).
 Each image gets every label at or over its tuned threshold, and at least ``request_number``
-labels, ranked by probability (rank 1 = most probable).
+labels, in the model's ranking (rank 1 = first; ``instatag.ranking``).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def shard_images(settings, model_version_id: int, shard: tuple[int, int], new: b
 
 
 def rows_for(image_ids: Iterable[int], tags: Iterable[list[tuple[str, float]]]) -> Iterator[tuple]:
-    """(image_id, label, probability, rank) rows, rank 1 = most probable."""
+    """(image_id, label, probability, rank) rows, rank 1 = first-ranked."""
     for image_id, row in zip(image_ids, tags, strict=True):
         for rank, (label, prob) in enumerate(row, 1):
             yield image_id, label, prob, rank
@@ -138,7 +138,7 @@ def score(settings, model: str | int = "champion", new: bool = True, shard: tupl
     for chunk in progress(chunks, desc=f"scoring shard {shard[0]}/{shard[1]} ({len(present)} images)", unit="chunk"):
         probs = predictor.predict_paths([path for _, path in chunk], batch_size=batch_size)
         image_ids += [image_id for image_id, _ in chunk]
-        tags += tags_for_scoring(probs, predictor.labels, thresholds, request_number)
+        tags += tags_for_scoring(probs, predictor.labels, thresholds, request_number, predictor.rank_scores(probs))
     timings["predict"] = time.monotonic() - mark
     mark = time.monotonic()
     n_rows = write(settings, model_id, image_ids, rows_for(image_ids, tags), replace=not new)

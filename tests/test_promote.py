@@ -46,7 +46,7 @@ def world(settings, monkeypatch):
     def fake_predict(settings_, model_id, paths, batch_size=256):
         labels, probs = outputs[model_id]
         assert len(paths) == len(probs)
-        return labels, probs
+        return labels, probs, probs
 
     monkeypatch.setattr(evaluate, "predict_probs", fake_predict)
 
