@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archs
+from . import archs, ranking
 from .errors import UserError
 from .settings import Settings
 
@@ -41,7 +41,7 @@ class TrainConfig:
     arch: str = "efficientnet_lite0"
     #: square input side; RandomResizedCrop(size) for training, centre crop for validation/inference
     size: int = 96
-    #: unfrozen epochs (fine_tune's ``epochs``)
+    #: unfrozen epochs (fine_tune's ``epochs``; 0: only the frozen phase, the body keeps its pretrained weights)
     epochs: int = 3
     #: epochs with the pretrained body frozen (fine_tune's ``freeze_epochs``)
     freeze_epochs: int = 2
@@ -70,8 +70,16 @@ class TrainConfig:
     #: the body's learning rate in the unfrozen phase is lr / lr_mult (fastai's default 100)
     lr_mult: float = 100.0
     lr_find_iters: int = 100
-    #: DataLoader worker processes (None: 0 on CPU, up to 8 on CUDA)
+    #: how the model orders an image's labels (instatag.ranking): "probability" or "dominant_first"
+    ranking: str = "dominant_first"
+    #: predictions average each image with its mirror image (twice the inference work)
+    flip_tta: bool = True
+    #: DataLoader worker processes (None: 0 on CPU, up to 8 on CUDA), for data_path "files"
     num_workers: int | None = None
+    #: "files": fastai's DataBlock decoding and cropping each image on the CPU every epoch; "memory":
+    #: decoded once onto the training device, cropped there per batch (instatag.memdata); "auto":
+    #: memory on CUDA when the pixels fit in memdata.MAX_BYTES, files otherwise
+    data_path: str = "auto"
     #: deterministic cuDNN kernels on CUDA (slower); CPU runs are reproducible regardless
     deterministic: bool = False
     #: the preset this config came from, for the record
@@ -79,15 +87,21 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         archs.check(self.arch)
+        ranking.check(self.ranking)
         if isinstance(self.lr, str) and self.lr != "auto":
             raise UserError(f"lr must be 'auto' or a number, not {self.lr!r}")
         if not isinstance(self.lr, str) and not (0 < float(self.lr) < 10):
             raise UserError(f"lr must be in (0, 10), not {self.lr}")
-        checks = [(self.size >= 16, "size must be at least 16"), (self.epochs >= 1, "epochs must be at least 1"),
-                  (self.freeze_epochs >= 0, "freeze_epochs must be 0 or more"), (self.bs >= 2, "bs must be at least 2"),
+        checks = [(self.size >= 16, "size must be at least 16"), (self.epochs >= 0, "epochs must be 0 or more"),
+                  (self.freeze_epochs >= 0, "freeze_epochs must be 0 or more"),
+                  (self.epochs + self.freeze_epochs >= 1, "train at least one epoch (epochs + freeze_epochs)"),
+                  (self.pretrained or not self.freeze_epochs or self.epochs,
+                   "without pretrained weights, unfrozen epochs are needed (--epochs)"),
+                  (self.bs >= 2, "bs must be at least 2"),
                   (0 < self.valid_pct < 1, "valid_pct must be between 0 and 1"),
                   (0 < self.min_scale <= 1, "min_scale must be in (0, 1]"),
                   (self.loss in ("bce", "focal"), "loss must be bce or focal"),
+                  (self.data_path in ("auto", "files", "memory"), "data_path must be auto, files or memory"),
                   (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
                   (self.lr_find_iters >= 10, "lr_find_iters must be at least 10"),
                   (self.num_workers is None or self.num_workers >= 0, "num_workers must be 0 or more")]
@@ -109,10 +123,11 @@ class TrainConfig:
 
 PRESETS: dict[str, TrainConfig] = {
     # the study this project automates: resnet18 at 64 px, lr_find, fine_tune(15, freeze_epochs=15)
-    "study": TrainConfig(arch="resnet18", size=64, epochs=15, freeze_epochs=15, lr="auto", bs=64, preset="study"),
+    "study": TrainConfig(arch="resnet18", size=64, epochs=15, freeze_epochs=15, lr="auto", bs=64,
+                         ranking="probability", flip_tta=False, preset="study"),
     # fast on a CPU, with weights that ship with a pip package; bs 16: more steps for the head in few epochs;
     # a fixed lr of 1e-2 measured better on food10 than lr_find's valley (mAP 0.339 vs 0.304, docs/training.md)
-    "default": TrainConfig(bs=16, lr=0.01, preset="default"),
+    "default": TrainConfig(size=128, bs=16, lr=0.01, preset="default"),
 }
 
 
@@ -180,6 +195,19 @@ def _loss_func(config: TrainConfig):
     return loss
 
 
+def _opt_func(device: str):
+    """AdamW as fastai's Adam defines it (betas 0.9/0.99, eps 1e-5, decoupled weight decay), but
+    PyTorch's multi-tensor implementation: fastai's own steps every parameter tensor in Python, which
+    costs 60 ms a step for efficientnet_lite0 on the CPU and leaves a GPU waiting on kernel launches."""
+    from functools import partial
+
+    import torch
+    from fastai.optimizer import OptimWrapper
+
+    kind = {"fused": True} if device == "cuda" else {"foreach": True}
+    return partial(OptimWrapper, opt=partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, **kind))
+
+
 def _transforms(size: int, config: TrainConfig, stats):
     """(item_tfms, batch_tfms): random crops for training, the inference crop for validation."""
     from fastai.vision.augment import (
@@ -227,12 +255,24 @@ def _labels_of(item):
     return list(item.labels)  # a list: fastai would cast a tuple back to the Item namedtuple
 
 
-def dataloaders(items: Sequence, labels: Sequence[str], config: TrainConfig, device: str):
-    """fastai DataLoaders over ``items`` (labels.Item), split by content hash."""
+def data_path(config: TrainConfig, device: str, n_train: int, n_valid: int, resized_side: int) -> str:
+    """The data path ``config.data_path`` resolves to on ``device``."""
+    from . import memdata
+
+    if config.data_path != "auto":
+        return config.data_path
+    fits = memdata.nbytes(n_train, n_valid, config.size, resized_side) <= memdata.MAX_BYTES
+    return "memory" if device == "cuda" and fits else "files"
+
+
+def dataloaders(items: Sequence, labels: Sequence[str], config: TrainConfig, device: str, resized_side: int = 160):
+    """fastai DataLoaders over ``items`` (labels.Item), split by content hash: ``memdata`` or a DataBlock.
+    ``resized_side``: the longest side of the store's resized copies (Settings.resized_side)."""
     from fastai.data.block import DataBlock
     from fastai.data.transforms import IndexSplitter
     from fastai.vision.data import ImageBlock, MultiCategoryBlock
 
+    from . import memdata
     from .labels import is_valid
 
     valid_idx = [i for i, it in enumerate(items) if is_valid(it.sha256, config.valid_pct)]
@@ -240,6 +280,8 @@ def dataloaders(items: Sequence, labels: Sequence[str], config: TrainConfig, dev
     if n_valid == 0 or n_train < config.bs:
         raise UserError(f"too few labelled images to train: {n_train} for training (batch size {config.bs}) and "
                         f"{n_valid} for validation; ingest more posts or lower --bs")
+    if data_path(config, device, n_train, n_valid, resized_side) == "memory":
+        return memdata.dataloaders(items, labels, config, device, valid_idx, resized_side)
     item_tfms, batch_tfms = _transforms(config.size, config, archs.stats(config.arch))
     block = DataBlock(
         blocks=(ImageBlock, MultiCategoryBlock(vocab=list(labels))),
@@ -323,10 +365,11 @@ def learner(items: Sequence, labels: Sequence[str], config: TrainConfig, setting
     set_seed(config.seed, reproducible=config.deterministic or device == "cpu")
     if device == "cuda" and not config.deterministic:
         torch.backends.cudnn.benchmark = True
-    dls = dataloaders(items, labels, config, device)
+    dls = dataloaders(items, labels, config, device, settings.resized_side)
     learn = vision_learner(dls, archs.fastai_arch(config.arch, settings), pretrained=config.pretrained,
                            n_out=len(labels), loss_func=_loss_func(config), ps=config.ps,
-                           metrics=[accuracy_multi, precision_at_1], path=path, wd=config.wd)
+                           metrics=[accuracy_multi, precision_at_1], path=path, wd=config.wd,
+                           opt_func=_opt_func(device))
     if not sys.stderr.isatty():  # Airflow logs: one line per epoch (EpochSink), no bars
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *_: None
@@ -337,9 +380,13 @@ def learner(items: Sequence, labels: Sequence[str], config: TrainConfig, setting
 
 def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: Settings | None = None,
         sink: Callable[[EpochRecord], None] | None = None,
-        on_lr_find: Callable[[dict], None] | None = None) -> FitResult:
-    """Train on ``items`` (labels.Item: image_id, sha256, resized_path, labels) for ``labels`` (output order)."""
+        on_lr_find: Callable[[dict], None] | None = None, counts: dict | None = None) -> FitResult:
+    """Train on ``items`` (labels.Item: image_id, sha256, resized_path, labels) for ``labels`` (output order).
+    ``counts``: training frequency per label, for the ranking (default: counted over ``items``)."""
     import tempfile
+    from collections import Counter
+
+    from .metrics import frequency_order
 
     config.validate()
     settings = settings or Settings()
@@ -361,16 +408,21 @@ def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: S
         else:
             base_lr = float(config.lr)
         learn.add_cb(_epoch_callback(record, config.freeze_epochs + config.epochs))
-        if config.freeze_epochs:
+        if config.freeze_epochs and config.epochs:
             learn.fine_tune(config.epochs, base_lr, freeze_epochs=config.freeze_epochs, lr_mult=config.lr_mult)
+        elif config.freeze_epochs:  # fine_tune's first phase alone: the pretrained body stays as it is
+            learn.fit_one_cycle(config.freeze_epochs, slice(base_lr), pct_start=0.99)
         else:  # fine_tune's second phase alone
             learn.unfreeze()
             learn.fit_one_cycle(config.epochs, slice(base_lr / 2 / config.lr_mult, base_lr / 2), pct_start=0.3, div=5.0)
         state = {k: v.detach().cpu() for k, v in learn.model.state_dict().items()}
     mean, std = archs.stats(config.arch)
+    counts = Counter(counts or Counter(label for it in items for label in it.labels))
     meta = {
         "format": 1, "arch": config.arch, "size": config.size, "mean": list(mean), "std": list(std),
         "n_out": len(labels), "labels": list(labels), "thresholds": None, "global_threshold": None,
+        "ranking": config.ranking, "flip_tta": config.flip_tta,
+        "frequency_order": [labels[j] for j in frequency_order(labels, [counts[label] for label in labels])],
         "params": config.to_dict(), "base_lr": base_lr, "pretrained": config.pretrained,
         "n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds),
         "preprocessing": "centre square resized to size x size (bilinear), /255, (x - mean) / std",
@@ -429,7 +481,8 @@ def train(settings: Settings, config: TrainConfig, vocab_version_id: int | None 
     staging = settings.models_dir / f".run-{run_id}-{uuid.uuid4().hex[:8]}"
     final = None
     try:
-        result = fit(items, pipeline.labels, config, settings, sink=write_epoch, on_lr_find=write_lr_find)
+        result = fit(items, pipeline.labels, config, settings, sink=write_epoch, on_lr_find=write_lr_find,
+                     counts=pipeline.counts)
         meta = {**result.meta, "vocab_version_id": pipeline.version_id, "training_run_id": run_id}
         sha = modelfile.save(staging, result.state_dict, meta)
         last = result.epochs[-1] if result.epochs else None

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import insert, select
 
-from instatag import cli, db, modelfile
+from instatag import cli, db, modelfile, ranking
 from instatag import schema as t
 from instatag import train as tr
 from instatag.errors import UserError
@@ -104,8 +104,73 @@ def test_fit_records_both_phases(items, tmp_path):
     from instatag.inference import Predictor
 
     sha = modelfile.save(tmp_path / "m", result.state_dict, result.meta)
-    probs = Predictor.from_files(tmp_path / "m", sha, device="cpu").predict_paths([it.resized_path for it in items])
+    predictor = Predictor.from_files(tmp_path / "m", sha, device="cpu")
+    paths = [it.resized_path for it in items]
+    probs = predictor.predict_paths(paths)
     assert probs.shape == (len(items), len(LABELS)) and ((probs > 0) & (probs < 1)).all()
+    # the default ranking and mirror-image averaging travel in model.json
+    counts = {label: sum(label in it.labels for it in items) for label in LABELS}
+    assert result.meta["frequency_order"] == sorted(LABELS, key=lambda lab: (-counts[lab], lab))
+    assert result.meta["ranking"] == predictor.ranking == "dominant_first" and predictor.tta
+    np.testing.assert_array_equal(probs, predictor.predict_paths(paths, tta=True))
+    assert not np.allclose(probs, predictor.predict_paths(paths, tta=False))
+    assert (predictor.rank_scores(probs).argmax(axis=1) == np.argmax(ranking.dominant_probs(
+        probs, [LABELS.index(lab) for lab in result.meta["frequency_order"]]), axis=1)).all()
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_memory_data_path_batches(items, size):
+    """The in-memory path: validation exactly the inference preprocessing, training crops at the input
+    size from a source of twice that (capped by the store's side), targets as the DataBlock's."""
+    import torch
+
+    from instatag import archs
+    from instatag.inference import load_array
+    from instatag.labels import is_valid
+
+    config = tr.TrainConfig(**{**TINY, "size": size, "data_path": "memory"})
+    dls = tr.dataloaders(items, LABELS, config, "cpu", resized_side=96)
+    assert dls.train.x.shape[-1] == min(2 * size, 96) and dls.valid.x.shape[-1] == size
+    xb, yb = dls.valid.one_batch()
+    valid = [it for it in items if is_valid(it.sha256, config.valid_pct)][:len(xb)]
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in archs.stats("resnet18"))
+    ref = torch.stack([torch.tensor(load_array(it.resized_path, size)).permute(2, 0, 1) for it in valid]) / 255
+    np.testing.assert_allclose(xb.float().numpy(), ((ref - mean) / std).numpy(), atol=1e-5)
+    assert yb.tolist() == [[float(lab in it.labels) for lab in LABELS] for it in valid]
+    xt, yt = dls.train.one_batch()
+    assert tuple(xt.shape) == (8, 3, size, size) and tuple(yt.shape) == (8, len(LABELS))
+    assert len(dls.train) == (len(items) - len(dls.valid.x)) // 8  # the last incomplete batch is dropped
+    # every epoch draws new crops
+    from fastai.torch_core import TensorImage
+
+    a = dls.train.after_batch(TensorImage(dls.train.x[:8].float() / 255))
+    b = dls.train.after_batch(TensorImage(dls.train.x[:8].float() / 255))
+    assert a.shape == (8, 3, size, size) and not torch.allclose(a, b)
+
+
+def test_auto_data_path_is_memory_on_cuda_when_it_fits():
+    c = tr.TrainConfig(**TINY)
+    assert tr.data_path(c, "cpu", 1000, 100, 160) == "files"
+    assert tr.data_path(c, "cuda", 1000, 100, 160) == "memory"
+    assert tr.data_path(c, "cuda", 10**8, 100, 160) == "files"  # too many pixels to hold
+    assert tr.data_path(c.replace(data_path="memory"), "cpu", 1000, 100, 160) == "memory"
+
+
+@pytest.mark.slow
+def test_frozen_only_training_keeps_the_pretrained_body(items):
+    """epochs=0: fine_tune's first phase alone (efficientnet_lite0 with its packaged weights)."""
+    import torch
+
+    from instatag import archs
+
+    torch.set_num_threads(1)
+    config = tr.TrainConfig(**{**TINY, "arch": "efficientnet_lite0", "pretrained": True, "epochs": 0,
+                               "data_path": "memory"})
+    result = tr.fit(items, LABELS, config)
+    assert [r.phase for r in result.epochs] == ["frozen"]
+    reference = archs.build("efficientnet_lite0", len(LABELS), pretrained=True).state_dict()
+    convs = [k for k, v in reference.items() if k.startswith("0.") and v.ndim == 4]
+    assert convs and all(torch.equal(result.state_dict[k], reference[k]) for k in convs)
 
 
 def test_validation_batches_are_the_inference_preprocessing(items):
@@ -194,7 +259,7 @@ def test_a_failure_marks_the_run_failed_and_registers_nothing(sqlite_settings, m
     s = sqlite_settings
     add_labelled_images(s, 12)
 
-    def failing_fit(items, labels, config, settings, sink, on_lr_find):
+    def failing_fit(items, labels, config, settings, sink, on_lr_find, counts=None):
         sink(tr.EpochRecord(0, "frozen", 0.7, 0.6, {}, 8, 0.1))
         if where == "fit":
             raise RuntimeError("CUDA out of memory (simulated)")
@@ -238,7 +303,10 @@ def test_presets_and_overrides():
     assert d.arch == "efficientnet_lite0" and d.pretrained and d.size == 32 and d.lr == 0.01
     assert tr.config_from("study", epochs=2).freeze_epochs == 15
     for bad, match in [({"arch": "vgg"}, "unknown architecture"), ({"lr": "fast"}, "lr must"),
-                       ({"loss": "hinge"}, "loss"), ({"epochs": 0}, "epochs"), ({"colour": 1}, "unknown training")]:
+                       ({"loss": "hinge"}, "loss"), ({"epochs": 0, "freeze_epochs": 0}, "at least one epoch"),
+                       ({"epochs": 0, "pretrained": False}, "unfrozen epochs are needed"),
+                       ({"data_path": "disk"}, "data_path"), ({"ranking": "abc"}, "ranking must"),
+                       ({"colour": 1}, "unknown training")]:
         with pytest.raises(UserError, match=match):
             tr.config_from("default", **bad)
     with pytest.raises(UserError, match="unknown preset"):
