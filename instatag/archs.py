@@ -70,8 +70,26 @@ def fastai_arch(arch: str, settings: Settings | None = None) -> OfflineArch:
     return fn
 
 
-def build(arch: str, n_out: int, pretrained: bool = False, settings: Settings | None = None):
-    """The network ``vision_learner`` trains (body + fastai head with ``n_out`` outputs)."""
+def build(arch: str, n_out: int, pretrained: bool = False, settings: Settings | None = None,
+          output_bias: bool = False):
+    """The network ``vision_learner`` trains (body + fastai head with ``n_out`` outputs); with
+    ``output_bias`` its last layer has biases (``add_output_bias``)."""
     from fastai.vision.learner import create_vision_model
 
-    return create_vision_model(fastai_arch(arch, settings), n_out, pretrained=pretrained)
+    net = create_vision_model(fastai_arch(arch, settings), n_out, pretrained=pretrained)
+    return add_output_bias(net) if output_bias else net
+
+
+def add_output_bias(net, bias=None):
+    """Give the head's last linear layer (fastai's has none: a BatchNorm precedes it) a bias, zero or
+    ``bias``; the weights stay. Returns ``net``, changed in place."""
+    import torch
+
+    head = net[-1]
+    old = head[-1]
+    new = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        new.weight.copy_(old.weight)
+        new.bias.copy_(torch.zeros(old.out_features) if bias is None else torch.as_tensor(bias))
+    head[-1] = new
+    return net

@@ -72,7 +72,7 @@ class Predictor:
         self.arch: str = meta["arch"]
         self.size: int = int(meta["size"])
         self.device = resolve_device(device)
-        net = archs.build(self.arch, len(self.labels), pretrained=False)
+        net = archs.build(self.arch, len(self.labels), pretrained=False, output_bias=bool(meta.get("output_bias")))
         net.load_state_dict(state_dict, strict=True)
         net.eval().to(self.device)
         if self.device == "cuda":

@@ -74,6 +74,9 @@ class TrainConfig:
     ranking: str = "dominant_first"
     #: predictions average each image with its mirror image (twice the inference work)
     flip_tta: bool = True
+    #: give the head's last layer biases (fastai's has none) starting at each label's log-odds in the
+    #: training split, so the first steps learn images rather than label frequencies
+    prior_bias: bool = False
     #: DataLoader worker processes (None: 0 on CPU, up to 8 on CUDA), for data_path "files"
     num_workers: int | None = None
     #: "files": fastai's DataBlock decoding and cropping each image on the CPU every epoch; "memory":
@@ -373,9 +376,23 @@ def learner(items: Sequence, labels: Sequence[str], config: TrainConfig, setting
     if not sys.stderr.isatty():  # Airflow logs: one line per epoch (EpochSink), no bars
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *_: None
+    if config.prior_bias:
+        archs.add_output_bias(learn.model, _prior_log_odds(items, labels, config))
     if device == "cuda":
         learn.to_channelslast(amp_mode="bf16" if torch.cuda.is_bf16_supported() else "fp16")
     return learn
+
+
+def _prior_log_odds(items: Sequence, labels: Sequence[str], config: TrainConfig):
+    """log(f / (1 - f)) of each label's frequency f over the training split (smoothed)."""
+    import torch
+
+    from .labels import is_valid
+
+    train = [it for it in items if not is_valid(it.sha256, config.valid_pct)]
+    freq = torch.tensor([sum(label in it.labels for it in train) for label in labels], dtype=torch.float32)
+    freq = (freq + 0.5) / (len(train) + 1)
+    return torch.log(freq / (1 - freq))
 
 
 def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: Settings | None = None,
@@ -421,7 +438,7 @@ def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: S
     meta = {
         "format": 1, "arch": config.arch, "size": config.size, "mean": list(mean), "std": list(std),
         "n_out": len(labels), "labels": list(labels), "thresholds": None, "global_threshold": None,
-        "ranking": config.ranking, "flip_tta": config.flip_tta,
+        "ranking": config.ranking, "flip_tta": config.flip_tta, "output_bias": config.prior_bias,
         "frequency_order": [labels[j] for j in frequency_order(labels, [counts[label] for label in labels])],
         "params": config.to_dict(), "base_lr": base_lr, "pretrained": config.pretrained,
         "n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds),

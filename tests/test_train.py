@@ -343,3 +343,22 @@ def test_cli_trains_the_default_preset_with_pretrained_weights(sqlite_settings, 
     (run,) = _rows(s, t.training_runs)
     assert run["lr_find"]["suggested"] == mv["params"]["base_lr"] and len(run["lr_find"]["lrs"]) >= 5
     assert modelfile.read_meta(s.data_dir / mv["artifact_path"])["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_prior_bias_starts_at_the_label_log_odds_and_round_trips(items, tmp_path):
+    import torch
+
+    from instatag.inference import Predictor
+    from instatag.labels import is_valid
+
+    torch.set_num_threads(1)
+    config = tr.TrainConfig(**{**TINY, "prior_bias": True, "data_path": "memory"})
+    learn = tr.learner(items, LABELS, config, tr.Settings(), tmp_path)
+    train = [it for it in items if not is_valid(it.sha256, config.valid_pct)]
+    freq = np.array([(sum(lab in it.labels for it in train) + 0.5) / (len(train) + 1) for lab in LABELS])
+    np.testing.assert_allclose(torch.sigmoid(learn.model[-1][-1].bias).detach().numpy(), freq, rtol=1e-5)
+    result = tr.fit(items, LABELS, config)
+    assert result.meta["output_bias"] is True and "1.8.bias" in result.state_dict
+    sha = modelfile.save(tmp_path / "m", result.state_dict, result.meta)
+    probs = Predictor.from_files(tmp_path / "m", sha, device="cpu").predict_paths([it.resized_path for it in items])
+    assert probs.shape == (len(items), len(LABELS))
