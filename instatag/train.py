@@ -128,9 +128,10 @@ PRESETS: dict[str, TrainConfig] = {
     # the study this project automates: resnet18 at 64 px, lr_find, fine_tune(15, freeze_epochs=15)
     "study": TrainConfig(arch="resnet18", size=64, epochs=15, freeze_epochs=15, lr="auto", bs=64,
                          ranking="probability", flip_tta=False, preset="study"),
-    # fast on a CPU, with weights that ship with a pip package; bs 16: more steps for the head in few epochs;
-    # a fixed lr of 1e-2 measured better on food10 than lr_find's valley (mAP 0.339 vs 0.304, docs/training.md)
-    "default": TrainConfig(size=128, bs=16, lr=0.01, preset="default"),
+    # measured best on food10 within 15 minutes of a 2-core CPU (README, Benchmarks): weights that ship with a
+    # pip package, 128 px, bs 16 (steps matter in few epochs), lr 1e-2 (above lr_find's valley), the body at
+    # lr/3 when unfrozen (fastai's lr/100 left it underfit), output biases from the label frequencies
+    "default": TrainConfig(size=128, epochs=7, bs=16, lr=0.01, lr_mult=3.0, prior_bias=True, preset="default"),
 }
 
 
