@@ -104,11 +104,12 @@ def dataloaders(items: Sequence, labels: Sequence[str], config, device: str, val
 
     import torch
     from fastai.data.core import DataLoaders
-    from fastai.vision.augment import AffineCoordTfm, Brightness, Contrast, Flip, PadMode, Rotate, setup_aug_tfms
+    from fastai.vision.augment import AffineCoordTfm, PadMode, setup_aug_tfms
     from fastai.vision.data import Normalize
     from fasttransform import Pipeline
 
     from . import archs
+    from .train import batch_augmentations
 
     t0 = time.perf_counter()
     valid_set = set(valid_idx)
@@ -130,13 +131,7 @@ def dataloaders(items: Sequence, labels: Sequence[str], config, device: str, val
     normalize = Normalize(mean, std)
     # the crop first: the fused transform takes its output size and black fill (PadMode.Zeros)
     crop = AffineCoordTfm(aff_fs=lambda x: crop_mat(x, config.min_scale), size=config.size, pad_mode=PadMode.Zeros)
-    augment = setup_aug_tfms([
-        crop,
-        Flip(p=0.5, pad_mode=PadMode.Zeros),
-        Rotate(max_deg=config.max_rotate, p=0.75, pad_mode=PadMode.Zeros),
-        Brightness(max_lighting=config.lighting, p=0.75),
-        Contrast(max_lighting=config.lighting, p=0.75),
-    ])
+    augment = setup_aug_tfms([crop, *batch_augmentations(config)])
     MemoryDL = _loader_class()
     train = MemoryDL(x_train, targets(train_idx), bs=config.bs, shuffle=True, drop_last=True, device=device,
                      after_batch=Pipeline([*augment, normalize], split_idx=0))

@@ -214,15 +214,7 @@ def _opt_func(device: str):
 
 def _transforms(size: int, config: TrainConfig, stats):
     """(item_tfms, batch_tfms): random crops for training, the inference crop for validation."""
-    from fastai.vision.augment import (
-        Brightness,
-        Contrast,
-        Flip,
-        PadMode,
-        RandomResizedCrop,
-        Rotate,
-        setup_aug_tfms,
-    )
+    from fastai.vision.augment import RandomResizedCrop, setup_aug_tfms
     from fastai.vision.core import PILImage
     from fastai.vision.data import Normalize
     from fasttransform import Transform
@@ -239,15 +231,22 @@ def _transforms(size: int, config: TrainConfig, stats):
             return center_crop_resize(x, size) if isinstance(x, PILImage) else x  # the type is kept
 
     item_tfms = [TrainCrop(size, min_scale=config.min_scale), ValidCrop()]
-    # setup_aug_tfms fuses the affine transforms into one grid_sample with the FIRST one's padding,
-    # so every one of them says zeros (black fill), as the study's rotation did
-    batch_tfms = setup_aug_tfms([
+    batch_tfms = setup_aug_tfms(batch_augmentations(config)) + [Normalize.from_stats(*stats)]
+    return item_tfms, batch_tfms
+
+
+def batch_augmentations(config: TrainConfig) -> list:
+    """The study's batch augmentation, for both data paths: flip, rotation, lighting. setup_aug_tfms fuses
+    the affine ones into one grid_sample with the FIRST one's padding, so every one of them says zeros
+    (black fill), as the study's rotation did."""
+    from fastai.vision.augment import Brightness, Contrast, Flip, PadMode, Rotate
+
+    return [
         Flip(p=0.5, pad_mode=PadMode.Zeros),
         Rotate(max_deg=config.max_rotate, p=0.75, pad_mode=PadMode.Zeros),
         Brightness(max_lighting=config.lighting, p=0.75),
         Contrast(max_lighting=config.lighting, p=0.75),
-    ]) + [Normalize.from_stats(*stats)]
-    return item_tfms, batch_tfms
+    ]
 
 
 # no return annotations: fastai's transforms would cast to them
@@ -388,9 +387,9 @@ def _prior_log_odds(items: Sequence, labels: Sequence[str], config: TrainConfig)
     """log(f / (1 - f)) of each label's frequency f over the training split (smoothed)."""
     import torch
 
-    from .labels import is_valid
+    from .labels import split
 
-    train = [it for it in items if not is_valid(it.sha256, config.valid_pct)]
+    train, _ = split(items, config.valid_pct)
     freq = torch.tensor([sum(label in it.labels for it in train) for label in labels], dtype=torch.float32)
     freq = (freq + 0.5) / (len(train) + 1)
     return torch.log(freq / (1 - freq))
@@ -435,12 +434,12 @@ def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: S
             learn.fit_one_cycle(config.epochs, slice(base_lr / 2 / config.lr_mult, base_lr / 2), pct_start=0.3, div=5.0)
         state = {k: v.detach().cpu() for k, v in learn.model.state_dict().items()}
     mean, std = archs.stats(config.arch)
-    counts = Counter(counts or Counter(label for it in items for label in it.labels))
+    counts = counts or Counter(label for it in items for label in it.labels)
     meta = {
         "format": 1, "arch": config.arch, "size": config.size, "mean": list(mean), "std": list(std),
         "n_out": len(labels), "labels": list(labels), "thresholds": None, "global_threshold": None,
         "ranking": config.ranking, "flip_tta": config.flip_tta, "output_bias": config.prior_bias,
-        "frequency_order": [labels[j] for j in frequency_order(labels, [counts[label] for label in labels])],
+        "frequency_order": [labels[j] for j in frequency_order(labels, [counts.get(label, 0) for label in labels])],
         "params": config.to_dict(), "base_lr": base_lr, "pretrained": config.pretrained,
         "n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds),
         "preprocessing": "centre square resized to size x size (bilinear), /255, (x - mean) / std",
