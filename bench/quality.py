@@ -50,14 +50,11 @@ def by_ranking(v) -> dict:
     from instatag import metrics, ranking
 
     order = metrics.frequency_order(v.labels, v.counts)
+    keys = [f"{name}@{k}" for name in ("dominant_recall", "precision", "recall") for k in metrics.KS]
     out = {}
     for name in ranking.RANKINGS:
-        r = ranking.rank_scores(v.probs, name, order)
-        out[name] = {f"dominant_recall@{k}": metrics.dominant_recall_at_k(v.y_true, r, v.labels, v.counts, k)
-                     for k in metrics.KS}
-        for k in metrics.KS:
-            out[name][f"precision@{k}"], out[name][f"recall@{k}"] = metrics.precision_recall_at_k(v.y_true, r, k)
-        out[name] = {key: None if val is None else round(float(val), 4) for key, val in out[name].items()}
+        res = metrics.summary(v.y_true, v.probs, v.labels, v.counts, 0.5, ranking.rank_scores(v.probs, name, order))
+        out[name] = {key: None if res[key] is None else round(float(res[key]), 4) for key in keys}
     return out
 
 
