@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,6 +41,36 @@ def _engine(url: str) -> Engine:
 def get_engine(settings: Settings | None = None) -> Engine:
     """The engine for the configured database (one per URL and process)."""
     return _engine((settings or load_settings()).database_url)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_text(rows: Iterable[Sequence]) -> io.StringIO:
+    """``rows`` in PostgreSQL's COPY text format: tab-separated, ``\\N`` for NULL, text escaped."""
+    def value(v) -> str:
+        if v is None:
+            return "\\N"
+        return v.translate(_COPY_ESCAPES) if isinstance(v, str) else str(v)  # str(float) round-trips
+
+    return io.StringIO("".join("\t".join(map(value, row)) + "\n" for row in rows))
+
+
+def copy_rows(conn, table, rows: Iterable[Sequence], columns: Sequence[str] | None = None) -> int:
+    """Bulk insert ``rows`` (tuples in ``columns`` order, default the table's) in ``conn``'s
+    transaction: COPY on PostgreSQL, executemany elsewhere. Returns the number of rows."""
+    columns = list(columns or table.columns.keys())
+    rows = list(rows)
+    if not rows:
+        return 0
+    if conn.dialect.name != "postgresql":
+        conn.execute(table.insert(), [dict(zip(columns, r, strict=True)) for r in rows])
+        return len(rows)
+    quote = conn.dialect.identifier_preparer
+    names = ", ".join(map(quote.quote, columns))
+    with conn.connection.dbapi_connection.cursor() as cur:
+        cur.copy_expert(f"COPY {quote.format_table(table)} ({names}) FROM STDIN", copy_text(rows))
+    return len(rows)
 
 
 def _alembic_config(engine: Engine):

@@ -56,27 +56,34 @@ class Stored:
     resized_path: str
 
 
-def original_path(sha256: str, ext: str) -> Path:
-    """Where the original with this hash lives, relative to the data dir."""
-    return ORIGINALS / sha256[:2] / f"{sha256}.{ext}"
+def original_path(sha256: str, ext: str) -> str:
+    """Where the original with this hash lives, relative to the data dir (POSIX separators)."""
+    return f"{ORIGINALS.as_posix()}/{sha256[:2]}/{sha256}.{ext}"
 
 
-def resized_path(sha256: str) -> Path:
-    """Where the training-ready copy lives, relative to the data dir."""
-    return RESIZED / sha256[:2] / f"{sha256}.jpg"
+def resized_path(sha256: str) -> str:
+    """Where the training-ready copy lives, relative to the data dir (POSIX separators)."""
+    return f"{RESIZED.as_posix()}/{sha256[:2]}/{sha256}.jpg"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` unless it exists; readers never see a partial file."""
-    if path.exists():
+    path = os.fspath(path)
+    if os.path.exists(path):
         return
-    if path.parent not in _made_dirs:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _made_dirs.add(path.parent)
-    tmp = f"{path.parent}/.{path.name}.{os.getpid()}.tmp"  # one writer per process, no thread writes
+    folder, name = os.path.split(path)
+    if folder not in _made_dirs:
+        os.makedirs(folder, exist_ok=True)
+        _made_dirs.add(folder)
+    tmp = f"{folder}/.{name}.{os.getpid()}.tmp"  # one writer per process, no thread writes
     try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "wb") as fh:
-            fh.write(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -84,7 +91,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-_made_dirs: set[Path] = set()
+_made_dirs: set[str] = set()
 
 
 def fit(width: int, height: int, side: int) -> tuple[int, int]:
@@ -183,13 +190,14 @@ def store_image(data: bytes, data_dir: Path, side: int, max_pixels: int) -> Stor
     fmt = im.format
     w, h = im.size
     rel_orig, rel_resized = original_path(sha, FORMAT_EXT[fmt]), resized_path(sha)
-    resized_file = data_dir / rel_resized
-    if not resized_file.exists():  # else decoded before: same bytes, same result
+    root = os.fspath(data_dir)
+    resized_file = f"{root}/{rel_resized}"
+    if not os.path.exists(resized_file):  # else decoded before: same bytes, same result
         buf = io.BytesIO()
         resize(im, side).save(buf, "JPEG", quality=RESIZED_QUALITY)
         write_atomic(resized_file, buf.getvalue())
     orientation = _orientation(im)
-    write_atomic(data_dir / rel_orig, data)
+    write_atomic(f"{root}/{rel_orig}", data)
     if orientation in (5, 6, 7, 8):
         w, h = h, w
-    return Stored(sha, fmt, w, h, rel_orig.as_posix(), rel_resized.as_posix())
+    return Stored(sha, fmt, w, h, rel_orig, rel_resized)

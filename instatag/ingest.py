@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import gc
 import io
 import json
 import logging
@@ -25,7 +26,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 from .errors import UserError
@@ -323,12 +324,27 @@ class _Unreadable(Exception):
     pass
 
 
+class _TooLarge(_Unreadable):
+    pass
+
+
 def _read_bytes(path: str, limit: int) -> bytes:
-    with open(path, "rb") as fh:
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise _Unreadable(f"over {limit} bytes")
-    return data
+    """The whole file, refused (``_TooLarge``) before reading when it holds more than ``limit`` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        expected = os.fstat(fd).st_size
+        if expected > limit:
+            raise _TooLarge(f"over {limit} bytes")
+        parts, size = [], 0
+        # ask for the expected size + 1 (os.read allocates what is asked), then until EOF or the limit
+        while chunk := os.read(fd, min(limit + 1 - size, max(expected + 1 - size, 1 << 16))):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge(f"over {limit} bytes")
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def read_caption(path: str) -> str:
@@ -377,10 +393,9 @@ def read_metadata(path: str) -> dict:
 
 def _read_image(path: str) -> bytes:
     try:
-        if os.path.getsize(path) > MAX_IMAGE_BYTES:
-            raise Rejected("file_too_large", f"over {MAX_IMAGE_BYTES} bytes")
-        with open(path, "rb") as fh:
-            return fh.read()
+        return _read_bytes(path, MAX_IMAGE_BYTES)
+    except _TooLarge as exc:
+        raise Rejected("file_too_large", str(exc)) from None
     except FileNotFoundError:
         raise Rejected("missing_file", "no such file") from None
     except OSError as exc:
@@ -455,53 +470,65 @@ def _already_ingested(engine, files: list[PostFile]) -> set[str]:
     return found
 
 
-def _copy_hashtags(conn, rows: list[tuple]) -> None:
-    """Bulk insert post_hashtags rows: COPY on PostgreSQL, executemany on SQLite."""
-    from .schema import post_hashtags
+@cache
+def _batch_table():
+    """The temporary table one batch's accepted posts are copied into (column types from the schema)."""
+    from sqlalchemy import Boolean, Column, MetaData, Table
 
-    if conn.dialect.name != "postgresql":
-        conn.execute(post_hashtags.insert(), [dict(zip(("post_id", "tag", "position", "is_scrape_tag"), r,
-                                                   strict=True)) for r in rows])
-        return
-    buf = io.StringIO()
-    csv.writer(buf).writerows((pid, tag, pos, "t" if s else "f") for pid, tag, pos, s in rows)
-    buf.seek(0)
-    cur = conn.connection.dbapi_connection.cursor()
-    cur.copy_expert("COPY post_hashtags (post_id, tag, position, is_scrape_tag) FROM STDIN WITH (FORMAT csv)", buf)
+    from .schema import images, posts
+
+    columns = [*(images.c[name] for name in _IMAGE_COLUMNS), posts.c.shortcode, posts.c.owner_id]
+    return Table("ingest_batch", MetaData(), *(Column(c.name, c.type) for c in columns),
+                 Column("first_of_image", Boolean), prefixes=["TEMPORARY"])
+
+
+_IMAGE_COLUMNS = ("sha256", "post", "source_path", "format", "width", "height", "taken_at", "caption",
+                  "original_path", "resized_path")
+_POST_COLUMNS = ("image_id", "post", "source_path", "shortcode", "owner_id", "taken_at", "caption")
 
 
 def write_batch(conn, outcomes: list[Outcome], problems: list[Problem], report: IngestReport) -> None:
-    """One transaction: images, posts and their hashtags, errors. The unique constraints decide."""
-    from sqlalchemy import func, select
+    """One transaction: images, posts and their hashtags, errors. The unique constraints decide.
 
-    from .schema import images, ingest_errors, posts
+    The accepted posts are copied (COPY on PostgreSQL) into a temporary table, from which one
+    INSERT ... SELECT adds the new images and one the new posts, each ``ON CONFLICT DO NOTHING``.
+    """
+    from sqlalchemy import func, select, true
+
+    from . import db
+    from .schema import images, ingest_errors, post_hashtags, posts
 
     good = [o for o in outcomes if o.stored and not o.problems]
-    first: dict[str, Outcome] = {}
-    for o in good:
-        first.setdefault(o.stored.sha256, o)
-    if first:
-        def common(o: Outcome) -> dict:
-            return dict(post=_text(o.file.post)[:255], source_path=_text(o.file.image), taken_at=o.taken_at,
-                        caption=o.caption)
-
-        rows = [dict(common(o), sha256=sha, format=o.stored.format, width=o.stored.width, height=o.stored.height,
-                     original_path=o.stored.original_path, resized_path=o.stored.resized_path)
-                for sha, o in sorted(first.items())]  # one lock order in every process: no deadlock
-        stmt = _insert(conn, images).on_conflict_do_nothing(index_elements=["sha256"]).returning(images.c.sha256)
-        inserted = set(conn.execute(stmt, rows).scalars())
-        ids = dict(conn.execute(select(images.c.sha256, images.c.id).where(images.c.sha256.in_(list(first)))).all())
-        rows = sorted((dict(common(o), image_id=ids[o.stored.sha256], shortcode=o.shortcode, owner_id=o.owner_id)
-                       for o in good), key=lambda r: r["source_path"])
-        stmt = _insert(conn, posts).on_conflict_do_nothing(index_elements=["source_path"])
-        new = dict(conn.execute(stmt.returning(posts.c.source_path, posts.c.id), rows).all())
-        report.accepted += len(inserted)
-        report.reposts += len(new) - len(inserted)
+    if good:
+        batch, seen = _batch_table(), set()
+        batch.drop(conn, checkfirst=True)  # left on a pooled SQLite connection by a failed batch
+        batch.create(conn)
+        rows, paths = [], [_text(o.file.image) for o in good]
+        for o, path in zip(good, paths, strict=True):
+            s = o.stored
+            rows.append((s.sha256, _text(o.file.post)[:255], path, s.format, s.width, s.height, o.taken_at,
+                         o.caption, s.original_path, s.resized_path, o.shortcode, o.owner_id, s.sha256 not in seen))
+            seen.add(s.sha256)
+        db.copy_rows(conn, batch, rows)
+        new_images = (select(*(batch.c[name] for name in _IMAGE_COLUMNS)).where(batch.c.first_of_image)
+                      .order_by(batch.c.sha256))  # one lock order in every process: no deadlock
+        stmt = _insert(conn, images).from_select(_IMAGE_COLUMNS, new_images)
+        inserted = len(conn.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"])
+                                    .returning(images.c.id)).all())
+        new_posts = (select(images.c.id, *(batch.c[name] for name in _POST_COLUMNS[1:]))
+                     .join_from(batch, images, images.c.sha256 == batch.c.sha256)
+                     .where(true())  # SQLite parses INSERT ... SELECT ... ON CONFLICT only with a WHERE
+                     .order_by(batch.c.source_path))
+        stmt = _insert(conn, posts).from_select(_POST_COLUMNS, new_posts)
+        new = dict(conn.execute(stmt.on_conflict_do_nothing(index_elements=["source_path"])
+                                .returning(posts.c.source_path, posts.c.id)).all())
+        batch.drop(conn)
+        report.accepted += inserted
+        report.reposts += len(new) - inserted
         report.duplicates += len(good) - len(new)
-        tag_rows = [(new[sp], tag, pos, is_scrape) for o in good if (sp := _text(o.file.image)) in new
-                    for pos, (tag, is_scrape) in enumerate(o.tags)]
-        if tag_rows:
-            _copy_hashtags(conn, tag_rows)
+        db.copy_rows(conn, post_hashtags, ((new[path], tag, pos, is_scrape) for o, path in zip(good, paths, strict=True)
+                                           if path in new for pos, (tag, is_scrape) in enumerate(o.tags)),
+                     ("post_id", "tag", "position", "is_scrape_tag"))
     errors = {(_text(p.path), p.reason): _text(p.detail)[:2000]
               for p in problems + [p for o in outcomes for p in o.problems]}
     if errors:
@@ -537,7 +564,9 @@ def _outcomes(todo: list[PostFile], fn, n_workers: int):
     from concurrent.futures import ProcessPoolExecutor
 
     chunksize = max(1, min(32, len(todo) // (n_workers * 8)))
-    with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # gc.freeze: the collector of each worker skips the objects of its imports from then on
+    with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=gc.freeze) as pool:
         for i in range(0, len(todo), 20_000):  # bounded number of pending futures
             yield from pool.map(fn, todo[i:i + 20_000], chunksize=chunksize)
 

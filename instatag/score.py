@@ -15,7 +15,6 @@ labels, in the model's ranking (rank 1 = first; ``instatag.ranking``).
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -164,14 +163,9 @@ def write(settings, model_id: int, image_ids: list[int], rows: Iterable[tuple], 
     return _write_sqlite(engine, model_id, image_ids, rows, replace)
 
 
-def _tsv(rows: list[tuple]) -> io.StringIO:
-    def esc(label: str) -> str:
-        return label.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-    return io.StringIO("".join(f"{i}\t{esc(label)}\t{p!r}\t{r}\n" for i, label, p, r in rows))
-
-
 def _write_postgres(engine, model_id: int, rows: Iterable[tuple], replace: bool) -> int:
+    from . import db
+
     raw = engine.raw_connection()
     n = 0
     try:
@@ -179,7 +173,7 @@ def _write_postgres(engine, model_id: int, rows: Iterable[tuple], replace: bool)
         cur.execute("CREATE TEMP TABLE scored (image_id bigint, label text, probability double precision, "
                     "rank integer) ON COMMIT DROP")
         for chunk in _chunks(rows, WRITE_CHUNK):
-            cur.copy_expert("COPY scored (image_id, label, probability, rank) FROM STDIN", _tsv(chunk))
+            cur.copy_expert("COPY scored (image_id, label, probability, rank) FROM STDIN", db.copy_text(chunk))
             n += len(chunk)
         cur.execute("ANALYZE scored")  # planner statistics for the joins below
         if replace:

@@ -13,9 +13,7 @@ written, so nightly re-runs without new posts do not pile up identical versions.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -69,7 +67,7 @@ def build(settings, groups_file: str | Path | None = None, min_count: int | None
         if newest and newest.config_sha256 == result["config_sha256"] \
                 and newest.stats.get("content_sha256") == result["stats"]["content_sha256"]:
             return VocabBuild(newest.id, True)
-        return VocabBuild(_store(conn, settings, t, result), False)
+        return VocabBuild(_store(conn, t, result), False)
 
 
 def _tags_by_image(conn, t) -> dict[int, set[tuple[str, bool]]]:
@@ -174,8 +172,10 @@ def _tool_versions(wn, split: bool) -> dict:
     }
 
 
-def _store(conn, settings, t, result: dict) -> int:
+def _store(conn, t, result: dict) -> int:
     from sqlalchemy import insert
+
+    from . import db
 
     vid = conn.execute(insert(t.vocab_versions).values(
         config=result["config"], config_sha256=result["config_sha256"], n_posts=result["n_posts"],
@@ -184,16 +184,8 @@ def _store(conn, settings, t, result: dict) -> int:
     )).inserted_primary_key[0]
     if result["labels"]:
         conn.execute(insert(t.vocab_labels), [{"vocab_version_id": vid, **row} for row in result["labels"]])
-    rows = [(vid, image_id, label) for image_id, ls in result["image_labels"].items() for label in ls]
-    if settings.is_postgres:
-        buf = io.StringIO()
-        csv.writer(buf).writerows(rows)
-        buf.seek(0)
-        with conn.connection.dbapi_connection.cursor() as cur:
-            cur.copy_expert("COPY image_labels (vocab_version_id, image_id, label) FROM STDIN WITH (FORMAT csv)", buf)
-    elif rows:
-        conn.execute(insert(t.image_labels), [dict(zip(("vocab_version_id", "image_id", "label"), r, strict=True))
-                                               for r in rows])
+    db.copy_rows(conn, t.image_labels, ((vid, image_id, label) for image_id, ls in result["image_labels"].items()
+                                        for label in ls), ("vocab_version_id", "image_id", "label"))
     return vid
 
 

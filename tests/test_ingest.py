@@ -131,8 +131,8 @@ def test_generated_scrape(settings, tmp_path):
     data_dir = settings.data_dir
     for img in rows(settings, images):
         assert not Path(img["original_path"]).is_absolute() and not Path(img["resized_path"]).is_absolute()
-        assert img["original_path"] == original_path(img["sha256"], "jpg").as_posix()
-        assert img["resized_path"] == resized_path(img["sha256"]).as_posix()
+        assert img["original_path"] == original_path(img["sha256"], "jpg")
+        assert img["resized_path"] == resized_path(img["sha256"])
         original = (data_dir / img["original_path"]).read_bytes()
         assert original == Path(img["source_path"]).read_bytes()
         assert hashlib.sha256(original).hexdigest() == img["sha256"]

@@ -108,3 +108,21 @@ def test_example_queries_run(settings):
     with db.get_engine(settings).connect() as conn:
         for path in sorted((SQL_DIR / "examples").glob("*.sql")):
             conn.execute(text(path.read_text()), {k: v for k, v in params.items() if f":{k}" in path.read_text()})
+
+
+def test_copy_rows_round_trips_nulls_empty_text_and_escapes(settings):
+    """COPY (PostgreSQL) and executemany (SQLite) store the same values: NULL stays NULL, the
+    empty string stays empty, tabs, newlines, backslashes and a literal \\N survive."""
+    engine = db.get_engine(settings)
+    captions = [None, "", "tab\there", "line\nbreak\r\n", "back\\slash", "\\N", "#café #디저트"]
+    with engine.begin() as conn:
+        rows = [(f"{i:064x}", f"p{i}", f"/drop/p{i}.jpg", "JPEG", 10, 8, datetime(2026, 11, 1, tzinfo=UTC), caption,
+                 f"store/originals/{i}.jpg", f"store/resized/{i}.jpg") for i, caption in enumerate(captions)]
+        columns = ("sha256", "post", "source_path", "format", "width", "height", "taken_at", "caption",
+                   "original_path", "resized_path")
+        assert db.copy_rows(conn, t.images, rows, columns) == len(rows)
+        assert db.copy_rows(conn, t.images, [], columns) == 0
+    with engine.connect() as conn:
+        got = conn.execute(select(t.images.c.caption, t.images.c.taken_at).order_by(t.images.c.sha256)).all()
+    assert [c for c, _ in got] == captions
+    assert all(when.replace(tzinfo=UTC) == datetime(2026, 11, 1, tzinfo=UTC) for _, when in got)
