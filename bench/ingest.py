@@ -6,7 +6,13 @@ ingest does) and resize to the store's side with the same filter. The ingest als
 reads captions and metadata, parses hashtags, encodes the resized JPEG, writes the original
 and the resized copy, and inserts the rows. Goal: ingest ≥ 0.7 × the bare loop.
 
-    python bench/ingest.py [--food10 DIR] [--workers N] [--admin-url URL] [--out DIR]
+    python bench/ingest.py [--food10 DIR] [--workers N] [--repeats N] [--admin-url URL] [--data-dir DIR] [--out DIR]
+
+The runs alternate (bare, ingest, bare, ingest, ..., bare), each ingest into a fresh database
+and data dir; the fastest run of each is compared. Every store stays until the end: on a
+filesystem that avoids reusing recently freed inodes (ext4 without a journal, as on the CI
+machines) file creation slows down for minutes after thousands of files were deleted, so run
+it on a quiet machine, not right after the test suite.
 
 Prints the JSON and writes it to ``bench/results/ingest-<UTC timestamp>.json``.
 """

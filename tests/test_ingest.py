@@ -276,6 +276,30 @@ def test_store_files_are_reused_and_written_whole(tmp_path):
     assert (tmp_path / one.resized_path).stat().st_mtime_ns == mtime
 
 
+def test_size_limits_refuse_before_reading(sqlite_settings, tmp_path, monkeypatch):
+    """Photos, captions and metadata over their size limits are rejected, not read whole."""
+    monkeypatch.setattr(ingest_mod, "MAX_IMAGE_BYTES", 2000)
+    monkeypatch.setattr(ingest_mod, "MAX_CAPTION_BYTES", 100)
+    monkeypatch.setattr(ingest_mod, "MAX_METADATA_BYTES", 300)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    big = photo_bytes(size=(300, 300), quality=100)
+    assert len(big) > 2000
+    (drop / "2026-11-06_10-00-00_UTC.jpg").write_bytes(big)
+    (drop / "2026-11-06_11-00-00_UTC.jpg").write_bytes(photo_bytes(color=(5, 5, 5)))
+    (drop / "2026-11-06_11-00-00_UTC.txt").write_text("#long " * 40)
+    (drop / "2026-11-06_12-00-00_UTC.jpg").write_bytes(photo_bytes(color=(6, 6, 6)))
+    (drop / "2026-11-06_12-00-00_UTC.json").write_text(json.dumps({"node": {"shortcode": "x" * 400}}))
+    (drop / "2026-11-06_13-00-00_UTC.jpg").write_bytes(photo_bytes(color=(7, 7, 7)))
+    (drop / "2026-11-06_13-00-00_UTC.txt").write_text("#fits " * 10)
+    report = ingest(sqlite_settings, [drop])
+    assert errors_by_name(sqlite_settings) == {"2026-11-06_10-00-00_UTC.jpg": "file_too_large",
+                                               "2026-11-06_11-00-00_UTC.txt": "unreadable_caption",
+                                               "2026-11-06_12-00-00_UTC.json": "unreadable_metadata"}
+    assert report.accepted == 1
+    assert {r["tag"] for r in rows(sqlite_settings, post_hashtags)} == {"fits"}
+
+
 def test_captions_metadata_and_multi_photo_posts(settings, tmp_path):
     drop = tmp_path / "drop"
     drop.mkdir()

@@ -11,7 +11,6 @@ import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sqlalchemy import func, insert, select, text, update
 
@@ -253,5 +252,5 @@ def test_score_cli_and_only_champion_in_view(settings, tiny_model_dir, capsys):
 
 def test_labels_with_tabs_survive_copy():
     rows = [(1, "a\tb\\c\nd", 0.5, 1)]
-    assert score._tsv(rows).getvalue() == "1\ta\\tb\\\\c\\nd\t0.5\t1\n"
-    assert np.isclose(float(score._tsv([(2, "x", 1 / 3, 2)]).getvalue().split("\t")[2]), 1 / 3)
+    assert db.copy_text(rows).getvalue() == "1\ta\\tb\\\\c\\nd\t0.5\t1\n"
+    assert float(db.copy_text([(2, "x", 1 / 3, 2)]).getvalue().split("\t")[2]) == 1 / 3  # floats round-trip
