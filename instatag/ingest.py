@@ -470,6 +470,11 @@ def _already_ingested(engine, files: list[PostFile]) -> set[str]:
     return found
 
 
+_IMAGE_COLUMNS = ("sha256", "post", "source_path", "format", "width", "height", "taken_at", "caption",
+                  "original_path", "resized_path")
+_POST_COLUMNS = ("image_id", "post", "source_path", "shortcode", "owner_id", "taken_at", "caption")
+
+
 @cache
 def _batch_table():
     """The temporary table one batch's accepted posts are copied into (column types from the schema)."""
@@ -482,47 +487,50 @@ def _batch_table():
                  Column("first_of_image", Boolean), prefixes=["TEMPORARY"])
 
 
-_IMAGE_COLUMNS = ("sha256", "post", "source_path", "format", "width", "height", "taken_at", "caption",
-                  "original_path", "resized_path")
-_POST_COLUMNS = ("image_id", "post", "source_path", "shortcode", "owner_id", "taken_at", "caption")
+def _insert_images_and_posts(conn, good: list[Outcome], paths: list[str]) -> tuple[int, dict[str, int]]:
+    """Copy the accepted posts into the batch table; from it one INSERT ... SELECT adds the new
+    images, one the new posts (``ON CONFLICT DO NOTHING`` both). Returns (images added,
+    {source_path: post id} of the posts added)."""
+    from sqlalchemy import select, true
+
+    from . import db
+    from .schema import images, posts
+
+    batch, seen, rows = _batch_table(), set(), []
+    for o, path in zip(good, paths, strict=True):
+        s = o.stored
+        rows.append((s.sha256, _text(o.file.post)[:255], path, s.format, s.width, s.height, o.taken_at, o.caption,
+                     s.original_path, s.resized_path, o.shortcode, o.owner_id, s.sha256 not in seen))
+        seen.add(s.sha256)
+    batch.drop(conn, checkfirst=True)  # left on a pooled SQLite connection by a failed batch
+    batch.create(conn)
+    db.copy_rows(conn, batch, rows)
+    new_images = (select(*(batch.c[name] for name in _IMAGE_COLUMNS)).where(batch.c.first_of_image)
+                  .order_by(batch.c.sha256))  # one lock order in every process: no deadlock
+    stmt = _insert(conn, images).from_select(_IMAGE_COLUMNS, new_images)
+    inserted = len(conn.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]).returning(images.c.id)).all())
+    new_posts = (select(images.c.id, *(batch.c[name] for name in _POST_COLUMNS[1:]))
+                 .join_from(batch, images, images.c.sha256 == batch.c.sha256)
+                 .where(true())  # SQLite parses INSERT ... SELECT ... ON CONFLICT only with a WHERE
+                 .order_by(batch.c.source_path))
+    stmt = _insert(conn, posts).from_select(_POST_COLUMNS, new_posts)
+    new = dict(conn.execute(stmt.on_conflict_do_nothing(index_elements=["source_path"])
+                            .returning(posts.c.source_path, posts.c.id)).all())
+    batch.drop(conn)
+    return inserted, new
 
 
 def write_batch(conn, outcomes: list[Outcome], problems: list[Problem], report: IngestReport) -> None:
-    """One transaction: images, posts and their hashtags, errors. The unique constraints decide.
-
-    The accepted posts are copied (COPY on PostgreSQL) into a temporary table, from which one
-    INSERT ... SELECT adds the new images and one the new posts, each ``ON CONFLICT DO NOTHING``.
-    """
-    from sqlalchemy import func, select, true
+    """One transaction: images, posts and their hashtags, errors. The unique constraints decide."""
+    from sqlalchemy import func
 
     from . import db
-    from .schema import images, ingest_errors, post_hashtags, posts
+    from .schema import ingest_errors, post_hashtags
 
     good = [o for o in outcomes if o.stored and not o.problems]
     if good:
-        batch, seen = _batch_table(), set()
-        batch.drop(conn, checkfirst=True)  # left on a pooled SQLite connection by a failed batch
-        batch.create(conn)
-        rows, paths = [], [_text(o.file.image) for o in good]
-        for o, path in zip(good, paths, strict=True):
-            s = o.stored
-            rows.append((s.sha256, _text(o.file.post)[:255], path, s.format, s.width, s.height, o.taken_at,
-                         o.caption, s.original_path, s.resized_path, o.shortcode, o.owner_id, s.sha256 not in seen))
-            seen.add(s.sha256)
-        db.copy_rows(conn, batch, rows)
-        new_images = (select(*(batch.c[name] for name in _IMAGE_COLUMNS)).where(batch.c.first_of_image)
-                      .order_by(batch.c.sha256))  # one lock order in every process: no deadlock
-        stmt = _insert(conn, images).from_select(_IMAGE_COLUMNS, new_images)
-        inserted = len(conn.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"])
-                                    .returning(images.c.id)).all())
-        new_posts = (select(images.c.id, *(batch.c[name] for name in _POST_COLUMNS[1:]))
-                     .join_from(batch, images, images.c.sha256 == batch.c.sha256)
-                     .where(true())  # SQLite parses INSERT ... SELECT ... ON CONFLICT only with a WHERE
-                     .order_by(batch.c.source_path))
-        stmt = _insert(conn, posts).from_select(_POST_COLUMNS, new_posts)
-        new = dict(conn.execute(stmt.on_conflict_do_nothing(index_elements=["source_path"])
-                                .returning(posts.c.source_path, posts.c.id)).all())
-        batch.drop(conn)
+        paths = [_text(o.file.image) for o in good]
+        inserted, new = _insert_images_and_posts(conn, good, paths)
         report.accepted += inserted
         report.reposts += len(new) - inserted
         report.duplicates += len(good) - len(new)
