@@ -21,8 +21,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-ORIGINALS = Path("store") / "originals"
-RESIZED = Path("store") / "resized"
+#: store folders relative to the data dir, POSIX separators (as the paths in the database)
+ORIGINALS = "store/originals"
+RESIZED = "store/resized"
 RESIZED_QUALITY = 90
 #: PIL filter for the resized copy (antialiased when shrinking); BICUBIC is PIL's default
 RESAMPLE = 3  # PIL.Image.Resampling.BICUBIC
@@ -58,12 +59,12 @@ class Stored:
 
 def original_path(sha256: str, ext: str) -> str:
     """Where the original with this hash lives, relative to the data dir (POSIX separators)."""
-    return f"{ORIGINALS.as_posix()}/{sha256[:2]}/{sha256}.{ext}"
+    return f"{ORIGINALS}/{sha256[:2]}/{sha256}.{ext}"
 
 
 def resized_path(sha256: str) -> str:
     """Where the training-ready copy lives, relative to the data dir (POSIX separators)."""
-    return f"{RESIZED.as_posix()}/{sha256[:2]}/{sha256}.jpg"
+    return f"{RESIZED}/{sha256[:2]}/{sha256}.jpg"
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
