@@ -4,7 +4,7 @@
 ``store/resized/ab/<sha256>.jpg`` is its training-ready copy: RGB JPEG (quality 90), longest
 side at most ``resized_side``, EXIF orientation applied. Training, evaluation and scoring read
 only the resized copies. Files are written atomically (temporary file + rename): a killed
-ingest leaves no half file, and a file already present for a hash is reused.
+ingest leaves no half file, and a resized copy already present for a hash is reused.
 
 ``store_image`` checks the header before decoding anything, so a decompression bomb costs a
 few kilobytes of reading; JPEGs are decoded at reduced scale (``draft``), which is where most
@@ -68,17 +68,17 @@ def resized_path(sha256: str) -> str:
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` unless it exists; readers never see a partial file."""
+    """Write ``data`` to ``path`` (folders made as needed); readers never see a partial file. A file
+    already there is replaced: in the store it holds the same bytes (same hash, same recipe)."""
     path = os.fspath(path)
-    if os.path.exists(path):
-        return
     folder, name = os.path.split(path)
-    if folder not in _made_dirs:
-        os.makedirs(folder, exist_ok=True)
-        _made_dirs.add(folder)
     tmp = f"{folder}/.{name}.{os.getpid()}.tmp"  # one writer per process, no thread writes
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except FileNotFoundError:  # the first file of its folder
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             view = memoryview(data)
             while view:
@@ -90,9 +90,6 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-_made_dirs: set[str] = set()
 
 
 def fit(width: int, height: int, side: int) -> tuple[int, int]:

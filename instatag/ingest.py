@@ -342,6 +342,8 @@ def _read_bytes(path: str, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise _TooLarge(f"over {limit} bytes")
+            if size == expected:  # it asked for more: a short read at the size fstat gave is the end
+                break
         return b"".join(parts)
     finally:
         os.close(fd)

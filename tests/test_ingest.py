@@ -268,12 +268,27 @@ def test_store_files_are_reused_and_written_whole(tmp_path):
     target = tmp_path / "a" / "b.bin"
     write_atomic(target, b"first")
     write_atomic(target, b"second")
-    assert target.read_bytes() == b"first" and os.listdir(target.parent) == ["b.bin"]
-    data = photo_bytes()
+    assert target.read_bytes() == b"second" and os.listdir(target.parent) == ["b.bin"]
+    data = photo_bytes(size=(320, 200))
     one = store_image(data, tmp_path, 160, 10**8)
     mtime = (tmp_path / one.resized_path).stat().st_mtime_ns
     assert store_image(data, tmp_path, 160, 10**8) == one
-    assert (tmp_path / one.resized_path).stat().st_mtime_ns == mtime
+    assert (tmp_path / one.resized_path).stat().st_mtime_ns == mtime  # not decoded again
+    assert Image.open(tmp_path / one.resized_path).size == (160, 100)
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 300_000])
+def test_files_are_read_whole(tmp_path, size):
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(size))
+    assert ingest_mod._read_bytes(str(path), 10**6) == path.read_bytes()
+
+
+def test_files_whose_size_stat_does_not_tell_are_read_whole():
+    status = Path("/proc/self/status")
+    if not status.exists() or status.stat().st_size:
+        pytest.skip("needs Linux's /proc")
+    assert ingest_mod._read_bytes(str(status), 10**6).startswith(b"Name:")
 
 
 def test_size_limits_refuse_before_reading(sqlite_settings, tmp_path, monkeypatch):
