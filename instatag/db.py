@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -43,7 +44,12 @@ def get_engine(settings: Settings | None = None) -> Engine:
     return _engine((settings or load_settings()).database_url)
 
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _copy_escape(match: re.Match) -> str:
+    return _COPY_ESCAPES[match.group()]
 
 
 def copy_text(rows: Iterable[Sequence]) -> io.StringIO:
@@ -51,7 +57,8 @@ def copy_text(rows: Iterable[Sequence]) -> io.StringIO:
     def value(v) -> str:
         if v is None:
             return "\\N"
-        return v.translate(_COPY_ESCAPES) if isinstance(v, str) else str(v)  # str(float) round-trips
+        # re.sub with a function: several times faster than str.translate on long captions
+        return _COPY_SPECIAL.sub(_copy_escape, v) if isinstance(v, str) else str(v)  # str(float) round-trips
 
     return io.StringIO("".join("\t".join(map(value, row)) + "\n" for row in rows))
 
