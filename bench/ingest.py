@@ -40,7 +40,7 @@ from machine import machine_info  # noqa: E402
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 
 from instatag import db  # noqa: E402
-from instatag.imagestore import RESAMPLE, fit  # noqa: E402
+from instatag.imagestore import RESAMPLE, fit, to_rgb  # noqa: E402
 from instatag.ingest import PARALLEL_MIN, _workers, discover, ingest  # noqa: E402
 from instatag.schema import images, posts  # noqa: E402
 from instatag.settings import load_settings  # noqa: E402
@@ -50,7 +50,8 @@ PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 
 def bare_decode_resize(path: str, side: int, max_pixels: int) -> tuple[int, int]:
-    """What the limit does to one file: open, draft-decode, RGB, resize."""
+    """What the limit does to one file: open, draft-decode, RGB (``to_rgb``: no copy when it is RGB
+    already, as in the store), resize."""
     from PIL import Image
 
     try:
@@ -59,7 +60,7 @@ def bare_decode_resize(path: str, side: int, max_pixels: int) -> tuple[int, int]
             return (0, 0)
         target = fit(*im.size, side)
         im.draft("RGB", target)
-        return im.convert("RGB").resize(target, Image.Resampling(RESAMPLE)).size
+        return to_rgb(im).resize(target, Image.Resampling(RESAMPLE)).size
     except Exception:  # noqa: BLE001 - the broken files of drop 3 are skipped, as the ingest rejects them
         return (0, 0)
 
