@@ -13,7 +13,6 @@ of the ingest speed comes from.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -21,9 +20,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import write_atomic
+
 #: store folders relative to the data dir, POSIX separators (as the paths in the database)
-ORIGINALS = "store/originals"
-RESIZED = "store/resized"
+STORE = "store"
+ORIGINALS = f"{STORE}/originals"
+RESIZED = f"{STORE}/resized"
 RESIZED_QUALITY = 90
 #: PIL filter for the resized copy (antialiased when shrinking); BICUBIC is PIL's default
 RESAMPLE = 3  # PIL.Image.Resampling.BICUBIC
@@ -65,31 +67,6 @@ def original_path(sha256: str, ext: str) -> str:
 def resized_path(sha256: str) -> str:
     """Where the training-ready copy lives, relative to the data dir (POSIX separators)."""
     return f"{RESIZED}/{sha256[:2]}/{sha256}.jpg"
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (folders made as needed); readers never see a partial file. A file
-    already there is replaced: in the store it holds the same bytes (same hash, same recipe)."""
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    tmp = f"{folder}/.{name}.{os.getpid()}.tmp"  # one writer per process, no thread writes
-    try:
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except FileNotFoundError:  # the first file of its folder
-            os.makedirs(folder, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def fit(width: int, height: int, side: int) -> tuple[int, int]:

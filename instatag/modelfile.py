@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from .errors import UserError
+from .files import write_atomic
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -35,15 +35,6 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _dumps(meta: dict) -> bytes:
     """JSON of ``meta``; numpy scalars and arrays become plain numbers and lists."""
     return json.dumps(meta, indent=2, sort_keys=True, default=lambda o: o.tolist()).encode()
@@ -63,9 +54,9 @@ def save(directory: Path, state_dict: dict, meta: dict) -> str:
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     data = save(tensors)
     digest = hashlib.sha256(data).hexdigest()
-    _write_atomic(directory / WEIGHTS, data)
+    write_atomic(directory / WEIGHTS, data, durable=True)
     meta = {**meta, "weights_sha256": digest, "libraries": library_versions()}
-    _write_atomic(directory / META, _dumps(meta))
+    write_atomic(directory / META, _dumps(meta), durable=True)
     return digest
 
 
@@ -107,5 +98,5 @@ def update_meta(directory: Path, **fields) -> dict:
     """Add or replace fields of ``model.json`` (e.g. thresholds); returns the new metadata."""
     meta_path = _weights_path(directory).with_name(META)
     meta = {**read_meta(meta_path), **fields}
-    _write_atomic(meta_path, _dumps(meta))
+    write_atomic(meta_path, _dumps(meta), durable=True)
     return meta

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +448,7 @@ def write(settings, model_version_id: int, ctx: Context, valid: Validation | Non
     for fig in ctx.figures.values():
         path = folder / fig.filename
         if fig.png:
-            _write_atomic(path, fig.png)
+            write_atomic(path, fig.png)
         else:
             path.unlink(missing_ok=True)
     curves = json.dumps(ctx.curves or {}, separators=(",", ":")).replace("<", "\\u003c")
@@ -457,15 +457,9 @@ def write(settings, model_version_id: int, ctx: Context, valid: Validation | Non
         valid=valid, generated=datetime.now(UTC), thresholds=THRESHOLDS, version=_version(),
         default_index=THRESHOLDS.index(0.5))
     out = folder / "report.html"
-    _write_atomic(out, body.encode())
+    write_atomic(out, body.encode())
     log.info("report of model version %d: %s", model_version_id, out)
     return out
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _version() -> str:

@@ -17,6 +17,8 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from . import imagestore
+
 ENV_PREFIX = "INSTATAG_"
 
 
@@ -68,15 +70,15 @@ class Settings:
     # ------------------------------------------------------------------ derived paths
     @property
     def store_dir(self) -> Path:
-        return self.data_dir / "store"
+        return self.data_dir / imagestore.STORE
 
     @property
     def originals_dir(self) -> Path:
-        return self.store_dir / "originals"
+        return self.data_dir / imagestore.ORIGINALS
 
     @property
     def resized_dir(self) -> Path:
-        return self.store_dir / "resized"
+        return self.data_dir / imagestore.RESIZED
 
     @property
     def models_dir(self) -> Path:

@@ -25,8 +25,9 @@ from instatag import ingest as ingest_mod
 from instatag.cli import main
 from instatag.db import get_engine
 from instatag.errors import UserError
+from instatag.files import write_atomic
 from instatag.hashtags import parse_hashtags
-from instatag.imagestore import Rejected, original_path, resized_path, store_image, write_atomic
+from instatag.imagestore import Rejected, original_path, resized_path, store_image
 from instatag.ingest import ingest, parse_time
 from instatag.sample import make_scrape
 from instatag.schema import images, ingest_errors, post_hashtags, posts
@@ -264,11 +265,14 @@ def test_transparency_over_white_and_exif_orientation(tmp_path):
     assert small.getpixel((50, 140)) == pytest.approx((0, 0, 255), abs=30)
 
 
-def test_store_files_are_reused_and_written_whole(tmp_path):
+def test_store_files_are_reused_and_written_whole(tmp_path, monkeypatch):
     target = tmp_path / "a" / "b.bin"
     write_atomic(target, b"first")
-    write_atomic(target, b"second")
-    assert target.read_bytes() == b"second" and os.listdir(target.parent) == ["b.bin"]
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    write_atomic(target, b"second", durable=True)
+    assert target.read_bytes() == b"second" and os.listdir(target.parent) == ["b.bin"] and len(synced) == 1
+    monkeypatch.undo()
     data = photo_bytes(size=(320, 200))
     one = store_image(data, tmp_path, 160, 10**8)
     mtime = (tmp_path / one.resized_path).stat().st_mtime_ns
