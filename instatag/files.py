@@ -1,4 +1,4 @@
-"""Atomic file writes, shared by the image store, model files and reports."""
+"""Atomic file writes (image store, model files, reports) and hard links into the image store."""
 
 from __future__ import annotations
 
@@ -33,3 +33,28 @@ def write_atomic(path: str | Path, data: bytes, durable: bool = False) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def link_or_copy(path: str, data: bytes, source: str, source_stat: os.stat_result) -> bool:
+    """Make ``path`` a hard link to ``source``, the file ``data`` was read from, folders made as
+    needed; a ``path`` already there is kept. ``data`` is written instead (``write_atomic``) when
+    no link can be made (another filesystem, links not allowed) or when ``source`` is no longer
+    the file that was read (``source_stat``: its inode, size and mtime then). True when ``data``
+    was written."""
+    try:
+        try:
+            os.link(source, path)
+        except FileNotFoundError:  # the first file of its folder (or the source is gone: copied below)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.link(source, path)
+    except FileExistsError:
+        return False
+    except OSError:  # EXDEV, EPERM (protected_hardlinks), EMLINK, ENOTSUP, ENOENT...
+        write_atomic(path, data)
+        return True
+    st = os.stat(path)
+    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (
+            source_stat.st_dev, source_stat.st_ino, source_stat.st_size, source_stat.st_mtime_ns):
+        write_atomic(path, data)  # changed or replaced since it was read: keep the bytes that were hashed
+        return True
+    return False

@@ -1,6 +1,7 @@
 """The content-addressed image store under the data dir.
 
-``store/originals/ab/<sha256>.<ext>`` keeps each accepted photo byte for byte;
+``store/originals/ab/<sha256>.<ext>`` keeps each accepted photo byte for byte (a hard link to the
+scraped file when the ingest passes its ``source`` and both are on one filesystem, else a copy);
 ``store/resized/ab/<sha256>.jpg`` is its training-ready copy: RGB JPEG (quality 90), longest
 side at most ``resized_side``, EXIF orientation applied. Training, evaluation and scoring read
 only the resized copies. Files are written atomically (temporary file + rename): a killed
@@ -20,7 +21,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import write_atomic
+from .files import link_or_copy, write_atomic
 
 #: store folders relative to the data dir, POSIX separators (as the paths in the database)
 STORE = "store"
@@ -57,6 +58,8 @@ class Stored:
     #: relative to the data dir
     original_path: str
     resized_path: str
+    #: the original was written as a copy, not hard-linked from its source (or found in the store)
+    copied: bool = True
 
 
 def original_path(sha256: str, ext: str) -> str:
@@ -156,8 +159,12 @@ def resize(im, side: int):
     return im
 
 
-def store_image(data: bytes, data_dir: Path, side: int, max_pixels: int) -> Stored:
-    """Validate ``data``, keep the original and its resized copy in the store; raise ``Rejected``."""
+def store_image(data: bytes, data_dir: Path, side: int, max_pixels: int,
+                source: tuple[str, os.stat_result] | None = None) -> Stored:
+    """Validate ``data``, keep the original and its resized copy in the store; raise ``Rejected``.
+
+    ``source``: the file ``data`` was read from and its ``fstat`` then; the original is kept as
+    a hard link to it where possible (``files.link_or_copy``), else written."""
     if not data:
         raise Rejected("empty_file", "0 bytes")
     sha = hashlib.sha256(data).hexdigest()
@@ -172,7 +179,11 @@ def store_image(data: bytes, data_dir: Path, side: int, max_pixels: int) -> Stor
         resize(im, side).save(buf, "JPEG", quality=RESIZED_QUALITY)
         write_atomic(resized_file, buf.getvalue())
     orientation = _orientation(im)
-    write_atomic(f"{root}/{rel_orig}", data)
+    if source is None:
+        write_atomic(f"{root}/{rel_orig}", data)
+        copied = True
+    else:
+        copied = link_or_copy(f"{root}/{rel_orig}", data, *source)
     if orientation in (5, 6, 7, 8):
         w, h = h, w
-    return Stored(sha, fmt, w, h, rel_orig, rel_resized)
+    return Stored(sha, fmt, w, h, rel_orig, rel_resized, copied)

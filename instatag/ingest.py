@@ -328,11 +328,13 @@ class _TooLarge(_Unreadable):
     pass
 
 
-def _read_bytes(path: str, limit: int) -> bytes:
-    """The whole file, refused (``_TooLarge``) before reading when it holds more than ``limit`` bytes."""
+def _read_bytes(path: str, limit: int) -> tuple[bytes, os.stat_result]:
+    """The whole file and its ``fstat`` (taken when opened), refused (``_TooLarge``) before reading
+    when it holds more than ``limit`` bytes."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        expected = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        expected = st.st_size
         if expected > limit:
             raise _TooLarge(f"over {limit} bytes")
         parts, size = [], 0
@@ -344,7 +346,7 @@ def _read_bytes(path: str, limit: int) -> bytes:
                 raise _TooLarge(f"over {limit} bytes")
             if size == expected:  # it asked for more: a short read at the size fstat gave is the end
                 break
-        return b"".join(parts)
+        return b"".join(parts), st
     finally:
         os.close(fd)
 
@@ -352,7 +354,7 @@ def _read_bytes(path: str, limit: int) -> bytes:
 def read_caption(path: str) -> str:
     """A caption file: UTF-8 (BOM optional), or UTF-16 with a BOM."""
     try:
-        data = _read_bytes(path, MAX_CAPTION_BYTES)
+        data = _read_bytes(path, MAX_CAPTION_BYTES)[0]
         encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
         return data.decode(encoding).replace("\x00", "")
     except (OSError, UnicodeDecodeError) as exc:
@@ -362,7 +364,7 @@ def read_caption(path: str) -> str:
 def read_metadata(path: str) -> dict:
     """caption, shortcode, owner_id, taken_at from instaloader's ``.json.xz`` (or ``.json``)."""
     try:
-        data = _read_bytes(path, MAX_METADATA_BYTES)
+        data = _read_bytes(path, MAX_METADATA_BYTES)[0]
         if path.lower().endswith(".xz"):
             dec = lzma.LZMADecompressor()
             data = dec.decompress(data, max_length=MAX_METADATA_BYTES)
@@ -393,7 +395,7 @@ def read_metadata(path: str) -> dict:
     return out
 
 
-def _read_image(path: str) -> bytes:
+def _read_image(path: str) -> tuple[bytes, os.stat_result]:
     try:
         return _read_bytes(path, MAX_IMAGE_BYTES)
     except _TooLarge as exc:
@@ -414,8 +416,10 @@ def _stem_time(stem: str) -> datetime | None:
         return None
 
 
-def process_post(f: PostFile, data_dir: Path, side: int, max_pixels: int, scrape: frozenset) -> Outcome:
-    """Read one post; store its photo unless something of the post is unreadable."""
+def process_post(f: PostFile, data_dir: Path, side: int, max_pixels: int, scrape: frozenset,
+                 link: bool = False) -> Outcome:
+    """Read one post; store its photo unless something of the post is unreadable. ``link``: keep
+    the original as a hard link to the photo file where possible."""
     out = Outcome(f, caption=f.caption, taken_at=f.taken_at)
     try:
         meta = {}
@@ -437,7 +441,8 @@ def process_post(f: PostFile, data_dir: Path, side: int, max_pixels: int, scrape
         out.taken_at = meta.get("taken_at") or out.taken_at or _stem_time(f.post)
         tags = dict.fromkeys(parse_hashtags(out.caption) + tags_from_list(f.tags))
         out.tags = [(t, t in scrape) for t in tags]
-        out.stored = store_image(_read_image(f.image), data_dir, side, max_pixels)
+        data, st = _read_image(f.image)
+        out.stored = store_image(data, data_dir, side, max_pixels, (f.image, st) if link else None)
     except Rejected as exc:
         out.problems.append(Problem(f.image, exc.reason, exc.detail))
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop the run
@@ -608,9 +613,12 @@ def ingest(settings: Settings, sources: list[Path] | None = None, workers: int |
     log.info("ingest: %d photos found, %d new, %d already ingested; %d worker(s)",
              len(found), len(todo), len(found) - len(todo), n_workers)
     fn = partial(process_post, data_dir=Path(os.path.abspath(settings.data_dir)), side=settings.resized_side,
-                 max_pixels=settings.max_pixels, scrape=scrape_tag_set(settings.scrape_tags))
+                 max_pixels=settings.max_pixels, scrape=scrape_tag_set(settings.scrape_tags),
+                 link=settings.store_originals == "link")
     batch: list[Outcome] = []
+    copied = 0
     for outcome in progress(_outcomes(todo, fn, n_workers), total=len(todo), desc="ingest", unit="photo"):
+        copied += bool(outcome.stored and outcome.stored.copied)
         batch.append(outcome)
         if len(batch) >= BATCH:
             with engine.begin() as conn:
@@ -619,6 +627,9 @@ def ingest(settings: Settings, sources: list[Path] | None = None, workers: int |
     with engine.begin() as conn:
         write_batch(conn, batch, problems, report)
     report.seconds = time.monotonic() - start
+    if copied and settings.store_originals == "link":
+        log.info("ingest: %d originals copied into the store, not hard-linked: their folders are on another "
+                 "filesystem than the data dir, or links are not allowed there", copied)
     log.info("%s", report.summary())
     return report
 

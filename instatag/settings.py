@@ -48,6 +48,9 @@ class Settings:
     max_pixels: int = 40_000_000
     #: Longest side of the training-ready copy kept in the image store.
     resized_side: int = 160
+    #: ``link``: keep each original as a hard link to the scraped file when the drop folder and the
+    #: data dir share a filesystem (no second copy on disk), else a copy; ``copy``: always a copy.
+    store_originals: str = "link"
     #: Worker processes for decoding during ingest (0: one per core).
     ingest_workers: int = 0
     #: resnet18 ImageNet weights file (else torchvision's cache under TORCH_HOME).
@@ -158,6 +161,8 @@ def load_settings(env: dict[str, str] | None = None, **overrides) -> Settings:
         s = s.replace(database_url=url or f"sqlite:///{(s.data_dir / 'instatag.db').absolute()}")
     if s.device not in ("auto", "cpu", "cuda"):
         raise SettingsError(f"INSTATAG_DEVICE must be auto, cpu or cuda, not {s.device!r}")
+    if s.store_originals not in ("link", "copy"):
+        raise SettingsError(f"INSTATAG_STORE_ORIGINALS must be link or copy, not {s.store_originals!r}")
     if s.promotion_rule not in ("no_worse", "always"):
         raise SettingsError(f"INSTATAG_PROMOTION_RULE must be no_worse or always, not {s.promotion_rule!r}")
     return s

@@ -21,16 +21,18 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
+from instatag import db
 from instatag import ingest as ingest_mod
 from instatag.cli import main
 from instatag.db import get_engine
 from instatag.errors import UserError
-from instatag.files import write_atomic
+from instatag.files import link_or_copy, write_atomic
 from instatag.hashtags import parse_hashtags
 from instatag.imagestore import Rejected, original_path, resized_path, store_image
 from instatag.ingest import ingest, parse_time
 from instatag.sample import make_scrape
 from instatag.schema import images, ingest_errors, post_hashtags, posts
+from instatag.settings import SettingsError, load_settings
 
 # --------------------------------------------------------------------------- helpers
 
@@ -136,6 +138,7 @@ def test_generated_scrape(settings, tmp_path):
         assert img["resized_path"] == resized_path(img["sha256"])
         original = (data_dir / img["original_path"]).read_bytes()
         assert original == Path(img["source_path"]).read_bytes()
+        assert os.path.samefile(data_dir / img["original_path"], img["source_path"])  # hard-linked, not copied
         assert hashlib.sha256(original).hexdigest() == img["sha256"]
         small = Image.open(data_dir / img["resized_path"])
         assert small.format == "JPEG" and small.mode == "RGB" and max(small.size) <= settings.resized_side
@@ -281,18 +284,72 @@ def test_store_files_are_reused_and_written_whole(tmp_path, monkeypatch):
     assert Image.open(tmp_path / one.resized_path).size == (160, 100)
 
 
+def test_link_or_copy_keeps_the_bytes_that_were_read(tmp_path, monkeypatch):
+    src, store = tmp_path / "drop" / "a.jpg", tmp_path / "store"
+    src.parent.mkdir()
+    src.write_bytes(b"photo")
+    data, st = src.read_bytes(), os.stat(src)
+    assert link_or_copy(str(store / "ab" / "1"), data, str(src), st) is False  # linked, folder made
+    assert os.path.samefile(store / "ab" / "1", src)
+    (store / "ab" / "2").write_bytes(b"kept")
+    assert link_or_copy(str(store / "ab" / "2"), data, str(src), st) is False  # already there: kept
+    assert (store / "ab" / "2").read_bytes() == b"kept"
+
+    with src.open("ab") as fh:  # grew after it was read: the bytes read are written instead
+        fh.write(b"+more")
+    assert link_or_copy(str(store / "3"), data, str(src), st) is True
+    assert (store / "3").read_bytes() == b"photo" and not os.path.samefile(store / "3", src)
+    other = tmp_path / "drop" / "b.jpg"  # replaced by another file of the same size
+    other.write_bytes(b"PHOTO")
+    os.replace(other, src)
+    assert link_or_copy(str(store / "4"), data, str(src), st) is True
+    assert (store / "4").read_bytes() == b"photo"
+    src.unlink()  # gone
+    assert link_or_copy(str(store / "5"), data, str(src), st) is True
+    assert (store / "5").read_bytes() == b"photo"
+
+    src.write_bytes(b"photo")
+    data, st = src.read_bytes(), os.stat(src)
+    monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EXDEV, "cross-device")))
+    assert link_or_copy(str(store / "6"), data, str(src), st) is True
+    assert (store / "6").read_bytes() == b"photo" and not os.path.samefile(store / "6", src)
+    assert not list(store.rglob(".*")), "temporary files left"
+
+
+def test_originals_copied_when_set_or_when_no_link_can_be_made(sqlite_settings, tmp_path, monkeypatch, caplog):
+    drop = tmp_path / "drop1"
+    make_scrape(drop, n_posts=3, seed=4)
+
+    def originals(settings):
+        return [(settings.data_dir / r["original_path"], Path(r["source_path"])) for r in rows(settings, images)]
+
+    copying = sqlite_settings.replace(store_originals="copy")
+    assert ingest(copying, [drop]).accepted == 3
+    assert all(o.read_bytes() == s.read_bytes() and not os.path.samefile(o, s) for o, s in originals(copying))
+
+    elsewhere = load_settings(env={}, data_dir=tmp_path / "var2")  # link (the default), across filesystems
+    db.upgrade(elsewhere)
+    monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EXDEV, "cross-device")))
+    with caplog.at_level("INFO", logger="instatag.ingest"):
+        assert ingest(elsewhere, [drop]).accepted == 3
+    assert all(o.read_bytes() == s.read_bytes() and not os.path.samefile(o, s) for o, s in originals(elsewhere))
+    assert "3 originals copied into the store, not hard-linked" in caplog.text
+    with pytest.raises(SettingsError, match="INSTATAG_STORE_ORIGINALS must be link or copy"):
+        load_settings(env={"INSTATAG_STORE_ORIGINALS": "symlink"})
+
+
 @pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 300_000])
 def test_files_are_read_whole(tmp_path, size):
     path = tmp_path / "f"
     path.write_bytes(os.urandom(size))
-    assert ingest_mod._read_bytes(str(path), 10**6) == path.read_bytes()
+    assert ingest_mod._read_bytes(str(path), 10**6)[0] == path.read_bytes()
 
 
 def test_files_whose_size_stat_does_not_tell_are_read_whole():
     status = Path("/proc/self/status")
     if not status.exists() or status.stat().st_size:
         pytest.skip("needs Linux's /proc")
-    assert ingest_mod._read_bytes(str(status), 10**6).startswith(b"Name:")
+    assert ingest_mod._read_bytes(str(status), 10**6)[0].startswith(b"Name:")
 
 
 def test_size_limits_refuse_before_reading(sqlite_settings, tmp_path, monkeypatch):
