@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 MANIFEST_EXTS = {".csv", ".jsonl"}
-#: instaloader side files that are not part of a post's photo, caption or metadata
-IGNORED_SUFFIXES = ("_comments.json", "_comments.json.xz", "_location.txt")
+#: instaloader side files that are not part of a post's photo, caption or metadata, and its
+#: downloads in progress (``<name>.temp``, renamed to ``<name>`` when complete)
+IGNORED_SUFFIXES = ("_comments.json", "_comments.json.xz", "_location.txt", ".temp")
 MAX_IMAGE_BYTES = 200 * 2**20
 MAX_CAPTION_BYTES = 2**20
 MAX_METADATA_BYTES = 16 * 2**20

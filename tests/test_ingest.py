@@ -404,6 +404,20 @@ def test_captions_metadata_and_multi_photo_posts(settings, tmp_path):
     assert {t for pid, t in tags if pid == by_post["2026-11-05_10-00-00_UTC_1"]["id"]} == {"cake", "pie"}
 
 
+def test_instaloader_side_files_and_downloads_in_progress_are_ignored(sqlite_settings, tmp_path):
+    drop = tmp_path / "drop"
+    (stem, _), = make_scrape(drop, n_posts=1, seed=5)
+    (drop / f"{stem}_comments.json").write_text("[]")
+    (drop / f"{stem}_location.txt").write_text("Rome")
+    (drop / "2026-11-01_23-00-00_UTC.jpg.temp").write_bytes(photo_bytes()[:100])  # being downloaded
+    (drop / "2026-11-01_23-00-00_UTC.txt").write_text("soon #soup")
+    (drop / "clip.mp4").write_bytes(b"\0" * 10)
+    report = ingest(sqlite_settings, [drop])
+    assert (report.accepted, report.rejected) == (1, {"caption_without_photo": 1, "unsupported_format": 1})
+    assert errors_by_name(sqlite_settings) == {"2026-11-01_23-00-00_UTC.txt": "caption_without_photo",
+                                               "clip.mp4": "unsupported_format"}
+
+
 def test_folders_symlinks_and_unreadable_folders(settings, tmp_path, monkeypatch):
     drop = tmp_path / "drop"
     make_scrape(drop / "a", n_posts=2, seed=4)
