@@ -36,14 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from machine import machine_info  # noqa: E402
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
-
-from instatag import db  # noqa: E402
+# Only light imports at module level: the pool's worker processes (spawn) run this file again
+# as their __main__, and what it imports here every worker would import, in both loops; a real
+# ingest worker (`instatag ingest`) imports only instatag.cli and instatag.ingest. The database
+# side is imported in main().
 from instatag.imagestore import RESAMPLE, fit, to_rgb  # noqa: E402
-from instatag.ingest import PARALLEL_MIN, _workers, discover, ingest  # noqa: E402
-from instatag.schema import images, posts  # noqa: E402
-from instatag.settings import load_settings  # noqa: E402
 
 FOOD10 = ROOT.parent / "shared" / "data" / "food10-scrape"
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -96,6 +93,11 @@ def bare_loop(paths: list[str], workers: int, side: int, max_pixels: int) -> Non
 
 def fresh_database(admin, admin_url: str, tmp: Path, run: int):
     """Settings for an empty, migrated database and data dir of its own (one per repeat)."""
+    from sqlalchemy import text
+
+    from instatag import db
+    from instatag.settings import load_settings
+
     name = f"instatag_bench_{uuid.uuid4().hex[:10]}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -106,6 +108,11 @@ def fresh_database(admin, admin_url: str, tmp: Path, run: int):
 
 
 def count_rows(settings) -> tuple[int, int]:
+    from sqlalchemy import func, select
+
+    from instatag import db
+    from instatag.schema import images, posts
+
     engine = db.get_engine(settings)
     with engine.connect() as conn:
         n_images = conn.execute(select(func.count()).select_from(images)).scalar_one()
@@ -123,6 +130,13 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", type=Path, help="parent of the temporary data dirs (default: system temp)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
+    from machine import machine_info
+    from sqlalchemy import create_engine, text
+
+    from instatag import db
+    from instatag.ingest import PARALLEL_MIN, _workers, discover, ingest
+    from instatag.settings import load_settings
+
     drops = sorted(p for p in args.food10.glob("drop-*") if p.is_dir())
     if not drops:
         ap.error(f"no drop-* folders under {args.food10}")
