@@ -58,7 +58,7 @@ class Stored:
     #: relative to the data dir
     original_path: str
     resized_path: str
-    #: the original was written as a copy, not hard-linked from its source (or found in the store)
+    #: the original's bytes were written (a copy); False when hard-linked or already in the store
     copied: bool = True
 
 
