@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
 import shutil
 from pathlib import Path
@@ -52,11 +51,13 @@ def add_images(settings, n: int = 24, seed: int = 0, labelled: bool = True) -> l
     dishes = [d for d in DISHES if d.name in DISH_LABELS]
     out = []
     with db.get_engine(settings).begin() as conn:
+        before = conn.execute(select(func.count()).select_from(t.images)).scalar_one()
         for k in range(n):
             dish = dishes[k % len(dishes)]
             buf = io.BytesIO()
             draw(dish, rng, size=48).save(buf, "JPEG", quality=85)
-            sha = hashlib.sha256(buf.getvalue() + f"{seed}/{k}".encode() + os.urandom(8)).hexdigest()  # unique per call
+            # unique per call, and the same in every run: the training/validation split (by hash) is fixed
+            sha = hashlib.sha256(buf.getvalue() + f"{seed}/{before + k}".encode()).hexdigest()
             rel = f"store/resized/{sha[:2]}/{sha}.jpg"
             path = settings.data_dir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
