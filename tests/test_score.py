@@ -16,6 +16,7 @@ from sqlalchemy import func, insert, select, text, update
 from instatag import cli, db, evaluate, modelfile, score
 from instatag import schema as t
 from instatag.errors import UserError
+from instatag.imagestore import resized_path
 from instatag.sample import DISHES, draw
 
 LABELS = ["dessert", "cake", "soup", "salad", "tart", "tomato"]  # model-output order
@@ -58,7 +59,7 @@ def add_images(settings, n: int = 24, seed: int = 0, labelled: bool = True) -> l
             draw(dish, rng, size=48).save(buf, "JPEG", quality=85)
             # unique per call, and the same in every run: the training/validation split (by hash) is fixed
             sha = hashlib.sha256(buf.getvalue() + f"{seed}/{before + k}".encode()).hexdigest()
-            rel = f"store/resized/{sha[:2]}/{sha}.jpg"
+            rel = resized_path(sha)
             path = settings.data_dir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(buf.getvalue())

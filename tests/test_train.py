@@ -16,6 +16,7 @@ from instatag import cli, db, modelfile, ranking
 from instatag import schema as t
 from instatag import train as tr
 from instatag.errors import UserError
+from instatag.imagestore import resized_path
 from instatag.labels import Item
 from instatag.sample import DISHES, draw
 
@@ -52,7 +53,7 @@ def add_labelled_images(settings, n: int = 24) -> int:
         rows = []
         for k, (data, labels) in enumerate(_photos(n)):
             sha = hashlib.sha256(data).hexdigest()
-            rel = f"store/resized/{sha[:2]}/{sha}.jpg"
+            rel = resized_path(sha)
             (settings.data_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             (settings.data_dir / rel).write_bytes(data)
             image_id = conn.execute(insert(t.images).values(

@@ -14,6 +14,7 @@ from instatag import db
 from instatag import schema as t
 from instatag.cli import main
 from instatag.errors import UserError
+from instatag.imagestore import original_path, resized_path
 from instatag.labels import LabelPipeline, is_valid
 from instatag.vocab import build, build_vocab, describe
 
@@ -49,8 +50,7 @@ def add_posts(settings, posts, scrape_flag=("recipe", "recipes")):
                 sha = hashlib.sha256(key.encode()).hexdigest()
                 ids[key] = conn.execute(insert(t.images).values(
                     sha256=sha, post=key, source_path=f"/drop/{key}.jpg", format="jpeg", width=32, height=32,
-                    original_path=f"store/originals/{sha[:2]}/{sha}.jpg",
-                    resized_path=f"store/resized/{sha[:2]}/{sha}.jpg")).inserted_primary_key[0]
+                    original_path=original_path(sha, "jpg"), resized_path=resized_path(sha))).inserted_primary_key[0]
             n += 1
             post_id = conn.execute(insert(t.posts).values(
                 image_id=ids[key], post=f"{key}-{n}", source_path=f"/drop/{key}-{n}.txt")).inserted_primary_key[0]

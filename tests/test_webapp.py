@@ -11,6 +11,7 @@ from sqlalchemy import insert, text
 
 from instatag import db, webapp
 from instatag import schema as t
+from instatag.imagestore import resized_path
 
 LABELS = ("cake", "pie", "salad", "soup")
 
@@ -40,7 +41,7 @@ def make_images(settings, conn, n: int, files: bool = True) -> list[int]:
     rows = []
     for i in range(n):
         sha = f"{i:064x}"
-        rel = f"store/resized/{sha[:2]}/{sha}.jpg"
+        rel = resized_path(sha)
         if files:
             path = settings.data_dir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
