@@ -9,8 +9,10 @@ A YAML mapping with exactly these keys (all optional; see ``docs/grouping.md``):
       sweets_sum: [dessert, sweet]
     split_hashtags: true           # split run-together tags (#chocolatecake -> chocolate, cake)
 
-Entries are case-folded and a leading ``#`` is ignored. Loading checks only the file itself;
-no WordNet is needed. ``load_grouping(None)`` reads the packaged default ``data/groups.yaml``.
+Entries of ``scrape_tags``, ``drop`` and ``groups`` are stored as their match key
+(``hashtags.match_key``: ``food_porn`` -> ``foodporn``, ``🍕`` -> ``pizza``), the key every tag is
+compared under; group labels are case-folded, a leading ``#`` ignored. Loading checks only the
+file itself; no WordNet is needed. ``load_grouping(None)`` reads the packaged default ``data/groups.yaml``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import UserError
+from .hashtags import match_key
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "data" / "groups.yaml"
 KEYS = ("scrape_tags", "drop", "min_count", "groups", "split_hashtags")
@@ -118,7 +121,10 @@ def _terms(source: str, key: str, value) -> tuple[str, ...]:
         if not isinstance(item, str) or not _TERM.match(_norm(item)):
             raise UserError(f"grouping file {source}: {key} holds {item!r}; each entry must be one hashtag "
                             "(a word without spaces)")
-        out.add(_norm(item))
+        if not (term := match_key(item)):
+            raise UserError(f"grouping file {source}: {key} holds {item!r}, which has no letter, digit or "
+                            "emoji to match a hashtag by")
+        out.add(term)
     return tuple(sorted(out))
 
 

@@ -5,11 +5,14 @@
 training counts, labelled images) for training, evaluation and scoring. The rules, in order,
 for one hashtag (docs/grouping.md has the details):
 
-1. NFKC, case-fold, strip non-word characters at both ends (``#yum😋`` -> ``yum``).
-2. An entry of the grouping file (scrape tag, drop, group member) matches the tag itself or its
+1. The match key (``hashtags.match_key``): case-fold, an emoji tag becomes its CLDR name,
+   NFKC, separators and a trailing number folded out (``#Food_Porn`` -> ``foodporn``,
+   ``#recipes2026`` -> ``recipes``, ``#🍕`` -> ``pizza``, ``#yum😋`` -> ``yum``). Every later
+   step, and every entry of the grouping file, works on keys.
+2. An entry of the grouping file (scrape tag, drop, group member) matches the key itself or its
    lemma; entries match through their own lemma too (``drop: [foodie]`` drops ``#foodies``).
-3. Lemma: NLTK's ``WordNetLemmatizer().lemmatize(tag, "n")`` (WordNet, offline).
-4. A tag that is neither a WordNet word nor a grouping entry is split when wordsegment maps it,
+3. Lemma: NLTK's ``WordNetLemmatizer().lemmatize(key, "n")`` (WordNet, offline).
+4. A key that is neither a WordNet word nor a grouping entry is split when wordsegment maps it,
    or its singular, onto two or more known words of at least 3 letters (``chocolatecake`` ->
    chocolate, cake; ``applepies`` -> apple, pie); each part then goes through 2-3.
 5. Scrape tags and dropped tags give no label; a group member gives the group's label; any
@@ -19,19 +22,18 @@ for one hashtag (docs/grouping.md has the details):
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import namedtuple
 from collections.abc import Iterable
 
 from .errors import UserError
 from .grouping import Grouping, grouping_from_dict
+from .hashtags import match_key
 
 Item = namedtuple("Item", "image_id sha256 resized_path labels")
 #: one lemma of a tag and what became of it: label (None when excluded), why (None | "scrape" | "drop" | "rare")
 Resolved = namedtuple("Resolved", "lemma label why")
 
 MIN_PART = 3
-_EDGES = re.compile(r"^[\W_]+|[\W_]+$")
 _SPLITTABLE = re.compile(rf"^[a-z]{{{2 * MIN_PART},}}$")
 _SCRAPE, _DROP = object(), object()
 
@@ -47,11 +49,6 @@ def split(items: Iterable[Item], valid_pct: float = 0.2) -> tuple[list[Item], li
     for item in items:
         (valid if is_valid(item.sha256, valid_pct) else train).append(item)
     return train, valid
-
-
-def normalize(tag: str) -> str:
-    """NFKC, case-folded, without non-word characters at either end ('' for junk)."""
-    return _EDGES.sub("", unicodedata.normalize("NFKC", tag).casefold().lstrip("#"))
 
 
 def _wordnet():
@@ -124,15 +121,15 @@ class LabelPipeline:
 
     # ------------------------------------------------------------------ one hashtag
     def lemma(self, word: str) -> str:
-        """WordNet's noun lemma of a normalized word (the word itself when WordNet lacks it)."""
+        """WordNet's noun lemma of a match key (the key itself when WordNet lacks it)."""
         self.require_wordnet()
         return self._lemmatizer.lemmatize(word, "n") if word else word
 
     def resolve(self, tag: str) -> tuple[Resolved, ...]:
         """The lemma(s) of a raw hashtag (several when split) and the label each gives."""
         if tag not in self._cache:
-            word = normalize(tag)
-            self._cache[tag] = tuple(self._resolve_lemma(lemma) for lemma in self._lemmas(word)) if word else ()
+            key = match_key(tag)
+            self._cache[tag] = tuple(self._resolve_lemma(lemma) for lemma in self._lemmas(key)) if key else ()
         return self._cache[tag]
 
     def lemmas(self, tag: str) -> tuple[str, ...]:
@@ -153,17 +150,17 @@ class LabelPipeline:
     def labels_for_tags(self, tags: Iterable[str]) -> set[str]:
         return {label for tag in tags for label in self.labels_for_tag(tag)}
 
-    def _lemmas(self, word: str) -> list[str]:
+    def _lemmas(self, key: str) -> list[str]:
         entries = self._grouping_entries()
-        if word in entries:
-            return [word]
-        lemma = self.lemma(word)
-        if lemma in entries or not self.grouping.split_hashtags or self._known(word):
+        if key in entries:
+            return [key]
+        lemma = self.lemma(key)
+        if lemma in entries or not self.grouping.split_hashtags or self._known(key):
             return [lemma]
-        parts = self._split(word)
+        parts = self._split(key)
         if not parts:
             return [lemma]
-        return [p if p in entries else self.lemma(p) for p in parts]
+        return list(dict.fromkeys(p if p in entries else self.lemma(p) for p in parts))  # 🍕🍕: pizza once
 
     def _resolve_lemma(self, lemma: str) -> Resolved:
         target = self._grouping_entries().get(lemma, lemma)

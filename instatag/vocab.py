@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .grouping import canonical_json, load_grouping
-from .labels import LabelPipeline, is_valid, normalize
+from .labels import LabelPipeline, is_valid, match_key
 
 #: the validation share behind ``stats["train_counts"]`` (``labels.is_valid``'s default)
 VALID_PCT = 0.2
@@ -169,6 +169,7 @@ def _tool_versions(wn, split: bool) -> dict:
     return {
         "lemmatizer": f"nltk {version('nltk')} WordNetLemmatizer (noun), WordNet {wn.get_version()}",
         "segmenter": f"wordsegment {version('wordsegment')}" if split else None,
+        "emoji_names": f"emoji {version('emoji')} (CLDR short names)",
     }
 
 
@@ -274,8 +275,9 @@ def add_cli(sub) -> None:
     ls = vs.add_parser("list", help="list the vocabulary versions")
     ls.set_defaults(handler=_list_cmd)
     e = vs.add_parser("explain", help="show how hashtags map to lemmas and labels",
-                      description="Trace hashtags through the label pipeline: lemma(s), split parts, label "
-                      "or why there is none. With --version, under that stored vocabulary.")
+                      description="Trace hashtags through the label pipeline: the match key every rule "
+                      "compares (separators and a trailing number folded, emoji named), lemma(s), split "
+                      "parts, label or why there is none. With --version, under that stored vocabulary.")
     e.add_argument("tags", nargs="+", metavar="TAG", help="hashtags, with or without '#'")
     e.add_argument("--groups", type=Path, metavar="FILE", help="grouping YAML (default as for build)")
     e.add_argument("--version", type=int, metavar="VERSION", help="use a stored vocabulary version instead")
@@ -329,10 +331,11 @@ def _explain_cmd(args, settings) -> int:
                                  .with_scrape_tags(settings.scrape_tags))
     for tag in args.tags:
         resolved = pipeline.resolve(tag)
-        split = pipeline.splits.get(normalize(tag))
-        head = f"#{tag.lstrip('#')}" + (f" (split: {' '.join(split)})" if split else "")
+        key = match_key(tag)
+        split = pipeline.splits.get(key)
+        head = f"#{tag.lstrip('#')} [key {key or '-'}]" + (f" (split: {' '.join(split)})" if split else "")
         if not resolved:
-            print(f"{head}: no word characters, ignored")
+            print(f"{head}: no letter, digit or emoji, ignored")
         for r in resolved:
             print(f"{head}: lemma {r.lemma!r} -> " + (f"label {r.label!r}" if r.label else {
                 "scrape": "no label (scrape tag)", "drop": "no label (dropped by the grouping file)",

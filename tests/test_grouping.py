@@ -39,6 +39,22 @@ groups:
     assert list(g.groups) == ["bbq", "sweets_sum"]
 
 
+def test_entries_are_stored_as_match_keys(tmp_path):
+    """Entries are compared under the same key as tags: separators and a trailing number folded,
+    emoji named; group labels keep their spelling."""
+    g = load_grouping(write(tmp_path, """
+scrape_tags: [Recipes_2026]
+drop: [Food_Porn, "#insta-food", foodporn, 😋]
+groups:
+  ice_cream: [ice_cream, gelato2026]
+  pizza: [🍕]
+"""))
+    assert g.scrape_tags == ("recipes",)
+    assert g.drop == ("facesavoringfood", "foodporn", "instafood")
+    assert g.groups == {"ice_cream": ("gelato", "icecream"), "pizza": ("pizza",)}
+    assert grouping_from_dict(g.as_dict()) == g
+
+
 def test_every_key_is_optional(tmp_path):
     assert load_grouping(write(tmp_path, "")) == Grouping()
     assert load_grouping(write(tmp_path, "min_count: 2\n")).min_count == 2
@@ -84,6 +100,10 @@ def test_min_count_override_is_checked():
     ("drop: [x]\ngroups: {g: [x]}\n", r"'x' is in drop and in group 'g'"),
     ("drop: [g]\ngroups: {g: [x]}\n", r"'g' is in drop and in group 'g'"),
     ("drop: [recipe]\nscrape_tags: [recipe]\n", r"'recipe' is in both scrape_tags and drop"),
+    # entries that differ only in separators or a trailing number are one entry
+    ("groups: {a: [ice_cream], b: [icecream]}\n", r"'icecream' is in two groups, 'a' and 'b'"),
+    ("drop: [food_porn]\ngroups: {g: [foodporn2026]}\n", r"'foodporn' is in drop and in group 'g'"),
+    ("drop: [___]\n", r"drop holds '___', which has no letter, digit or emoji"),
     ("scrape_tags: recipe\n", r"scrape_tags must be a list of hashtags, not str"),
     ("min_count: three\n", r"min_count must be a positive whole number, not 'three'"),
     ("min_count: 0\n", r"min_count must be a positive whole number, not 0"),

@@ -8,7 +8,7 @@ import pytest
 
 from instatag.errors import UserError
 from instatag.grouping import Grouping, grouping_from_dict, load_grouping
-from instatag.labels import Item, LabelPipeline, is_valid, normalize, split
+from instatag.labels import Item, LabelPipeline, is_valid, split
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +39,6 @@ def test_wordnet_quirks_are_grouped_in_the_default(default):
     assert default.label_for("desserts") == "sweets_sum" == default.label_for("sweets")
 
 
-@pytest.mark.parametrize("tag, normal", [
-    ("#ChocolateCake", "chocolatecake"), ("TomatoSoup!", "tomatosoup"), ("yum😋", "yum"),
-    ("__pie__", "pie"), ("Café", "café"), ("ｃａｋｅ", "cake"), ("디저트", "디저트"), ("😋", ""), ("___", ""),
-])
-def test_normalize(tag, normal):
-    assert normalize(tag) == normal
-
-
 def test_camelcase_and_unicode_tags(plain, default):
     assert plain.lemmas("#ChocolateCake") == ("chocolate", "cake")
     assert plain.labels_for_tag("TomatoSoups") == ("soup", "tomato")
@@ -54,7 +46,37 @@ def test_camelcase_and_unicode_tags(plain, default):
     assert plain.lemmas("디저트") == ("디저트",) and plain.label_for("디저트") == "디저트"
     assert plain.lemmas("торты") == ("торты",)
     assert default.label_for("디저트") == "sweets_sum"  # a Unicode member of a group
-    assert plain.resolve("😋😋") == () and plain.label_for("!!!") is None
+    assert plain.resolve("°°") == () and plain.label_for("!!!") is None
+
+
+def test_separator_and_number_variants_resolve_like_their_plain_form(default):
+    """Field case underscore-variants: one match key for drop, scrape tags, groups and the splitter."""
+    for variant, plain_form in [("food_porn", "foodporn"), ("home_made", "homemade"), ("insta_food", "instafood"),
+                                ("Dessert_Recipe", "dessertrecipe"), ("recipes2026", "recipes"),
+                                ("ice_cream", "icecream"), ("ice-cream", "icecream"), ("foodlover2026", "foodlover"),
+                                ("apple_pies", "applepies"), ("bbq_2026", "bbq"), ("gluten_free", "glutenfree")]:
+        assert default.resolve(variant) == default.resolve(plain_form), variant
+    assert default.resolve("food_porn")[0].why == "drop" and default.resolve("home_made")[0].why == "drop"
+    assert default.resolve("insta_food")[0].why == "drop" and default.resolve("recipes2026")[0].why == "scrape"
+    assert default.labels_for_tag("dessert_recipe") == ("sweets_sum",)
+    assert default.labels_for_tag("apple_pies_2026") == ("apple", "pie")
+    assert default.label_for("gluten_free") == "gluten_free"
+    assert default.splits["dessertrecipe"] == ["dessert", "recipe"]  # the splitter sees the key
+
+
+def test_emoji_tags_resolve_through_their_cldr_name(plain, default):
+    """Field case emoji-hashtags: #🍕 is pizza; an emoji tag resolves like its name typed as a tag."""
+    assert plain.lemmas("🍕") == ("pizza",) and plain.label_for("🍕") == "pizza"
+    assert plain.label_for("🍰") == "shortcake" and plain.label_for("🥧") == "pie"
+    assert plain.lemmas("🍪") == plain.lemmas("cookie") and default.label_for("🍪") == "cookie"
+    assert default.label_for("🍩") == "doughnut"
+    assert default.labels_for_tag("🧀") == default.labels_for_tag("cheese_wedge") == ("cheese", "wedge")
+    assert plain.labels_for_tag("🍎") == plain.labels_for_tag("red_apple") == ("apple", "red")
+    assert plain.lemmas("🍕🍕") == ("pizza",)
+    assert plain.label_for("👍🏽") == plain.label_for("👍")
+    p = LabelPipeline(grouping_from_dict({"drop": ["😋", "❤️"], "groups": {"pizza": ["🍕", "pizza_slice"]}}))
+    assert [p.resolve(t)[0].why for t in ("😋", "face_savoring_food", "❤", "red_heart")] == ["drop"] * 4
+    assert p.label_for("🍕") == "pizza" and p.label_for("pizzaslice") == "pizza"
 
 
 def test_splitting(plain):
@@ -64,9 +86,11 @@ def test_splitting(plain):
     assert plain.lemmas("breakfastburritos") == ("breakfast", "burrito")
     assert plain.splits["applepies"] == ["apple", "pie"]
     # a WordNet word, an unknown word, and parts that are not all known words of 3+ letters stay whole
-    for tag in ("cheesecake", "homemade", "bibimbap", "gochujang", "nofilter", "instagood", "foodlover2026"):
+    for tag in ("cheesecake", "homemade", "bibimbap", "gochujang", "nofilter", "instagood"):
         assert plain.lemmas(tag) == (tag,), tag
         assert tag not in plain.splits
+    # the splitter sees the key, without its trailing number
+    assert plain.lemmas("foodlover2026") == plain.lemmas("foodlover") == ("food", "lover")
 
 
 def test_splitting_can_be_switched_off():

@@ -219,6 +219,7 @@ def test_cli_build_show_list_explain(sqlite_settings, groups_file, tmp_path, cap
     assert main([*base, "vocab", "explain", "#Recipes", "ApplePies", "foodie", "--groups", str(groups_file)]) == 0
     out = capsys.readouterr().out
     assert "lemma 'recipe' -> no label (scrape tag)" in out and "label 'pie'" in out and "(split: apple pie)" in out
+    assert "#ApplePies [key applepies] (split: apple pie)" in out
     assert main([*base, "vocab", "explain", "tofu", "grill", "--version", "1"]) == 0
     assert "not in this vocabulary version" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
@@ -226,6 +227,58 @@ def test_cli_build_show_list_explain(sqlite_settings, groups_file, tmp_path, cap
     assert main([*base, "vocab", "build", "--groups", str(bad)]) == 2
     assert "'x' is in two groups" in capsys.readouterr().err
     assert main([*base, "vocab", "build", "--min-count", "0"]) == 2
+
+
+def write_post(folder, stamp: str, caption: str, color=(200, 30, 30)) -> None:
+    """One instaloader post: ``<stamp>_UTC.jpg`` and its caption."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 24), color).save(folder / f"{stamp}_UTC.jpg")
+    (folder / f"{stamp}_UTC.txt").write_text(caption, encoding="utf-8")
+
+
+def test_hashtag_rules_from_caption_to_label(sqlite_settings, tmp_path, capsys):
+    """Issue 19.3/19.4 end to end: captions as users write them -> ingest (tags as typed) ->
+    vocab build under the packaged grouping (labels by match key) -> vocab explain."""
+    drop = tmp_path / "drop"
+    write_post(drop, "2026-11-04_10-00-00", "Lasagna night! Card: https://www.example-food-blog.com/lasagna/"
+               "#wprm-recipe-container-812 and https://youtu.be/xyz?si=a#t=1m22s #lasagna #recipe", (10, 20, 30))
+    write_post(drop, "2026-11-04_10-00-02", "Friday #🍕 night #🍰 #pizza #️⃣", (40, 50, 60))
+    write_post(drop, "2026-11-04_11-00-00", "Sundae time #ice_cream #food_porn #home_made #insta_food "
+               "#dessert_recipe #recipes2026 #recipe", (70, 80, 90))
+    write_post(drop, "2026-11-04_11-00-01", "#IceCream #FoodPorn #recipe", (100, 110, 120))
+    base = ["--database-url", sqlite_settings.database_url, "--data-dir", str(sqlite_settings.data_dir)]
+    assert main([*base, "ingest", str(drop)]) == 0
+    with db.get_engine(sqlite_settings).connect() as conn:
+        tags = collections.defaultdict(list)
+        for post, tag, scrape in conn.execute(
+                select(t.posts.c.post, t.post_hashtags.c.tag, t.post_hashtags.c.is_scrape_tag)
+                .join(t.posts, t.posts.c.id == t.post_hashtags.c.post_id).order_by(t.post_hashtags.c.position)):
+            tags[post].append(tag + ("*" if scrape else ""))
+    assert tags == {  # as typed (case-folded), * = flagged as a scrape tag
+        "2026-11-04_10-00-00_UTC": ["lasagna", "recipe*"],
+        "2026-11-04_10-00-02_UTC": ["🍕", "🍰", "pizza"],
+        "2026-11-04_11-00-00_UTC": ["ice_cream", "food_porn", "home_made", "insta_food", "dessert_recipe",
+                                    "recipes2026*", "recipe*"],
+        "2026-11-04_11-00-01_UTC": ["icecream", "foodporn", "recipe*"],
+    }
+    capsys.readouterr()
+    assert main([*base, "vocab", "build", "--min-count", "1"]) == 0
+    labels, per_image, row = stored(sqlite_settings, 1)
+    assert per_image == {
+        "2026-11-04_10-00-00_UTC": {"lasagna"},
+        "2026-11-04_10-00-02_UTC": {"pizza", "shortcake"},
+        "2026-11-04_11-00-00_UTC": {"icecream", "sweets_sum"},
+        "2026-11-04_11-00-01_UTC": {"icecream"},
+    }
+    assert row.stats["raw_tags"]["food_porn"] == 1 and row.stats["dropped"]["foodporn"] == 2
+    assert "wprm" not in row.stats["raw_tags"] and "t" not in row.stats["raw_tags"]
+    assert main([*base, "vocab", "explain", "#🍕", "food_porn", "recipes2026", "--version", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "#🍕 [key pizza]: lemma 'pizza' -> label 'pizza'" in out
+    assert "#food_porn [key foodporn]: lemma 'foodporn' -> no label (dropped by the grouping file)" in out
+    assert "#recipes2026 [key recipes]: lemma 'recipe' -> no label (scrape tag)" in out
 
 
 DISH_LABELS = {
