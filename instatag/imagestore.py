@@ -9,7 +9,8 @@ ingest leaves no half file, and a resized copy already present for a hash is reu
 
 ``store_image`` checks the header before decoding anything, so a decompression bomb costs a
 few kilobytes of reading; JPEGs are decoded at reduced scale (``draft``), which is where most
-of the ingest speed comes from.
+of the ingest speed comes from. A JPEG that lacks only its end marker is accepted when every
+pixel decodes from its own data (``decode_without_end_marker``).
 """
 
 from __future__ import annotations
@@ -159,6 +160,36 @@ def resize(im, side: int):
     return im
 
 
+_EOI = b"\xff\xd9"
+#: what is put between a JPEG's data and the end marker added to it: where the data ends early,
+#: libjpeg decodes zeros (no filler), then these bits, and the pixels differ
+_FILLERS = (b"", b"\x55" * 16, b"\xaa" * 16)
+
+
+def decode_without_end_marker(data: bytes, max_pixels: int):
+    """A JPEG that lacks only its end marker (EOI; some phones and interrupted-then-resumed
+    downloads write these), decoded at full size; None when it is really truncated.
+
+    libjpeg needs the marker to finish, so ``data`` is decoded three times with an end marker
+    added, after no filler, after ``0x55`` bytes and after ``0xAA`` bytes. Where the entropy-coded
+    data is complete the fillers are never decoded and the three images are equal; where it ends
+    early, libjpeg decodes the fillers (or zeros) into the missing blocks and they differ. So a
+    photo is accepted only when every pixel comes from its own data; a progressive JPEG cut
+    between two scans is the one kind that passes with less detail than its full data."""
+    first = None
+    for filler in _FILLERS:
+        im = _open(data + filler + _EOI, max_pixels)
+        try:
+            im.load()
+        except Exception:  # noqa: BLE001 - the data itself is broken
+            return None
+        if first is None:
+            first, pixels = im, im.tobytes()
+        elif im.tobytes() != pixels:
+            return None
+    return first
+
+
 def store_image(data: bytes, data_dir: Path, side: int, max_pixels: int,
                 source: tuple[str, os.stat_result] | None = None) -> Stored:
     """Validate ``data``, keep the original and its resized copy in the store; raise ``Rejected``.
@@ -175,8 +206,16 @@ def store_image(data: bytes, data_dir: Path, side: int, max_pixels: int,
     root = os.fspath(data_dir)
     resized_file = f"{root}/{rel_resized}"
     if not os.path.exists(resized_file):  # else decoded before: same bytes, same result
+        try:
+            small = resize(im, side)
+        except Rejected as exc:
+            whole = (exc.reason == "truncated_image" and fmt == "JPEG" and not data.endswith(_EOI)
+                     and decode_without_end_marker(data, max_pixels))
+            if not whole:
+                raise
+            small = resize(whole, side)
         buf = io.BytesIO()
-        resize(im, side).save(buf, "JPEG", quality=RESIZED_QUALITY)
+        small.save(buf, "JPEG", quality=RESIZED_QUALITY)
         write_atomic(resized_file, buf.getvalue())
     orientation = _orientation(im)
     if source is None:

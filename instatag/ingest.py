@@ -9,11 +9,14 @@ create no duplicate and no partial post. A photo already in the store under its 
 hash is a re-post: a new ``posts`` row pointing at the existing image.
 
 Nothing is ever deleted or moved from a source folder. A file that cannot be used goes to
-``ingest_errors`` with a stable reason (see ``REASONS`` and docs/ingest.md).
+``ingest_errors`` with a stable reason (see ``REASONS`` and docs/ingest.md); instaloader's own
+files that belong to no post are skipped and counted (``SKIPPED``). A re-run stats the caption
+file of every post ingested before and reads the captions that changed again (``update_captions``).
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import errno
 import io
@@ -42,12 +45,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 MANIFEST_EXTS = {".csv", ".jsonl"}
-#: instaloader side files that are not part of a post's photo, caption or metadata, and its
-#: downloads in progress (``<name>.temp``, renamed to ``<name>`` when complete)
-IGNORED_SUFFIXES = ("_comments.json", "_comments.json.xz", "_location.txt", ".temp")
 MAX_IMAGE_BYTES = 200 * 2**20
 MAX_CAPTION_BYTES = 2**20
 MAX_METADATA_BYTES = 16 * 2**20
+MAX_COMMENTS_BYTES = 16 * 2**20
 #: rows per database transaction
 BATCH = 500
 #: below this many posts a process pool costs more than it saves
@@ -62,20 +63,49 @@ REASONS = {
     "too_many_pixels": "width × height over INSTATAG_MAX_PIXELS (decompression bomb guard)",
     "file_too_large": f"the photo file is over {MAX_IMAGE_BYTES // 2**20} MiB",
     "caption_without_photo": "a caption .txt with no photo of the same name",
-    "metadata_without_photo": "a readable .json(.xz) with no photo of the same name",
-    "unreadable_caption": "the caption cannot be read or decoded (UTF-8, or UTF-16 with a BOM)",
+    "metadata_without_photo": "a readable post's .json(.xz) with no photo of the same name",
+    "unreadable_caption": "the caption is binary, over 1 MiB, or in no encoding that can be told apart",
     "unreadable_metadata": "the .json(.xz) metadata cannot be decompressed or parsed",
     "unreadable_folder": "a folder cannot be listed",
     "unreadable_file": "a file cannot be opened or read",
     "symlink_loop": "a symbolic link that leads back to itself or to a folder above it",
     "dangling_symlink": "a symbolic link to nothing",
     "missing_file": "a manifest row names a photo that does not exist",
-    "bad_manifest_row": "a manifest row without an image, or with an unusable value",
+    "bad_manifest_row": "a manifest row without an image, or with an unusable value (e.g. an unreadable tag list)",
     "unexpected_error": "anything else (a bug: please report it with the detail)",
 }
 
+#: instaloader's files that belong to no post, skipped without an ``ingest_errors`` row and counted
+#: in the report's ``skipped`` (docs/ingest.md lists every file instaloader writes)
+SKIPPED = {
+    "title_picture": "a profile picture or highlight cover (<stamp>_UTC_profile_pic.jpg, _cover.jpg)",
+    "caption_backup": "an earlier caption kept when the uploader edited it (<stamp>_UTC_old_01.txt)",
+    "not_a_post_metadata": "a profile's or hashtag's .json(.xz) (instaloader.node_type not Post/StoryItem)",
+    "resume_file": "instaloader's resume file of an interrupted download (iterator_<magic>.json.xz)",
+    "profile_id": "a profile's id file (id, or <profile>_id)",
+    "comments": "comments of a post (<stamp>_UTC_comments.json), read only with INSTATAG_OWNER_COMMENT_TAGS",
+    "location": "a post's location (<stamp>_UTC_location.txt)",
+    "download_in_progress": "a download in progress (<name>.temp, renamed when complete)",
+}
+
+#: what a run noticed about posts it accepted or updated (the report's ``notes``)
+NOTES = {
+    "metadata_without_caption": "posts whose metadata holds no caption (and no .txt): stored without hashtags",
+    "caption_encoding_fallback": "captions decoded from a legacy encoding (posts.caption_encoding)",
+    "caption_edited": "posts ingested before whose caption changed since: caption and hashtags updated",
+    "unreadable_comments": "comments files that could not be read (INSTATAG_OWNER_COMMENT_TAGS): no comment tags",
+}
+
+#: ``instaloader.node_type`` of metadata that describes a post (instaloader.structures.load_structure)
+POST_NODE_TYPES = frozenset({"Post", "StoryItem"})
+
 _STAMP = re.compile(r"^(\d{4})-(\d{2})-(\d{2})_(\d{2})-(\d{2})-(\d{2})_UTC")
 _SIDECAR_INDEX = re.compile(r"_\d+$")  # instaloader's multi-photo posts: <stamp>_UTC_1.jpg, _2.jpg
+# instaloader's title pictures: title pattern {date_utc}_UTC_{typename} (or {target}_{date_utc}_UTC_{typename})
+_TITLE_PICTURE = re.compile(r"_utc_(?:profile_pic|cover)\.[a-z]+$")
+_CAPTION_BACKUP = re.compile(r"_old_\d{2,}\.txt$")  # Instaloader.save_caption: '{0}_old_{2:02}{1}'
+_RESUME_FILE = re.compile(r"(?:^|_)iterator_[\w-]+\.json(?:\.xz)?$")  # resumable_iteration, magic: urlsafe base64
+_COMMENTS_SUFFIXES = ("_comments.json", "_comments.json.xz")
 
 
 # --------------------------------------------------------------------------- data
@@ -89,6 +119,8 @@ class PostFile:
     post: str
     caption_file: str | None = None
     meta_file: str | None = None
+    #: instaloader's ``<stamp>_UTC_comments.json`` (read only with ``owner_comment_tags``)
+    comments_file: str | None = None
     #: given by a manifest instead of files
     caption: str | None = None
     tags: tuple[str, ...] = ()
@@ -107,23 +139,33 @@ class Outcome:
     file: PostFile
     stored: Stored | None = None
     caption: str | None = None
+    #: the legacy encoding the caption file was decoded from; None for UTF-8 and UTF-16 with a BOM
+    caption_encoding: str | None = None
+    #: (size, mtime_ns, ctime_ns) of the file the caption came from (.txt, else the metadata)
+    caption_stat: tuple[int, int, int] | None = None
     shortcode: str | None = None
     owner_id: str | None = None
     taken_at: datetime | None = None
     #: (tag, is_scrape_tag) in caption order
     tags: list[tuple[str, bool]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    #: keys of ``NOTES`` (and ``SKIPPED``) this post gave rise to
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class IngestReport:
     """What a run did. ``accepted``: new images; ``reposts``: new posts of an image already
-    stored; ``duplicates``: post files ingested before (same path); ``rejected``: files per reason."""
+    stored; ``duplicates``: post files ingested before (same path); ``rejected``: files per reason;
+    ``skipped``: instaloader files that belong to no post, per kind (``SKIPPED``); ``notes``:
+    what was noticed about accepted posts, per kind (``NOTES``)."""
 
     accepted: int = 0
     reposts: int = 0
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -134,11 +176,18 @@ class IngestReport:
         line = (f"ingest: {self.accepted} new images, {self.reposts} re-posts, {self.duplicates} already "
                 f"ingested, {self.n_rejected} files rejected in {self.seconds:.1f}s")
         reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.rejected.items()))
-        return f"{line} ({reasons}; see table ingest_errors)" if reasons else line
+        line = f"{line} ({reasons}; see table ingest_errors)" if reasons else line
+        if self.notes:
+            line += "; " + ", ".join(f"{k} {n}" for k, n in sorted(self.notes.items()))
+        if self.skipped:
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.skipped.items()))
+            line += f"; {sum(self.skipped.values())} instaloader files of no post skipped ({kinds})"
+        return line
 
     def as_dict(self) -> dict:
         return {"accepted": self.accepted, "reposts": self.reposts, "duplicates": self.duplicates,
-                "rejected": dict(sorted(self.rejected.items())), "seconds": round(self.seconds, 3)}
+                "rejected": dict(sorted(self.rejected.items())), "skipped": dict(sorted(self.skipped.items())),
+                "notes": dict(sorted(self.notes.items())), "seconds": round(self.seconds, 3)}
 
 
 def _text(s: str) -> str:
@@ -153,23 +202,25 @@ def _text(s: str) -> str:
 # --------------------------------------------------------------------------- finding posts
 
 
-def discover(sources: list[Path]) -> tuple[list[PostFile], list[Problem]]:
-    """The photos under ``sources`` (folders, walked recursively, or manifests), and what is wrong."""
+def discover(sources: list[Path], skipped: dict[str, int] | None = None) -> tuple[list[PostFile], list[Problem]]:
+    """The photos under ``sources`` (folders, walked recursively, or manifests), and what is wrong.
+    ``skipped`` (optional) counts instaloader's files that belong to no post, per kind (``SKIPPED``)."""
     found: list[PostFile] = []
     problems: list[Problem] = []
+    skipped = {} if skipped is None else skipped
     seen_dirs: set[tuple[int, int]] = set()
     for src in sources:
         if src.suffix.lower() in MANIFEST_EXTS and src.is_file():
             found += read_manifest(src, problems)
         else:
-            _walk(Path(os.path.abspath(src)), seen_dirs, found, problems)
+            _walk(Path(os.path.abspath(src)), seen_dirs, found, problems, skipped)
     unique: dict[str, PostFile] = {}
     for f in found:
         unique.setdefault(f.image, f)  # a photo named twice (overlapping sources): the first mention wins
     return list(unique.values()), problems
 
 
-def _walk(top: Path, seen: set, found: list[PostFile], problems: list[Problem]) -> None:
+def _walk(top: Path, seen: set, found: list[PostFile], problems: list[Problem], skipped: dict[str, int]) -> None:
     stack: list[tuple[str, frozenset]] = [(str(top), frozenset())]
     while stack:
         folder, ancestors = stack.pop()
@@ -205,18 +256,42 @@ def _walk(top: Path, seen: set, found: list[PostFile], problems: list[Problem]) 
                 subdirs.append(e.path)
             else:
                 files[e.name] = e.path
-        found += _posts_in_folder(files, problems)
+        found += _posts_in_folder(files, problems, skipped)
         stack += [(d, ancestors | {key}) for d in reversed(subdirs)]
 
 
-def _posts_in_folder(files: dict[str, str], problems: list[Problem]) -> list[PostFile]:
-    """Group one folder's files by instaloader stem: photo, ``.txt`` caption, ``.json.xz`` metadata."""
-    photos, captions, metas = [], {}, {}
+def _side_file(low: str) -> str | None:
+    """The ``SKIPPED`` kind of an instaloader file that is no part of a post, from its lower-case name."""
+    if low.endswith(".temp"):
+        return "download_in_progress"
+    if low.endswith("_location.txt"):
+        return "location"
+    if low.endswith(".txt"):
+        return "caption_backup" if "_old_" in low and _CAPTION_BACKUP.search(low) else None
+    if low.endswith((".json.xz", ".json")):
+        return "resume_file" if "iterator_" in low and _RESUME_FILE.search(low) else None
+    if low.endswith(("_profile_pic.jpg", "_cover.jpg")) and _TITLE_PICTURE.search(low):
+        return "title_picture"
+    if low == "id" or low.endswith("_id"):
+        return "profile_id"
+    return None
+
+
+def _posts_in_folder(files: dict[str, str], problems: list[Problem], skipped: dict[str, int]) -> list[PostFile]:
+    """Group one folder's files by instaloader stem: photo, ``.txt`` caption, ``.json.xz`` metadata,
+    ``_comments.json``; instaloader's files of no post are counted in ``skipped``."""
+    photos, captions, metas, comments = [], {}, {}, {}
+
+    def skip(kind: str) -> None:
+        skipped[kind] = skipped.get(kind, 0) + 1
+
     for name, path in files.items():
         low = name.lower()
-        if low.endswith(IGNORED_SUFFIXES):
-            continue
-        if low.endswith(".json.xz"):
+        if low.endswith(_COMMENTS_SUFFIXES):
+            comments[name[:low.rindex("_comments.json")]] = path
+        elif kind := _side_file(low):
+            skip(kind)
+        elif low.endswith(".json.xz"):
             metas[name[:-8]] = path
         elif low.endswith(".json"):
             metas.setdefault(name[:-5], path)
@@ -226,14 +301,17 @@ def _posts_in_folder(files: dict[str, str], problems: list[Problem]) -> list[Pos
             photos.append((os.path.splitext(name)[0], path))
         else:
             problems.append(Problem(path, "unsupported_format", "not a photo, caption or metadata file"))
-    out, used_captions, used_metas = [], set(), set()
+    out, used_captions, used_metas, used_comments = [], set(), set(), set()
     for stem, path in photos:
         base = _SIDECAR_INDEX.sub("", stem)
         cap = stem if stem in captions else base if base in captions else None
         meta = stem if stem in metas else base if base in metas else None
+        comm = stem if stem in comments else base if base in comments else None
         used_captions.add(cap)
         used_metas.add(meta)
-        out.append(PostFile(image=path, post=stem, caption_file=captions.get(cap), meta_file=metas.get(meta)))
+        used_comments.add(comm)
+        out.append(PostFile(image=path, post=stem, caption_file=captions.get(cap), meta_file=metas.get(meta),
+                            comments_file=comments.get(comm)))
     for stem, path in captions.items():
         if stem not in used_captions:
             problems.append(Problem(path, "caption_without_photo", f"no photo named {stem}.jpg/.png/.webp"))
@@ -242,8 +320,12 @@ def _posts_in_folder(files: dict[str, str], problems: list[Problem]) -> list[Pos
             try:
                 read_metadata(path)
                 problems.append(Problem(path, "metadata_without_photo", f"no photo named {stem}.jpg/.png/.webp"))
+            except NotAPost:
+                skip("not_a_post_metadata")
             except _Unreadable as exc:
                 problems.append(Problem(path, "unreadable_metadata", str(exc)))
+    if unused := len(comments.keys() - used_comments):
+        skipped["comments"] = skipped.get("comments", 0) + unused
     return out
 
 
@@ -292,9 +374,13 @@ def _manifest_post(row: object, base: Path) -> PostFile:
     image_path = os.path.normpath(base / image.strip())
     tags = row.get("tags") or ()
     if isinstance(tags, str):
-        tags = re.split(r"[\s,]+", tags)
+        tags = tag_cell(tags)
     if not isinstance(tags, list | tuple) or not all(isinstance(t, str | int) for t in tags):
         raise ValueError(f"tags must be a list or a space/comma separated string, not {tags!r}")
+    for t in tags:  # each entry must be a hashtag: never a row accepted with its tags silently lost
+        text = str(t).strip().lstrip("#＃")
+        if text and not text.isdigit() and not tags_from_list([text]):
+            raise ValueError(f"tag {t!r} of {row.get('tags')!r} is not a hashtag")
     caption = row.get("caption")
     if caption is not None and not isinstance(caption, str):
         raise ValueError(f"caption must be text, not {caption!r}")
@@ -303,6 +389,27 @@ def _manifest_post(row: object, base: Path) -> PostFile:
         raise ValueError("post id longer than 255 characters")
     return PostFile(image=image_path, post=post, caption=_text(caption) if caption else None,
                     tags=tuple(str(t) for t in tags if str(t).strip()), taken_at=parse_time(row.get("taken_at")))
+
+
+def tag_cell(cell: str) -> list:
+    """The tags of one manifest cell: a list written out (JSON ``["cake", "pie"]``, Python
+    ``['cake', 'pie']`` or ``('cake',)``, as pandas writes a list column), else text separated by
+    spaces and/or commas. Raises ``ValueError`` for a list that cannot be read."""
+    text = cell.strip()
+    if not text.startswith(("[", "(")):
+        return re.split(r"[\s,]+", text) if text else []
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        try:
+            value = ast.literal_eval(text)  # literals only: never runs code
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(f"tags {cell[:200]!r} look like a list but are neither JSON nor a Python list") from None
+    if isinstance(value, str):  # ('cake') is a string in Python
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"tags {cell[:200]!r} are not a list")
+    return list(value)
 
 
 def parse_time(value) -> datetime | None:
@@ -352,48 +459,145 @@ def _read_bytes(path: str, limit: int) -> tuple[bytes, os.stat_result]:
         os.close(fd)
 
 
-def read_caption(path: str) -> str:
-    """A caption file: UTF-8 (BOM optional), or UTF-16 with a BOM."""
+class NotAPost(Exception):
+    """Metadata instaloader wrote for something else than a post (a profile, a hashtag, a resume file)."""
+
+    def __init__(self, node_type: str, stat: os.stat_result):
+        super().__init__(node_type)
+        self.stat = stat
+
+
+#: Windows' "ANSI" code pages: what a caption saved by a Windows editor that does not write UTF-8 is in
+#: (ISO-8859-1 text decodes the same as cp1252)
+LEGACY_ENCODINGS = ("cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257", "cp1258",
+                    "cp874", "cp932", "cp936", "cp949", "cp950")
+
+
+def decode_caption(data: bytes) -> tuple[str, str | None]:
+    """A caption file's text and, when it is neither UTF-8 (BOM optional) nor UTF-16 with a BOM,
+    the legacy encoding it was decoded from; raises ``_Unreadable`` for binary data.
+
+    The fallback is charset-normalizer's guess among ``LEGACY_ENCODINGS``, with cp1252 (Western
+    European) chosen whenever it is among the guesses with the least "chaos": on a caption of a
+    few words charset-normalizer often cannot tell cp1252 from cp1250 or Mac Roman
+    (``crème`` → ``crčme``), and Western European captions are the common case. Central European,
+    Turkish or Baltic captions that also read as plausible cp1252 are read as cp1252."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        try:
+            return data.decode("utf-16").replace("\x00", ""), None
+        except UnicodeDecodeError as exc:
+            raise _Unreadable(str(exc)) from None
     try:
-        data = _read_bytes(path, MAX_CAPTION_BYTES)[0]
-        encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
-        return data.decode(encoding).replace("\x00", "")
-    except (OSError, UnicodeDecodeError) as exc:
+        return data.decode("utf-8-sig").replace("\x00", ""), None
+    except UnicodeDecodeError as exc:
+        utf8_error = exc
+    from charset_normalizer import from_bytes
+
+    matches = list(from_bytes(data, cp_isolation=list(LEGACY_ENCODINGS)))
+    if not matches:
+        raise _Unreadable(f"not UTF-8 ({utf8_error}), UTF-16 with a BOM, or text in a legacy encoding")
+    least = min(m.chaos for m in matches)
+    if any("cp1252" in m.could_be_from_charset for m in matches if m.chaos <= least):
+        encoding = "cp1252"
+    else:
+        encoding = min(matches, key=lambda m: (m.chaos, -m.coherence)).encoding
+    return data.decode(encoding).replace("\x00", ""), encoding
+
+
+def read_caption(path: str) -> tuple[str, str | None, os.stat_result]:
+    """A caption file: its text, the legacy encoding it was decoded from (None for UTF-8 and
+    UTF-16 with a BOM; ``decode_caption``) and its ``fstat``."""
+    try:
+        data, st = _read_bytes(path, MAX_CAPTION_BYTES)
+    except OSError as exc:
         raise _Unreadable(str(exc)) from None
+    return *decode_caption(data), st
 
 
-def read_metadata(path: str) -> dict:
-    """caption, shortcode, owner_id, taken_at from instaloader's ``.json.xz`` (or ``.json``)."""
+def _load_json(path: str, limit: int):
+    """A ``.json`` or ``.json.xz`` file, parsed, and its ``fstat``; ``_Unreadable`` when it cannot be."""
     try:
-        data = _read_bytes(path, MAX_METADATA_BYTES)[0]
+        data, st = _read_bytes(path, limit)
         if path.lower().endswith(".xz"):
             dec = lzma.LZMADecompressor()
-            data = dec.decompress(data, max_length=MAX_METADATA_BYTES)
+            data = dec.decompress(data, max_length=limit)
             if not dec.eof:
                 raise _Unreadable("truncated or over the size limit")
-        doc = json.loads(data)
-    except (OSError, lzma.LZMAError, ValueError) as exc:
-        raise _Unreadable(str(exc)) from None
+        return json.loads(data), st
+    except (OSError, lzma.LZMAError, ValueError, RecursionError) as exc:
+        raise _Unreadable(str(exc) or type(exc).__name__) from None
+
+
+def _short(value) -> str | None:
+    """An id or shortcode as stored: text of 1 to 64 characters, else None."""
+    if isinstance(value, str | int) and not isinstance(value, bool) and 0 < len(str(value)) <= 64:
+        return _text(str(value))
+    return None
+
+
+def read_metadata(path: str) -> tuple[dict, os.stat_result]:
+    """caption, shortcode, owner_id, taken_at (those found) from instaloader's ``.json.xz`` (or
+    ``.json``), and the file's ``fstat``.
+
+    Read with the fallbacks of instaloader's own ``Post`` (instaloader/structures.py): the caption
+    from the GraphQL node's ``edge_media_to_caption``, else the newer ``caption`` field, else the
+    iPhone structure's ``iphone_struct.caption.text``; the time from ``date``, else
+    ``taken_at_timestamp``, else ``iphone_struct.taken_at``; the owner from ``owner.id``, else
+    ``iphone_struct.user.pk``; the shortcode from ``shortcode``, else ``code``. A file whose
+    ``instaloader.node_type`` is not a post's (``POST_NODE_TYPES``) raises ``NotAPost``; a file
+    without it (older instaloader, or the node alone) is read as a post."""
+    doc, st = _load_json(path, MAX_METADATA_BYTES)
     if not isinstance(doc, dict):
         raise _Unreadable("not a JSON object")
+    info = doc.get("instaloader")
+    if isinstance(info, dict) and "node_type" in info and info["node_type"] not in POST_NODE_TYPES:
+        raise NotAPost(str(info["node_type"]), st)
     node = doc.get("node", doc)
     if not isinstance(node, dict):
         raise _Unreadable("'node' is not a JSON object")
     out: dict = {}
     try:
+        iphone = node.get("iphone_struct") if isinstance(node.get("iphone_struct"), dict) else {}
         edges = (node.get("edge_media_to_caption") or {}).get("edges") or []
-        if edges and isinstance(edges[0].get("node", {}).get("text"), str):
-            out["caption"] = _text(edges[0]["node"]["text"])
+        if edges:
+            caption = edges[0]["node"]["text"]
+        elif "caption" in node:
+            caption = node["caption"]
+        else:
+            caption = iphone.get("caption")
+        if isinstance(caption, dict):  # the iPhone API's caption object
+            caption = caption.get("text")
+        if isinstance(caption, str):
+            out["caption"] = _text(caption)
         owner = node.get("owner") or {}
-        for key, value in (("shortcode", node.get("shortcode")), ("owner_id", owner.get("id"))):
-            if isinstance(value, str | int) and 0 < len(str(value)) <= 64:
-                out[key] = _text(str(value))
-        stamp = node.get("taken_at_timestamp")
+        user = iphone.get("user") or {}
+        for key, value in (("shortcode", node.get("shortcode") or node.get("code") or iphone.get("code")),
+                           ("owner_id", owner.get("id") or user.get("pk") or user.get("id"))):
+            if (value := _short(value)) is not None:
+                out[key] = value
+        stamp = node["date"] if "date" in node else node.get("taken_at_timestamp", iphone.get("taken_at"))
         if isinstance(stamp, int | float) and not isinstance(stamp, bool):
             out["taken_at"] = datetime.fromtimestamp(stamp, UTC)
-    except (AttributeError, TypeError, ValueError, OverflowError, OSError) as exc:
-        raise _Unreadable(f"unexpected structure: {exc}") from None
-    return out
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError, OverflowError, OSError) as exc:
+        raise _Unreadable(f"unexpected structure: {exc!r}") from None
+    return out, st
+
+
+def owner_comment_tags(path: str, owner_id: str) -> list[str]:
+    """The hashtags of the post owner's own earliest comment in instaloader's ``_comments.json``
+    (a list of ``{id, created_at, text, owner: {id, ...}, answers}``; answers are not comments of
+    the post). Comments of anyone else never count. Raises ``_Unreadable``."""
+    comments = _load_json(path, MAX_COMMENTS_BYTES)[0]
+    if not isinstance(comments, list):
+        raise _Unreadable("not a JSON list of comments")
+    own = []
+    for c in comments:
+        try:
+            if str(c["owner"]["id"]) == owner_id and isinstance(c["text"], str):
+                own.append((float(c.get("created_at") or 0), int(c.get("id") or 0), c["text"]))
+        except (TypeError, KeyError, ValueError) as exc:
+            raise _Unreadable(f"unexpected structure: {exc!r}") from None
+    return parse_hashtags(min(own)[2]) if own else []
 
 
 def _read_image(path: str) -> tuple[bytes, os.stat_result]:
@@ -417,31 +621,64 @@ def _stem_time(stem: str) -> datetime | None:
         return None
 
 
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    """What tells that a caption file changed: size, mtime and ctime (ns). instaloader sets a
+    rewritten caption's mtime back to the post's date, so the ctime is what changes then."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def read_post_text(out: Outcome, scrape: frozenset, comment_tags: bool = False) -> None:
+    """Fill ``out`` from its post's caption, metadata and (``comment_tags``) comments files:
+    caption, its encoding and file stat, shortcode, owner, taken_at, tags, notes; what cannot be
+    read goes to ``out.problems``. Reads no photo."""
+    f = out.file
+    meta: dict = {}
+    if f.caption_file:
+        try:
+            out.caption, out.caption_encoding, st = read_caption(f.caption_file)
+            out.caption_stat = _stat_key(st)
+            if out.caption_encoding:
+                out.notes.append("caption_encoding_fallback")
+        except _Unreadable as exc:
+            out.problems.append(Problem(f.caption_file, "unreadable_caption", str(exc)))
+    if f.meta_file:
+        try:
+            meta, st = read_metadata(f.meta_file)
+            if f.caption_file is None:
+                out.caption = meta.get("caption")
+                out.caption_stat = _stat_key(st)
+                if out.caption is None:
+                    out.notes.append("metadata_without_caption")
+        except NotAPost as exc:  # the post is read without it
+            out.notes.append("not_a_post_metadata")
+            if f.caption_file is None:
+                out.caption_stat = _stat_key(exc.stat)
+        except _Unreadable as exc:
+            out.problems.append(Problem(f.meta_file, "unreadable_metadata", str(exc)))
+    if out.problems:  # a post goes in whole or not at all
+        return
+    out.shortcode, out.owner_id = meta.get("shortcode"), meta.get("owner_id")
+    out.taken_at = meta.get("taken_at") or out.taken_at or _stem_time(f.post)
+    from_comment = []
+    if comment_tags and f.comments_file and out.owner_id:
+        try:
+            from_comment = owner_comment_tags(f.comments_file, out.owner_id)
+        except _Unreadable:
+            out.notes.append("unreadable_comments")
+    tags = dict.fromkeys(parse_hashtags(out.caption) + tags_from_list(f.tags) + from_comment)
+    out.tags = [(t, t in scrape) for t in tags]
+
+
 def process_post(f: PostFile, data_dir: Path, side: int, max_pixels: int, scrape: frozenset,
-                 link: bool = False) -> Outcome:
+                 link: bool = False, comment_tags: bool = False) -> Outcome:
     """Read one post; store its photo unless something of the post is unreadable. ``link``: keep
-    the original as a hard link to the photo file where possible."""
+    the original as a hard link to the photo file where possible; ``comment_tags``: add the
+    hashtags of the owner's first comment (``owner_comment_tags``)."""
     out = Outcome(f, caption=f.caption, taken_at=f.taken_at)
     try:
-        meta = {}
-        if f.caption_file:
-            try:
-                out.caption = read_caption(f.caption_file)
-            except _Unreadable as exc:
-                out.problems.append(Problem(f.caption_file, "unreadable_caption", str(exc)))
-        if f.meta_file:
-            try:
-                meta = read_metadata(f.meta_file)
-            except _Unreadable as exc:
-                out.problems.append(Problem(f.meta_file, "unreadable_metadata", str(exc)))
-        if out.problems:  # a post goes in whole or not at all
+        read_post_text(out, scrape, comment_tags)
+        if out.problems:
             return out
-        if out.caption is None:
-            out.caption = meta.get("caption")
-        out.shortcode, out.owner_id = meta.get("shortcode"), meta.get("owner_id")
-        out.taken_at = meta.get("taken_at") or out.taken_at or _stem_time(f.post)
-        tags = dict.fromkeys(parse_hashtags(out.caption) + tags_from_list(f.tags))
-        out.tags = [(t, t in scrape) for t in tags]
         data, st = _read_image(f.image)
         out.stored = store_image(data, data_dir, side, max_pixels, (f.image, st) if link else None)
     except Rejected as exc:
@@ -464,23 +701,30 @@ def _insert(conn, table):
     return insert(table)
 
 
-def _already_ingested(engine, files: list[PostFile]) -> set[str]:
+def _already_ingested(engine, files: list[PostFile]) -> dict[str, tuple | None]:
+    """{source_path: the caption file's ``_stat_key`` recorded (None: none)} of the posts of ``files``
+    already in the database."""
     from sqlalchemy import select
 
     from .schema import posts
 
     paths = [_text(f.image) for f in files]
-    found: set[str] = set()
+    found: dict[str, tuple | None] = {}
+    c = posts.c
     with engine.connect() as conn:
         for i in range(0, len(paths), 500):
             chunk = paths[i:i + 500]
-            found |= set(conn.execute(select(posts.c.source_path).where(posts.c.source_path.in_(chunk))).scalars())
+            q = (select(c.source_path, c.caption_file_size, c.caption_file_mtime_ns, c.caption_file_ctime_ns)
+                 .where(c.source_path.in_(chunk)))
+            found.update((path, None if size is None else (size, mtime, ctime))
+                         for path, size, mtime, ctime in conn.execute(q))
     return found
 
 
 _IMAGE_COLUMNS = ("sha256", "post", "source_path", "format", "width", "height", "taken_at", "caption",
                   "original_path", "resized_path")
-_POST_COLUMNS = ("image_id", "post", "source_path", "shortcode", "owner_id", "taken_at", "caption")
+_POST_COLUMNS = ("image_id", "post", "source_path", "shortcode", "owner_id", "taken_at", "caption",
+                 "caption_encoding", "caption_file_size", "caption_file_mtime_ns", "caption_file_ctime_ns")
 
 
 @cache
@@ -490,7 +734,8 @@ def _batch_table():
 
     from .schema import images, posts
 
-    columns = [*(images.c[name] for name in _IMAGE_COLUMNS), posts.c.shortcode, posts.c.owner_id]
+    columns = [*(images.c[name] for name in _IMAGE_COLUMNS), posts.c.shortcode, posts.c.owner_id,
+               *(posts.c[name] for name in _POST_COLUMNS[7:])]
     return Table("ingest_batch", MetaData(), *(Column(c.name, c.type) for c in columns),
                  Column("first_of_image", Boolean), prefixes=["TEMPORARY"])
 
@@ -508,7 +753,8 @@ def _insert_images_and_posts(conn, good: list[Outcome], paths: list[str]) -> tup
     for o, path in zip(good, paths, strict=True):
         s = o.stored
         rows.append((s.sha256, _text(o.file.post)[:255], path, s.format, s.width, s.height, o.taken_at, o.caption,
-                     s.original_path, s.resized_path, o.shortcode, o.owner_id, s.sha256 not in seen))
+                     s.original_path, s.resized_path, o.shortcode, o.owner_id, o.caption_encoding,
+                     *(o.caption_stat or (None, None, None)), s.sha256 not in seen))
         seen.add(s.sha256)
     batch.drop(conn, checkfirst=True)  # left on a pooled SQLite connection by a failed batch
     batch.create(conn)
@@ -554,6 +800,102 @@ def write_batch(conn, outcomes: list[Outcome], problems: list[Problem], report: 
         conn.execute(stmt, [dict(path=p, reason=r, detail=d) for (p, r), d in sorted(errors.items())])
         for _, reason in errors:
             report.rejected[reason] = report.rejected.get(reason, 0) + 1
+
+
+def _count_notes(report: IngestReport, notes: list[str]) -> None:
+    for kind in notes:
+        counts = report.skipped if kind in SKIPPED else report.notes
+        counts[kind] = counts.get(kind, 0) + 1
+
+
+def edited_captions(found: list[PostFile], done: dict[str, tuple | None]) -> list[PostFile]:
+    """The posts of ``found`` ingested before (``done``: their caption file's stat as recorded)
+    whose caption file (the ``.txt``, else the metadata) is not the file read then: a changed
+    size, mtime or ctime, a caption file that appeared, or a post ingested before these were
+    recorded. One ``stat`` per caption file."""
+    out, stats = [], {}
+    for f in found:
+        source = f.caption_file or f.meta_file
+        if source is None:
+            continue
+        recorded = done.get(_text(f.image), False)
+        if recorded is False:  # not ingested before
+            continue
+        if source not in stats:
+            try:
+                stats[source] = _stat_key(os.stat(source))
+            except OSError:
+                stats[source] = None  # gone since the folder was listed: the next run sees
+                continue
+        if stats[source] is not None and stats[source] != recorded:
+            out.append(f)
+    return out
+
+
+def update_captions(engine, files: list[PostFile], scrape: frozenset, comment_tags: bool,
+                    report: IngestReport) -> None:
+    """Read the caption of each post of ``files`` (ingested before; ``edited_captions``) again.
+    Where its caption or hashtags differ from those stored, replace the post's caption, hashtags
+    and caption encoding (and its image's caption when this post brought the image) and note
+    ``caption_edited``; record the caption file's new stat either way. Nothing else of the post
+    changes. A caption that cannot be read any more is recorded in ``ingest_errors`` and the post
+    keeps what it had. One transaction per ``BATCH`` posts; the posts' rows are locked first, so
+    two runs at once update one after the other."""
+    from collections import defaultdict
+
+    from sqlalchemy import bindparam, delete, select, update
+
+    from .schema import images, post_hashtags, posts
+
+    for i in range(0, len(files), BATCH):
+        read, problems = {}, []
+        for f in files[i:i + BATCH]:
+            o = Outcome(f, caption=f.caption, taken_at=f.taken_at)
+            read_post_text(o, scrape, comment_tags)
+            if o.problems:
+                problems += o.problems
+            else:
+                read[_text(f.image)] = o
+        with engine.begin() as conn:
+            q = (select(posts.c.id, posts.c.source_path, posts.c.caption, posts.c.caption_encoding)
+                 .where(posts.c.source_path.in_(list(read))))
+            stored = conn.execute(q.order_by(posts.c.id).with_for_update()).all()
+            old_tags = defaultdict(list)
+            tag_rows = conn.execute(select(post_hashtags.c.post_id, post_hashtags.c.tag, post_hashtags.c.is_scrape_tag)
+                                    .where(post_hashtags.c.post_id.in_([r.id for r in stored]))
+                                    .order_by(post_hashtags.c.post_id, post_hashtags.c.position))
+            for post_id, tag, is_scrape in tag_rows:
+                old_tags[post_id].append((tag, bool(is_scrape)))
+            changed = []
+            for r in stored:
+                o = read[r.source_path]
+                if (r.caption, r.caption_encoding, old_tags[r.id]) != (o.caption, o.caption_encoding, o.tags):
+                    changed.append((r, o))
+            if stored:
+                size, mtime, ctime = (bindparam(n) for n in ("b_size", "b_mtime", "b_ctime"))
+                conn.execute(update(posts).where(posts.c.id == bindparam("b_id"))
+                             .values(caption_file_size=size, caption_file_mtime_ns=mtime, caption_file_ctime_ns=ctime),
+                             [dict(zip(("b_id", "b_size", "b_mtime", "b_ctime"),
+                                       (r.id, *read[r.source_path].caption_stat), strict=True)) for r in stored])
+            if changed:
+                ids = [r.id for r, _ in changed]
+                conn.execute(update(posts).where(posts.c.id == bindparam("b_id"))
+                             .values(caption=bindparam("b_caption"), caption_encoding=bindparam("b_encoding")),
+                             [{"b_id": r.id, "b_caption": o.caption, "b_encoding": o.caption_encoding}
+                              for r, o in changed])
+                conn.execute(update(images).where(images.c.source_path == bindparam("b_path"))
+                             .values(caption=bindparam("b_caption")),
+                             [{"b_path": r.source_path, "b_caption": o.caption} for r, o in changed])
+                conn.execute(delete(post_hashtags).where(post_hashtags.c.post_id.in_(ids)))
+                new_tags = [{"post_id": r.id, "tag": tag, "position": pos, "is_scrape_tag": is_scrape}
+                            for r, o in changed for pos, (tag, is_scrape) in enumerate(o.tags)]
+                if new_tags:
+                    conn.execute(_insert(conn, post_hashtags).on_conflict_do_nothing(), new_tags)
+                for _, o in changed:
+                    _count_notes(report, ["caption_edited", *o.notes])
+        if problems:
+            with engine.begin() as conn:
+                write_batch(conn, [], problems, report)
 
 
 # --------------------------------------------------------------------------- the run
@@ -610,26 +952,34 @@ def ingest(settings: Settings, sources: list[Path] | None = None, workers: int |
     if not inspect(engine).has_table("posts"):
         raise UserError("the database has no instatag tables: run `instatag db upgrade` first")
     report = IngestReport()
-    found, problems = discover(sources)
+    found, problems = discover(sources, report.skipped)
     done = _already_ingested(engine, found)
     todo = [f for f in found if _text(f.image) not in done]
+    edited = edited_captions(found, done)
     report.duplicates += len(found) - len(todo)
     n_workers = _workers(settings, workers, len(todo))
     log.info("ingest: %d photos found, %d new, %d already ingested; %d worker(s)",
              len(found), len(todo), len(found) - len(todo), n_workers)
+    scrape = scrape_tag_set(settings.scrape_tags)
     fn = partial(process_post, data_dir=Path(os.path.abspath(settings.data_dir)), side=settings.resized_side,
-                 max_pixels=settings.max_pixels, scrape=scrape_tag_set(settings.scrape_tags),
-                 link=settings.store_originals == "link")
+                 max_pixels=settings.max_pixels, scrape=scrape, link=settings.store_originals == "link",
+                 comment_tags=settings.owner_comment_tags)
     batch: list[Outcome] = []
     copied = 0
     with closing(_outcomes(todo, fn, n_workers)) as outcomes:  # closed on an error: the workers stop
         for outcome in progress(outcomes, total=len(todo), desc="ingest", unit="photo"):
             copied += bool(outcome.stored and outcome.stored.copied)
+            if outcome.notes and outcome.stored and not outcome.problems:
+                _count_notes(report, outcome.notes)
             batch.append(outcome)
             if len(batch) >= BATCH:
                 _write(engine, batch, [], report)
                 batch = []
     _write(engine, batch, problems, report)
+    if edited:
+        log.info("ingest: reading the captions of %d posts ingested before again: their caption file changed "
+                 "(or was not recorded yet)", len(edited))
+        update_captions(engine, edited, scrape, settings.owner_comment_tags, report)
     report.seconds = time.monotonic() - start
     if copied and settings.store_originals == "link":
         log.info("ingest: %d originals copied into the store, not hard-linked: their folders are on another "
@@ -646,10 +996,11 @@ def add_cli(sub) -> None:
         "ingest",
         help="ingest scraped posts (instaloader folders or CSV/JSONL manifests) into the database",
         description="Read instaloader drop folders (<stamp>_UTC.jpg|.png|.webp with .txt caption and optional "
-        ".json.xz metadata, walked recursively) or manifests (.csv / .jsonl: image, caption or tags, post, "
-        "taken_at). New photos go to the content-addressed store with a resized copy; re-runs and re-posts "
-        "add no image; unusable files are recorded in ingest_errors with a reason, never moved or deleted. "
-        "See docs/ingest.md.",
+        ".json.xz metadata, walked recursively; instaloader's files of no post are skipped and counted) or "
+        "manifests (.csv / .jsonl: image, caption or tags, post, taken_at). New photos go to the "
+        "content-addressed store with a resized copy; re-runs and re-posts add no image, and re-runs update "
+        "the hashtags of captions edited since; unusable files are recorded in ingest_errors with a reason, "
+        "never moved or deleted. See docs/ingest.md.",
     )
     p.add_argument("sources", nargs="*", type=Path, metavar="SOURCE",
                    help="a drop folder or a manifest file (default: INSTATAG_DROP_DIRS)")

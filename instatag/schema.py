@@ -74,6 +74,13 @@ posts = Table(
     Column("taken_at", DateTime(timezone=True)),
     Column("caption", Text),
     Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    #: the legacy encoding the caption file was decoded from (e.g. cp1252); NULL for UTF-8 / UTF-16
+    Column("caption_encoding", String(32)),
+    #: size, mtime and ctime (ns) of the file the caption was read from (.txt, else the metadata),
+    #: as last read: a re-run that sees them change reads the caption again (edited captions)
+    Column("caption_file_size", BigInteger),
+    Column("caption_file_mtime_ns", BigInteger),
+    Column("caption_file_ctime_ns", BigInteger),
 )
 
 post_hashtags = Table(

@@ -53,6 +53,9 @@ class Settings:
     store_originals: str = "link"
     #: Worker processes for decoding during ingest (0: one per core).
     ingest_workers: int = 0
+    #: Also count the hashtags the uploader writes in their own first comment (instaloader's
+    #: ``<post>_comments.json``, owner from the post's metadata); a stranger's comment never counts.
+    owner_comment_tags: bool = False
     #: resnet18 ImageNet weights file (else torchvision's cache under TORCH_HOME).
     resnet18_weights: str = ""
     #: Expected sha256 of ``resnet18_weights`` (empty: the hash prefix in torchvision's file name).
@@ -119,12 +122,22 @@ def _airflow_conn_url() -> str:
     return uri
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def _coerce(name: str, typ, raw):
     try:
         if typ in ("Path", Path):
             return Path(raw)
         if typ in ("int", int):
             return int(raw)
+        if typ in ("bool", bool):
+            if isinstance(raw, bool):
+                return raw
+            value = str(raw).strip().lower()
+            if value not in _BOOLS:
+                raise ValueError(f"use one of {', '.join(sorted(_BOOLS))}")
+            return _BOOLS[value]
         if typ in ("tuple[str, ...]",):
             return _split_list(raw) if isinstance(raw, str) else tuple(str(x) for x in raw)
         return str(raw)
@@ -188,6 +201,8 @@ def describe() -> list[tuple[str, str, str]]:
         default = f.default
         if isinstance(default, tuple):
             default = ",".join(default)
+        elif isinstance(default, bool):
+            default = str(default).lower()
         out.append((ENV_PREFIX + f.name.upper(), str(default), docs.get(f.name, "")))
     return out
 

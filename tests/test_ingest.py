@@ -82,7 +82,7 @@ def broken_drop(folder: Path) -> dict[str, str]:
         "2026-11-03_23-59-06_UTC.jpg": huge_png(),
         "2026-11-03_23-59-08_UTC.mp4": b"\x00\x00\x00\x18ftypmp42",
         "2026-11-03_23-59-09_UTC.jpg": photo_bytes(color=(1, 2, 3)),
-        "2026-11-03_23-59-09_UTC.txt": b"caf\xe9 #caf\xe9 #recipe",  # Latin-1, not UTF-8
+        "2026-11-03_23-59-09_UTC.txt": photo_bytes("PNG", color=(9, 9, 9)),  # binary: text in no encoding
         "2026-11-03_23-59-10_UTC.jpg": photo_bytes(color=(4, 5, 6)),
         "2026-11-03_23-59-10_UTC.json.xz": lzma.compress(b'{"node": {"shortcode": "x"}}')[:20],
         "2026-11-03_23-59-07_UTC.png": photo_bytes("PNG", "RGBA", color=(10, 200, 10)),
