@@ -23,6 +23,7 @@ from airflow.sdk import Asset, Param, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from instatag import pipeline
+from instatag.grouping import MIN_COUNT_PATTERN
 from instatag.settings import load_settings
 
 SETTINGS = load_settings()
@@ -54,7 +55,10 @@ PARAMS = {
     "groups_file": Param("", type="string", title="Grouping file",
                          description="Grouping YAML for the vocabulary; empty: INSTATAG_GROUPS_FILE or the "
                          "packaged one."),
-    "min_count": _optional_int(1, 1_000_000, "Drop labels on fewer images; empty: the grouping file's."),
+    "min_count": Param(None, type=["null", "integer", "string"], minimum=1, pattern=MIN_COUNT_PATTERN,
+                       title="min_count",
+                       description="Drop labels on fewer images: a number of images (95) or a share of the "
+                       "images with a candidate label (5%); empty: the grouping file's."),
     "force_promote": Param(False, type="boolean", title="Force promotion",
                            description="Make the new model the champion even when it is worse."),
 }

@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 DAG_IDS = ["instatag_ingest", "instatag_retrain", "instatag_score"]
 #: a tiny training that still goes through every stage
 TINY = {"preset": "default", "arch": "efficientnet_lite0", "size": 32, "epochs": 1, "freeze_epochs": 1,
-        "lr": "0.01", "bs": 16, "min_count": 1}
+        "lr": "0.01", "bs": 16, "min_count": "10%"}
+#: posts of the sample scrape: the fewest whose vocabulary can train and validate a model (vocab.check_trainable)
+POSTS = 240
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.postgres]
 
@@ -75,7 +77,7 @@ def test_ingest_retrain_score_on_celery(airflow, tmp_path):
     db.upgrade(settings)
     db.get_engine(settings).dispose()
     drop = tmp_path / "drop"
-    sample.make_scrape(drop, n_posts=40, seed=3)
+    sample.make_scrape(drop, n_posts=POSTS, seed=3)
 
     airflow.start()
     timings["airflow up"] = time.monotonic() - started
@@ -98,7 +100,7 @@ def test_ingest_retrain_score_on_celery(airflow, tmp_path):
     run = airflow.trigger("instatag_ingest", {"sources": [str(drop)]}).json()
     airflow.wait_for_run("instatag_ingest", run["dag_run_id"], timeout=300)
     report = airflow.xcom("instatag_ingest", run["dag_run_id"], "ingest")
-    assert report["accepted"] == 40, report
+    assert report["accepted"] == POSTS, report
     states = {ti["task_id"]: ti["state"] for ti in airflow.task_instances("instatag_ingest", run["dag_run_id"])}
     assert states == {"ingest": "success", "publish_new_images": "success"}
     timings["ingest"] = time.monotonic() - started
@@ -132,7 +134,7 @@ def test_ingest_retrain_score_on_celery(airflow, tmp_path):
             champion = conn.execute(text("select id from model_versions where status = 'champion'")).scalars().all()
     finally:
         engine.dispose()
-    assert len(images) == 40
+    assert len(images) == POSTS
     assert {image_id for image_id, _ in predicted} == images
     assert all(n >= 2 for _, n in predicted)  # request_number=2
     assert champion == [airflow.xcom("instatag_retrain", run["dag_run_id"], "train")]

@@ -89,6 +89,7 @@ def test_retrain_dag(dagbag):
     {"epochs": 1, "freeze_epochs": 0, "arch": "resnet18", "size": 64, "lr": "auto", "min_count": 2},
     {"lr": "1e-3"}, {"lr": 0.002}, {"lr": None}, {"preset": "study", "force_promote": True},
     {"groups_file": "/etc/instatag/groups.yaml", "pretrained": False, "bs": 32},
+    {"min_count": "5%"}, {"min_count": "2.5%"}, {"min_count": "95"},
 ])
 def test_retrain_params_accept(dagbag, conf):
     _valid(dagbag.dags["instatag_retrain"], conf)
@@ -98,7 +99,8 @@ def test_retrain_params_accept(dagbag, conf):
     ({"epochs": 0}, "epochs"), ({"epochs": "many"}, "epochs"), ({"epochs": 1.5}, "epochs"),
     ({"freeze_epochs": -1}, "freeze_epochs"), ({"arch": "vgg16"}, "arch"), ({"size": 8}, "size"),
     ({"lr": "fast"}, "lr"), ({"lr": 0}, "lr"), ({"lr": 50}, "lr"), ({"lr": "-1"}, "lr"),
-    ({"min_count": 0}, "min_count"), ({"force_promote": "yes"}, "force_promote"),
+    ({"min_count": 0}, "min_count"), ({"min_count": "many"}, "min_count"), ({"min_count": "5 %%"}, "min_count"),
+    ({"min_count": 2.5}, "min_count"), ({"force_promote": "yes"}, "force_promote"),
     ({"preset": "huge"}, "preset"), ({"groups_file": 3}, "groups_file"), ({"bs": 1}, "bs"),
 ])
 def test_retrain_params_reject_with_the_param_named(dagbag, conf, name):
