@@ -103,19 +103,6 @@ def build_vocabulary(groups_file: str | None = None, min_count: int | None = Non
     return int(vocab.build_vocab(settings(), groups_file or None, min_count))
 
 
-def presets() -> list[str]:
-    """The training presets' names (``instatag.train.PRESETS``)."""
-    from .train import PRESETS
-
-    return list(PRESETS)
-
-
-def arch_names() -> list[str]:
-    from . import archs
-
-    return archs.names()
-
-
 def train_config(preset: str = "default", **overrides) -> dict:
     """The training configuration a preset and overrides (None: keep the preset's) give, validated."""
     from .train import config_from
@@ -221,8 +208,12 @@ def fail_fast(fn):
     return wrapper
 
 
-def reject_unknown(conf: dict | None, known) -> None:
-    """Refuse a DAG run configuration with keys that are not the DAG's params (a typo would be ignored)."""
-    unknown = sorted(set(conf or {}) - set(known))
-    if unknown:
-        raise UserError(f"unknown parameter(s) {', '.join(unknown)}; this DAG takes {', '.join(sorted(known))}")
+def run_params(dag_id: str, conf: dict | None, params=None) -> dict:
+    """A run's params as the tasks use them, checked by ``instatag.params.check_conf`` (the rule the
+    api-server applies when the run is triggered): ``conf`` is ``dag_run.conf`` (keys that are no
+    params are refused), ``params`` Airflow's merged params (the DAG's defaults). UserError names every
+    problem; under ``fail_fast`` it fails the task at once, so a bad run that got in another way stops
+    at its first task."""
+    from .params import check_conf
+
+    return check_conf(dag_id, conf, params)
