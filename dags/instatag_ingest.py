@@ -7,12 +7,13 @@ broken files quarantined in `ingest_errors`. Re-running a run adds nothing twice
 When images arrived, `publish_new_images` updates the Asset `instatag_images`, which starts
 `instatag_score`'s scoring of the new images; with none, it is skipped and nothing follows.
 
-Schedule: `INSTATAG_INGEST_SCHEDULE` (default hourly; `none` for manual runs only).
+Schedule: `INSTATAG_INGEST_SCHEDULE` (default hourly, UTC; `none` for manual runs only). Unpaused
+for the first time, it waits for the next tick.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import Asset, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
@@ -28,7 +29,6 @@ IMAGES = Asset(pipeline.IMAGES_ASSET)
 @dag(
     dag_id=INGEST,
     schedule=pipeline.schedule(SETTINGS.ingest_schedule),
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,

@@ -10,15 +10,15 @@ Retrains the hashtag model on everything ingested so far:
    the new champion's predictions; skipped otherwise;
 6. `report`: plots and an HTML report of the candidate.
 
-Scheduled runs (`INSTATAG_RETRAIN_SCHEDULE`, default daily; `none` for manual runs only) use
-the preset `INSTATAG_RETRAIN_PRESET`. A manual run may override any param; empty values keep
-the preset's. A key that is no param, or a bad value, is refused when the run is triggered
-(HTTP 400, a message in the form).
+Scheduled runs (`INSTATAG_RETRAIN_SCHEDULE`, default daily at 00:00 UTC; `none` for manual runs
+only) use the preset `INSTATAG_RETRAIN_PRESET`; unpaused for the first time, the DAG waits for the
+next tick. A manual run may override any param; empty values keep the preset's. A key that is no
+param, or a bad value, is refused when the run is triggered (HTTP 400, a message in the form).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import Asset, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
@@ -36,7 +36,6 @@ TRAIN_TIMEOUT = timedelta(hours=6)
 @dag(
     dag_id=RETRAIN,
     schedule=pipeline.schedule(SETTINGS.retrain_schedule),
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,

@@ -13,7 +13,7 @@ re-run adds nothing twice. A manual run may rescore everything (`all_images`).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import Asset, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
@@ -28,7 +28,6 @@ CHAMPION = Asset(pipeline.CHAMPION_ASSET)
 @dag(
     dag_id=SCORE,
     schedule=(IMAGES | CHAMPION),
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,

@@ -50,12 +50,19 @@ def test_dags_import_without_errors(dagbag):
     for dag in dagbag.dags.values():
         assert dag.max_active_runs == 1, dag.dag_id
         assert dag.catchup is False, dag.dag_id
+        assert dag.start_date is None, dag.dag_id  # a first unpause waits for the next tick
         assert dag.doc_md, dag.dag_id
+
+
+def _cron(dag) -> tuple:
+    tt = dag.timetable
+    return type(tt).__name__, tt.expression, tt.timezone, tt.run_immediately
 
 
 def test_ingest_dag(dagbag):
     dag = dagbag.dags["instatag_ingest"]
-    assert dag.schedule == "@hourly"  # the default of INSTATAG_INGEST_SCHEDULE
+    # the default of INSTATAG_INGEST_SCHEDULE, @hourly
+    assert _cron(dag) == ("CronTriggerTimetable", "0 * * * *", "UTC", timedelta(minutes=5))
     assert {t.task_id for t in dag.tasks} == {"ingest", "publish_new_images"}
     publish = dag.get_task("publish_new_images")
     assert publish.upstream_task_ids == {"ingest"}
@@ -69,7 +76,8 @@ def test_ingest_dag(dagbag):
 
 def test_retrain_dag(dagbag):
     dag = dagbag.dags["instatag_retrain"]
-    assert dag.schedule == "@daily"  # the default of INSTATAG_RETRAIN_SCHEDULE
+    # the default of INSTATAG_RETRAIN_SCHEDULE, @daily
+    assert _cron(dag) == ("CronTriggerTimetable", "0 0 * * *", "UTC", timedelta(minutes=5))
     chain = ["vocabulary", "train", "evaluate", "promote", "rescore", "report"]
     assert {t.task_id for t in dag.tasks} == set(chain)
     for up, down in zip(chain, chain[1:], strict=False):
@@ -163,7 +171,7 @@ def test_every_form_field_renders_and_submits_at_its_default(dagbag):
         check_conf(dag.dag_id, {name: dag.params[name] for name in dag.params}, dag.params)
 
 
-def test_serialized_dags_keep_the_params(dagbag):
+def test_serialized_dags_keep_the_params_and_the_schedule(dagbag):
     """What the api-server and the scheduler use: the DAG as stored (serialized and back)."""
     from airflow.exceptions import ParamValidationError
     from airflow.serialization.serialized_objects import DagSerialization
@@ -182,8 +190,34 @@ def test_serialized_dags_keep_the_params(dagbag):
     with pytest.raises(ParamValidationError, match="Invalid input for param pretrained:"):
         retrain.deep_merge({"pretrained": False}).validate()
     assert retrain.deep_merge({"epoch": 1}).validate()["epoch"] == 1  # Airflow keeps an unknown key
+    timetable = stored["instatag_retrain"].timetable
+    assert type(timetable).__name__ == "CronTriggerTimetable"
+    assert timetable.serialize()["run_immediately"] == 300  # seconds: pipeline.SCHEDULE_GRACE
 
 
+def test_a_first_unpause_waits_for_the_next_tick(dagbag, monkeypatch):
+    """The scheduler's view (the stored DAG's timetable): a retrain DAG without runs, unpaused at 15:00,
+    runs next at midnight, not for the midnight just past; within SCHEDULE_GRACE of a tick that tick
+    still runs; after a pause over several ticks, Airflow's catchup=False rule gives one run, the latest."""
+    from datetime import UTC, datetime
+
+    import airflow.timetables.trigger as trigger
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import DagRunInfo
+
+    ser = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags["instatag_retrain"]))
+
+    def next_run(now: datetime, last: datetime | None = None) -> datetime:
+        monkeypatch.setattr(trigger, "utcnow", lambda: now)
+        info = ser.next_dagrun_info(last_automated_run_info=DagRunInfo.interval(last, last) if last else None)
+        return info.run_after
+
+    day = datetime(2026, 3, 10, tzinfo=UTC)
+    assert next_run(day.replace(hour=15)) == datetime(2026, 3, 11, tzinfo=UTC)
+    assert next_run(day.replace(minute=3)) == day
+    assert next_run(day.replace(minute=6)) == datetime(2026, 3, 11, tzinfo=UTC)
+    assert next_run(day.replace(hour=15), last=datetime(2026, 3, 9, tzinfo=UTC)) == day  # ran yesterday: today's
+    assert next_run(day.replace(hour=15), last=datetime(2026, 3, 5, tzinfo=UTC)) == day  # paused since the 5th
 def test_score_dag(dagbag):
     dag = dagbag.dags["instatag_score"]
     condition = dag.timetable.asset_condition  # runs when either Asset is updated
@@ -207,7 +241,7 @@ def test_parsing_imports_no_torch_and_reads_the_schedules_from_settings(tmp_path
         f"bag = DagBag({str(DAGS)!r})\n"
         "out = {'errors': bag.import_errors, 'heavy': sorted(m for m in ('torch', 'fastai', 'torchvision', 'timm',"
         " 'matplotlib', 'nltk') if m in sys.modules),\n"
-        "       'schedules': {d.dag_id: d.schedule for d in bag.dags.values()},\n"
+        "       'schedules': {d.dag_id: getattr(d.timetable, 'expression', d.schedule) for d in bag.dags.values()},\n"
         "       'preset': bag.dags['instatag_retrain'].params['preset']}\n"
         "print('RESULT', json.dumps(out, default=repr))\n"
     )

@@ -37,10 +37,17 @@ def use(env, settings):
 
 
 def test_schedule_from_a_setting():
-    assert pipeline.schedule("@hourly") == "@hourly"
-    assert pipeline.schedule(" 0 3 * * * ") == "0 3 * * *"
+    from datetime import timedelta
+
+    hourly = pipeline.schedule("@hourly")
+    assert type(hourly).__name__ == "CronTriggerTimetable"
+    assert (hourly.expression, hourly.timezone, hourly.run_immediately) == ("0 * * * *", "UTC", timedelta(minutes=5))
+    assert pipeline.schedule(" 0 3 * * * ").expression == "0 3 * * *"
     assert pipeline.schedule("none") is None
     assert pipeline.schedule("") is None
+    assert pipeline.schedule("@once") == "@once"
+    with pytest.raises(UserError, match="schedule 'daily' is neither a cron expression"):
+        pipeline.schedule("daily")
 
 
 def test_shard_list_and_totals():
