@@ -150,6 +150,38 @@ def test_score_writes_ranked_tags_over_threshold_and_at_least_n(settings, tiny_m
     assert view == len(rows)
 
 
+def test_rank_1_is_the_most_probable_tag_unless_the_model_ranks_dominant_first(sqlite_settings, tiny_model_dir):
+    """What train writes by default (ranking probability): rank 1 in predictions and predicted_tags is
+    the most probable tag. A model trained with ranking dominant_first keeps that order."""
+    from instatag import metrics, ranking
+
+    s = sqlite_settings
+    mid, images = make_champion(s, tiny_model_dir)
+    folder = s.data_dir / "models" / str(mid)
+    counts = {label: sum(label in lab for _, _, lab in images) for label in LABELS}
+    order = [LABELS[j] for j in metrics.frequency_order(LABELS, [counts[lab] for lab in LABELS])]
+    modelfile.update_meta(folder, ranking="probability", frequency_order=order)
+    score.score(s)
+    with db.get_engine(s).connect() as conn:
+        first = dict(conn.execute(text("SELECT image_id, label FROM predicted_tags WHERE rank = 1")).all())
+        best = dict(conn.execute(text(
+            "SELECT image_id, label FROM predicted_tags t WHERE probability = "
+            "(SELECT max(probability) FROM predicted_tags u WHERE u.image_id = t.image_id)")).all())
+    assert len(first) == len(images) and first == best
+
+    modelfile.update_meta(folder, ranking="dominant_first")
+    score.score(s, new=False)
+    from instatag.inference import Predictor
+
+    predictor = Predictor.for_version(s, mid)
+    probs = predictor.predict_paths([s.data_dir / resized_path(sha) for _, sha, _ in images])
+    dominant = ranking.dominant_probs(probs, [LABELS.index(lab) for lab in order]).argmax(axis=1)
+    with db.get_engine(s).connect() as conn:
+        first = dict(conn.execute(text("SELECT image_id, label FROM predicted_tags WHERE rank = 1")).all())
+    assert first == {image_id: LABELS[j] for (image_id, _, _), j in zip(images, dominant, strict=True)}
+    assert first != best  # the two orders differ on these images
+
+
 def test_rerun_new_is_a_no_op_and_all_replaces_without_duplicates(settings, tiny_model_dir):
     mid, images = make_champion(settings, tiny_model_dir)
     first = score.score(settings)
