@@ -61,6 +61,8 @@ images = Table(
     Column("resized_path", Text, nullable=False),
     Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+#: the tag browser's unfiltered page, newest post first
+Index("ix_images_taken_at", images.c.taken_at, images.c.id)
 
 posts = Table(
     "posts",
@@ -75,6 +77,8 @@ posts = Table(
     Column("caption", Text),
     Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+#: a post's predicted tags by its name (view predicted_tags)
+Index("ix_posts_post", posts.c.post)
 
 post_hashtags = Table(
     "post_hashtags",

@@ -66,6 +66,8 @@ def add_images(settings, n: int = 24, seed: int = 0, labelled: bool = True) -> l
             image_id = conn.execute(insert(t.images).values(
                 sha256=sha, post=f"post-{seed}-{k}", source_path=f"/drop/{seed}-{k}.jpg", format="JPEG", width=48,
                 height=48, original_path=rel, resized_path=rel)).inserted_primary_key[0]
+            conn.execute(insert(t.posts).values(image_id=image_id, post=f"post-{seed}-{k}",
+                                                source_path=f"/drop/{seed}-{before + k}.jpg"))
             out.append((image_id, sha, DISH_LABELS[dish.name] if labelled else ()))
     return out
 
