@@ -86,7 +86,7 @@ def test_evaluate_stores_dominant_recall_under_both_rankings(sqlite_settings, ti
     assert "labels ranked dominant_first (the model's ranking)" in table
     for name in ranking.RANKINGS:
         line = next(line for line in table.splitlines() if line.startswith(name + " "))
-        assert f"{expected[name]['dominant_recall@1']:.3f}" in line and f"{expected[name]['dominant_recall@2']:.3f}" in line
+        assert all(f"{expected[name][k]:.3f}" in line for k in ("dominant_recall@1", "dominant_recall@2"))
 
     # promotion compares both models in the candidate's ranking: the same weights ranked otherwise tie
     promote.promote(s, dominant, reason="test")

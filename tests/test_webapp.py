@@ -363,8 +363,9 @@ def test_only_the_index_serves_filtered_pages(sqlite_settings):
         assert probs == sorted(probs, reverse=True) and min(probs) >= 0.3
         newest = webapp.browse(conn, mid, "", 0.0, page=1, per_page=48)
         assert [c.image_id for c in newest.cards] == ids[::-1][:48]
-        # unfiltered: images walked newest post first on their index, no sort of every image
-        compiled = webapp.browse_statement(mid, "", 0.0, 49, 480).compile(engine, compile_kwargs={"literal_binds": True})
+        # unfiltered: SQLite walks the images newest post first on their index, no sort of every image
+        compiled = webapp.browse_statement(mid, "", 0.0, 49, 480).compile(engine,
+                                                                          compile_kwargs={"literal_binds": True})
         plan = " ".join(str(r[-1]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
         assert "ix_images_taken_at" in plan and "TEMP B-TREE" not in plan, plan
 
