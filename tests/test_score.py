@@ -184,6 +184,35 @@ def test_rank_1_is_the_most_probable_tag_unless_the_model_ranks_dominant_first(s
     assert first != best  # the two orders differ on these images
 
 
+def test_a_reposts_own_name_finds_its_predicted_tags(settings, tiny_model_dir, tmp_path):
+    """The road a user takes: ingest a drop where one photo was posted twice, score, and ask
+    predicted_tags for the re-post by its name."""
+    from instatag import ingest, promote
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    buf = io.BytesIO()
+    draw(next(d for d in DISHES if d.name == "tomato_soup"), random.Random(5), size=48).save(buf, "JPEG")
+    first, repost = "2026-11-01_06-00-00_UTC", "2026-11-20_09-30-00_UTC"
+    for stamp in (first, repost):
+        (drop / f"{stamp}.jpg").write_bytes(buf.getvalue())
+        (drop / f"{stamp}.txt").write_text("#soup #tomato")
+    report = ingest.ingest(settings, [drop], workers=1)
+    assert (report.accepted, report.reposts) == (1, 1)
+    with db.get_engine(settings).connect() as conn:
+        image_id, sha = conn.execute(select(t.images.c.id, t.images.c.sha256)).one()
+    mid = add_model(settings, add_vocab(settings, [(image_id, sha, ("soup", "tomato"))]), tiny_model_dir,
+                    valid_pct=0.999999)
+    evaluate.evaluate(settings, mid)
+    promote.promote(settings, mid, reason="test")
+    score.score(settings)
+    with db.get_engine(settings).connect() as conn:
+        tags = {post: conn.execute(text("SELECT image_id, label, rank FROM predicted_tags WHERE post = :post "
+                                        "ORDER BY rank"), {"post": post}).all() for post in (first, repost)}
+    assert len(tags[repost]) >= 2 and tags[repost] == tags[first]
+    assert {r.image_id for r in tags[repost]} == {image_id}
+
+
 def test_rerun_new_is_a_no_op_and_all_replaces_without_duplicates(settings, tiny_model_dir):
     mid, images = make_champion(settings, tiny_model_dir)
     first = score.score(settings)
