@@ -136,16 +136,24 @@ class Predictor:
     # ------------------------------------------------------------------ ranking
     @property
     def ranking(self) -> str:
-        """How the model orders labels (``instatag.ranking``); models from before it: by probability."""
+        """How the model orders labels (``instatag.ranking``), as recorded in model.json at training;
+        models from before it: by probability."""
         return self.meta.get("ranking") or "probability"
 
-    def rank_scores(self, probs) -> np.ndarray:
-        """Scores whose descending order is this model's ranking of each image's labels."""
-        from . import ranking
-
+    @property
+    def frequency_order(self) -> list[int] | None:
+        """Label indices from the most to the least frequent in training (model.json), or None for
+        models from before it."""
         names = self.meta.get("frequency_order") or []
         index = {label: j for j, label in enumerate(self.labels)}
-        return ranking.rank_scores(probs, self.ranking, [index[n] for n in names] if names else None)
+        return [index[n] for n in names] if names else None
+
+    def rank_scores(self, probs, ranking: str | None = None) -> np.ndarray:
+        """Scores ``[n, n_labels]`` whose descending order is the model's ranking of each image's labels
+        (``ranking``: another order, e.g. to compare both in the evaluation)."""
+        from . import ranking as rankings
+
+        return rankings.rank_scores(probs, ranking or self.ranking, self.frequency_order)
 
     # ------------------------------------------------------------------ prediction
     @property

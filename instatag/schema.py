@@ -61,6 +61,8 @@ images = Table(
     Column("resized_path", Text, nullable=False),
     Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+#: the tag browser's unfiltered page, newest post first
+Index("ix_images_taken_at", images.c.taken_at, images.c.id)
 
 posts = Table(
     "posts",
@@ -82,6 +84,8 @@ posts = Table(
     Column("caption_file_mtime_ns", BigInteger),
     Column("caption_file_ctime_ns", BigInteger),
 )
+#: a post's predicted tags by its name (view predicted_tags)
+Index("ix_posts_post", posts.c.post)
 
 post_hashtags = Table(
     "post_hashtags",

@@ -10,7 +10,8 @@ and the primary key (model, image, label) with ON CONFLICT DO NOTHING rules out 
 ``new`` (default) scores the shard's images without a prediction from the model; ``all`` scores
 every image of the shard and replaces the model's earlier rows for them (after a promotion).
 Each image gets every label at or over its tuned threshold, and at least ``request_number``
-labels, in the model's ranking (rank 1 = first; ``instatag.ranking``).
+labels, in the model's ranking (rank 1 = first: the most probable label, unless the model was trained
+with ranking ``dominant_first``; ``instatag.ranking``).
 """
 
 from __future__ import annotations

@@ -70,8 +70,9 @@ class TrainConfig:
     #: the body's learning rate in the unfrozen phase is lr / lr_mult (fastai's default 100)
     lr_mult: float = 100.0
     lr_find_iters: int = 100
-    #: how the model orders an image's labels (instatag.ranking): "probability" or "dominant_first"
-    ranking: str = "dominant_first"
+    #: how the model orders an image's labels (instatag.ranking): "probability" (most probable first, the
+    #: default everywhere) or "dominant_first" (the label most likely to be the uploader's most frequent first)
+    ranking: str = "probability"
     #: predictions average each image with its mirror image (twice the inference work)
     flip_tta: bool = True
     #: give the head's last layer biases (fastai's has none) starting at each label's log-odds in the

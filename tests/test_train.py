@@ -113,10 +113,12 @@ def test_fit_records_both_phases(items, tmp_path):
     # the default ranking and mirror-image averaging travel in model.json
     counts = {label: sum(label in it.labels for it in items) for label in LABELS}
     assert result.meta["frequency_order"] == sorted(LABELS, key=lambda lab: (-counts[lab], lab))
-    assert result.meta["ranking"] == predictor.ranking == "dominant_first" and predictor.tta
+    assert result.meta["ranking"] == predictor.ranking == "probability" and predictor.tta
     np.testing.assert_array_equal(probs, predictor.predict_paths(paths, tta=True))
     assert not np.allclose(probs, predictor.predict_paths(paths, tta=False))
-    assert (predictor.rank_scores(probs).argmax(axis=1) == np.argmax(ranking.dominant_probs(
+    np.testing.assert_array_equal(predictor.rank_scores(probs), probs)  # rank 1: the most probable label
+    # dominant_first stays an option, from the frequency order in model.json
+    assert (predictor.rank_scores(probs, "dominant_first").argmax(axis=1) == np.argmax(ranking.dominant_probs(
         probs, [LABELS.index(lab) for lab in result.meta["frequency_order"]]), axis=1)).all()
 
 
