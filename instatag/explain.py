@@ -91,12 +91,16 @@ def gradcam(net, layer, x, index: int, flip: bool = False) -> tuple[np.ndarray, 
 
 
 def _net(predictor):
-    """A float32 copy of the predictor's network, kept as long as the predictor."""
+    """A float32 copy of the predictor's network, kept as long as the predictor. Only the target layer's
+    parameters require gradients: its output then does, and backpropagation stops there instead of
+    walking the whole body (the same heatmap, at about a third of the cost)."""
     net = _nets.get(predictor)
     if net is None:
         import torch
 
         net = copy.deepcopy(predictor.net).float().to(memory_format=torch.contiguous_format).eval()
+        net.requires_grad_(False)
+        target_layer(net).requires_grad_(True)
         _nets[predictor] = net
     return net
 
