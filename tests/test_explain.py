@@ -117,3 +117,40 @@ def test_explain_cli_writes_the_overlay(sqlite_settings, tiny_model_dir, tmp_pat
     assert "'nope' is not a label" in capsys.readouterr().err
     assert cli.main(base + ["explain", str(tmp_path / "absent.jpg"), "--label", LABELS[0]]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_tag_browser_serves_and_caches_heatmaps(sqlite_settings, tiny_model_dir):  # noqa: F811
+    from test_webapp import client_for
+
+    from instatag import score
+
+    s = sqlite_settings
+    mid, images = make_champion(s, tiny_model_dir, n=8)
+    score.score(s)
+    image_id, sha, _ = images[0]
+    client = client_for(s)
+    page = client.get("/browse", params={"model": mid}).text
+    assert f'data-heatmap="/heatmap/{image_id}?model={mid}"' in page and 'data-label="' in page
+    assert 'id="heatmap-help"' in page
+
+    r = client.get(f"/heatmap/{image_id}", params={"model": mid, "label": LABELS[2]})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(r.content)) as im:
+        assert im.size == (SIZE, SIZE)
+    cached = s.data_dir / "heatmaps" / str(mid) / f"{sha}_{LABELS[2]}.png"
+    assert cached.read_bytes() == r.content
+    cached.write_bytes(b"not recomputed")  # served from the cache
+    assert client.get(f"/heatmap/{image_id}", params={"model": mid, "label": LABELS[2]}).content == b"not recomputed"
+
+    assert client.get(f"/heatmap/{image_id}", params={"model": mid, "label": "nope"}).status_code == 404
+    assert client.get(f"/heatmap/{image_id}", params={"model": 999, "label": LABELS[2]}).status_code == 404
+    assert client.get("/heatmap/999999", params={"model": mid, "label": LABELS[2]}).status_code == 404
+    assert client.get(f"/heatmap/{image_id}", params={"label": LABELS[2]}).status_code == 422
+
+
+def test_cache_path_names(sqlite_settings):
+    s, sha = sqlite_settings, "ab" * 32
+    assert explain.cache_path(s, 3, sha, "cake", ["cake"]) == s.data_dir / "heatmaps" / "3" / f"{sha}_cake.png"
+    assert explain.cache_path(s, 3, sha, "../x", ["a", "../x"]).name == f"{sha}_#1.png"
+    with pytest.raises(ValueError):
+        explain.cache_path(s, 3, "../etc", "cake", ["cake"])
