@@ -2,7 +2,7 @@
 
 Set-up (not timed): the default preset's architecture and input size (efficientnet_lite0 at 128 px),
 untrained (the cost does not depend on the weights), with 40 labels; the photos are food10 images
-read as scoring reads them (``predict.load_image``), or generated ones without --food10; one heatmap
+read as scoring reads them (``predict.load_image``), or generated ones when it is absent; one heatmap
 first, to load the libraries and copy the network.
 
 Timed: ``explain(predictor, image, label)`` and its PNG overlay, one image at a time, ``--images``
@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np  # noqa: E402
 from machine import machine_info  # noqa: E402
 
+FOOD10 = ROOT.parent / "shared" / "data" / "food10-scrape"
+
 
 def run(args) -> dict:
     import torch
@@ -46,7 +48,7 @@ def run(args) -> dict:
     predictor = Predictor(net.state_dict(), {"arch": config.arch, "size": config.size, "mean": mean, "std": std,
                                              "labels": labels, "output_bias": True, "params": {"ps": config.ps},
                                              "flip_tta": config.flip_tta}, device="cpu")
-    files = sorted(args.food10.rglob("*.jpg"))[:args.images] if args.food10 else []
+    files = sorted(args.food10.rglob("*.jpg"))[:args.images] if args.food10.is_dir() else []
     rng = np.random.default_rng(0)
     images = [predict.load_image(f) for f in files] or [
         Image.fromarray(rng.integers(0, 255, (160, 120, 3), dtype=np.uint8)) for _ in range(args.images)]
@@ -65,7 +67,8 @@ def run(args) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--food10", type=Path, help="food10-scrape folder (default: generated photos)")
+    p.add_argument("--food10", type=Path, default=FOOD10,
+                   help="the food10-scrape folder (generated photos when it is absent)")
     p.add_argument("--images", type=int, default=50)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
