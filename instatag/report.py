@@ -18,6 +18,9 @@ no other file, no network, no external CSS or JS. Sections:
   validation split, travel in the page as JSON and a few lines of JS pick the slider's column;
 - example validation images with the tags scoring would write for them, in the model's ranking,
   those under their tuned threshold marked, and their uploader's tags.
+- heatmaps (``instatag.explain``, Grad-CAM): for the ``N_HEATMAP_LABELS`` labels given to most
+  validation images, the image the model is surest of among those given the label (its best) and
+  the one it is surest of among those not given it (its worst: its most confident wrong call).
 
 A part whose data is missing (no lr_find because the learning rate was given, a model not yet
 evaluated, a model file gone) is replaced by a sentence saying why; the rest is still written.
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 #: slider positions: thresholds 0.05, 0.10, ..., 0.95
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 N_EXAMPLES = 12
+#: labels shown in the heatmaps section (those given to most validation images)
+N_HEATMAP_LABELS = 4
 N_CROPS = 8
 N_CHANNELS = 32
 #: at most this many validation images are run through the model for the slider and the examples
@@ -115,6 +120,7 @@ class Context:
     label_rows: list[dict] = field(default_factory=list)
     curves: dict | None = None
     examples: list[dict] = field(default_factory=list)
+    heatmaps: list[dict] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- model choice
@@ -424,6 +430,47 @@ def examples(conn, v: Validation, thresholds, n: int = N_EXAMPLES) -> list[dict]
     return out
 
 
+def heatmaps(predictor, v: Validation, n_labels: int = N_HEATMAP_LABELS) -> list[dict]:
+    """For the ``n_labels`` labels given to most validation images (ties: label order), the best and worst
+    validation image with their Grad-CAM heatmaps: best, the highest-probability image among those given
+    the label; worst, the highest-probability image among those not given it (the model's most confident
+    wrong call). Each entry: label, support (images given it) and ``cases``, a list of dicts with kind
+    ("best" / "worst"), image_id, p, crop and heatmap (PNG data URIs of the model's input crop and the
+    overlay). A label every image has, or none has, lacks the missing case."""
+    from PIL import Image
+
+    from . import explain
+
+    if v.probs is None or not v.image_ids:
+        return []
+    support = v.y_true.sum(axis=0)
+    order = sorted((j for j in range(len(v.labels)) if support[j] > 0), key=lambda j: (-support[j], j))
+    out = []
+    for j in order[:n_labels]:
+        cases = []
+        for kind, mask in (("best", v.y_true[:, j] > 0), ("worst", v.y_true[:, j] == 0)):
+            if not mask.any():
+                continue
+            i = int(np.flatnonzero(mask)[np.argmax(v.probs[mask, j])])
+            with Image.open(v.paths[i]) as img:
+                heat = explain.explain(predictor, img, v.labels[j])
+            cases.append({"kind": kind, "image_id": v.image_ids[i], "p": heat.probability,
+                          "crop": _png_uri(heat.crop), "heatmap": "data:image/png;base64,"
+                          + base64.b64encode(heat.png()).decode()})
+        out.append({"label": v.labels[j], "support": int(support[j]), "cases": cases})
+    return out
+
+
+def _png_uri(array: np.ndarray) -> str:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 # --------------------------------------------------------------------------- the report
 def build_report(settings, model_version_id: int | None = None) -> Path:
     """Write ``reports/<id>/`` (PNGs and the self-contained ``report.html``) for a model version
@@ -493,6 +540,7 @@ def build_report(settings, model_version_id: int | None = None) -> Path:
                                        "computed here, on the same validation split.")
             with engine.connect() as conn:
                 ctx.examples = examples(conn, valid, thresholds)
+            ctx.heatmaps = heatmaps(predictor, valid)
     ctx.label_rows = label_rows
     return write(settings, mid, ctx, valid)
 

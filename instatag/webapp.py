@@ -5,10 +5,11 @@ Airflow's api-server under ``/instatag`` with a navigation entry. Every route re
 logged in to Airflow (the JWT in the ``Authorization`` header or the ``_token`` cookie, checked
 by Airflow's own ``get_user`` dependency) who may see the Airflow UI.
 
-Files are served only from two places, and never from a path given in the request:
-thumbnails from the resized image store (looked up by image id in the database) and report
+Files are served only from three places, and never from a path given in the request:
+thumbnails from the resized image store (looked up by image id in the database), report
 files from ``reports/<model_version_id>/`` (a plain file name; anything resolving elsewhere,
-symlinks included, is refused).
+symlinks included, is refused), and Grad-CAM heatmaps from the cache of ``instatag.explain``
+(by model version, image id and a label of that model).
 
 Pages are small server-rendered HTML without external assets. The browser's queries run on the
 ``(model_version_id, label, probability)`` index of ``predictions``.
@@ -326,6 +327,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if path is None:
             raise HTTPException(404, "no such image")
         return FileResponse(path, media_type="image/jpeg",
+                            headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/heatmap/{image_id}", name="heatmap")
+    def heatmap(
+        image_id: int,
+        label: str = Query(..., min_length=1, max_length=255, description="the label to explain"),
+        model: int = Query(..., ge=1, description="model version"),
+        conn=Depends(connect),
+    ):
+        """The Grad-CAM overlay (PNG, the model's input size) of ``label`` over an image's centre crop
+        (``instatag.explain``): computed on the first request, then served from its cache."""
+        from . import explain
+        from .errors import UserError
+
+        if not model_exists(conn, model):
+            raise HTTPException(404, f"there is no model version {model}")
+        if label not in {lab for lab, _ in model_labels(conn, model)}:
+            raise HTTPException(404, f"{label!r} is not a label of model version {model}")
+        path = thumbnail_path(settings, conn, image_id)
+        sha = conn.execute(select(t.images.c.sha256).where(t.images.c.id == image_id)).scalar()
+        if path is None or sha is None:
+            raise HTTPException(404, "no such image")
+        try:
+            png = explain.cached_png(settings, model, path, sha, label)
+        except UserError as exc:
+            raise HTTPException(503, f"no heatmap: {exc}") from None
+        return FileResponse(png, media_type="image/png",
                             headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"})
 
     return app

@@ -21,7 +21,7 @@ from instatag import schema as t
 from instatag.errors import UserError
 from instatag.settings import load_settings
 
-SECTIONS = ("metrics", "labels", "augmentation", "first-layer", "training", "per-label", "examples")
+SECTIONS = ("metrics", "labels", "augmentation", "first-layer", "training", "per-label", "examples", "heatmaps")
 
 
 def assert_real_png(data: bytes, min_colours: int = 16) -> Image.Image:
@@ -100,6 +100,7 @@ def test_report_html_is_self_contained_with_every_section(trained):
         assert base64.b64decode(embedded) == (path.parent / name).read_bytes()
     assert "Not evaluated" not in html and "did not use lr_find" not in html
     assert 'id="threshold"' in html and 'id="label-table"' in html and 'id="example-grid"' in html
+    assert 'id="heatmap-grid"' in html and 'alt="heatmap of ' in html
     assert "★ champion" in html and "valley suggestion" in html
 
 
@@ -312,3 +313,33 @@ def test_label_figures_say_label_in_the_singular(tmp_path):
     f1, f2 = report.label_figures(vocab, [("cake", 3)])
     assert f1.note.startswith("1 distinct hashtag became 1 lemma (WordNet) and 1 label ")
     assert f2.note == "1 label."
+
+
+def test_heatmaps_show_each_labels_best_and_most_confident_wrong_image(tiny_model_dir, tmp_path):  # noqa: F811
+    """Per label (most given first): best = the most probable image given the label, worst = the most
+    probable one not given it; the probability shown is the one the model scored for that image."""
+    from instatag.inference import Predictor
+
+    predictor = Predictor.from_files(tiny_model_dir, device="cpu")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(paths[-1])
+    y = np.zeros((6, len(LABELS)), dtype=bool)
+    y[:4, 1] = True  # label 1: given to 4 images
+    y[:2, 0] = True  # label 0: given to 2
+    probs = predictor.predict_paths(paths)
+    v = report.Validation(list(LABELS), list(range(10, 16)), paths, [()] * 6, y, probs, n_total=6)
+    shown = report.heatmaps(predictor, v, n_labels=3)
+    assert [h["label"] for h in shown] == [LABELS[1], LABELS[0]]  # labels nobody was given are left out
+    for h in shown:
+        j = LABELS.index(h["label"])
+        assert h["support"] == int(y[:, j].sum())
+        best, worst = h["cases"]
+        assert (best["kind"], worst["kind"]) == ("best", "worst")
+        pos, neg = np.flatnonzero(y[:, j]), np.flatnonzero(~y[:, j])
+        assert best["image_id"] == 10 + pos[np.argmax(probs[pos, j])]
+        assert worst["image_id"] == 10 + neg[np.argmax(probs[neg, j])]
+        assert best["p"] == pytest.approx(probs[best["image_id"] - 10, j], abs=1e-5)
+        assert best["heatmap"].startswith("data:image/png;base64,") and best["crop"].startswith("data:image/png")
