@@ -312,3 +312,28 @@ def test_label_figures_say_label_in_the_singular(tmp_path):
     f1, f2 = report.label_figures(vocab, [("cake", 3)])
     assert f1.note.startswith("1 distinct hashtag became 1 lemma (WordNet) and 1 label ")
     assert f2.note == "1 label."
+
+
+@pytest.mark.parametrize("verified", [
+    {"n_images": 42, "min_images": 30, "model": {"dominant_recall@1": 0.66, "map": 0.5},
+     "baseline": {"dominant_recall@1": 0.21}},
+    {"n_images": 7, "min_images": 30},
+])
+def test_report_shows_the_verified_metrics_beside_the_uploader_figures(sqlite_settings, verified):
+    from datetime import UTC, datetime
+
+    metrics = {"model": {"dominant_recall@1": 0.78, "map": 0.6}, "baseline": {"dominant_recall@1": 0.3},
+               "n_images": 50, "verified": verified}
+    model = {"id": 3, "status": "candidate", "arch": "resnet18", "vocab_version_id": 1, "params": {},
+             "metrics": metrics, "created_at": datetime(2026, 11, 1, tzinfo=UTC), "promoted_at": None}
+    ctx = report.Context(model=model, vocab={"n_labels": 1, "n_images": 1},
+                         figures={f.key: f for f in [report.Figure(k, k, note="none") for k in report.FIGURES]},
+                         summary=report.summary_rows(metrics))
+    html = report.write(sqlite_settings, 3, ctx, None).read_text()
+    table = html[html.index('id="summary"'):html.index("</table>", html.index('id="summary"'))]
+    if "model" in verified:
+        assert "model, verified" in table and "66.0%" in table and "21.0%" in table and "78.0%" in table
+        assert "on 42 validation images whose labels people corrected" in html
+    else:
+        assert "verified" not in table
+        assert "7 validation images with people's verdicts so far" in html and "from 30 on" in html
