@@ -426,7 +426,7 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
         min_p: float = Query(0.0, ge=0.0, le=1.0, description="minimum probability"),
         page: int = Query(1, ge=1, le=MAX_PAGE),
         model: int | None = Query(None, ge=1, description="model version (default: the champion)"),
-        order: str = Query("newest", pattern="^(newest|review)$", description="newest | review"),
+        order: str = Query("newest", pattern=f"^({'|'.join(ORDERS)})$", description=" | ".join(ORDERS)),
         conn=Depends(connect),
         user=Depends(airflow_auth()),
         editor: bool = Depends(edit_rights()),

@@ -309,3 +309,26 @@ def test_an_editor_confirms_a_tag_and_it_is_stored(editor_browser, api_server, d
         rows = conn.execute(text('select image_id, label, verdict, "user", model_version_id from label_corrections'
                                  )).all()
     assert [tuple(r) for r in rows] == [(image_id, label, "confirmed", EDITOR, mid)]
+
+
+def test_correction_posts_through_the_real_auth_manager(api_server, token, data):
+    """Airflow's own login and SimpleAuthManager roles: no login 401, the viewer 403, the editor's forged
+    cross-site or token-less POST 403; nothing stored by any of them."""
+    import requests
+    from sqlalchemy import text
+
+    settings, mid = data
+    url = f"{api_server}/instatag/correct"
+    form = {"image_id": 1, "model": mid, "action": f"rejected:{TAG}", "csrf": "", "back": ""}
+    with db.get_engine(settings).connect() as conn:
+        before = conn.execute(text("select count(*) from label_corrections")).scalar()
+    assert requests.post(url, data=form, timeout=30, allow_redirects=False).status_code == 401
+    r = requests.post(url, data=form, cookies={"_token": token}, timeout=30, allow_redirects=False)
+    assert r.status_code == 403 and "edit rights" in r.text
+    editor = {"_token": _login(api_server, EDITOR, EDITOR_PASSWORD)}
+    assert requests.post(url, data=form, cookies=editor, timeout=30, allow_redirects=False).status_code == 403
+    r = requests.post(url, data=form, cookies=editor, headers={"Origin": "https://evil.example"}, timeout=30,
+                      allow_redirects=False)
+    assert r.status_code == 403 and "evil.example" in r.text
+    with db.get_engine(settings).connect() as conn:
+        assert conn.execute(text("select count(*) from label_corrections")).scalar() == before
