@@ -27,6 +27,7 @@ STAGE_MODULES = (
     "predict",
     "explain",
     "report",
+    "feedback",
     "demo",
 )
 

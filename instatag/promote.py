@@ -174,9 +174,12 @@ def decide(settings, candidate_id: int, force: bool = False, rule: str | None = 
         raise UserError(f"model version {candidate_id} has not been evaluated: run `instatag evaluate {candidate_id}`")
     if current is None:
         return _record(settings, candidate_id, None, "promoted", "no champion yet", forced=force)
-    comparison, error = None, None
+    comparison, error, note = None, None, ""
     try:
-        comparison = compare(settings, validation or validate(settings, candidate_id), current)
+        candidate = validation or validate(settings, candidate_id)
+        if settings.promotion_set == "verified":
+            candidate, note = _verified(settings, candidate)
+        comparison = compare(settings, candidate, current)
     except UserError as exc:
         if not force:
             raise UserError(f"cannot compare model version {candidate_id} with the champion {current}: {exc}; "
@@ -187,7 +190,20 @@ def decide(settings, candidate_id: int, force: bool = False, rule: str | None = 
                              f" ({apply_rule(comparison, 'no_worse')[1]})")
         return _record(settings, candidate_id, current, "promoted", reason, forced=True, comparison=comparison)
     ok, reason = apply_rule(comparison, rule)
+    reason = note + reason
     return _record(settings, candidate_id, current, "promoted" if ok else "rejected", reason, comparison=comparison)
+
+
+def _verified(settings, candidate):
+    """(the Validation to compare on, a note for the reason) under INSTATAG_PROMOTION_SET=verified: the
+    candidate's verified validation images, or its uploader-label set while there are too few."""
+    from .evaluate import MIN_VERIFIED_IMAGES, verified_validation
+
+    verified, n = verified_validation(settings, candidate)
+    if verified is None:
+        return candidate, (f"promotion set 'verified' has {n} verified validation images, fewer than "
+                           f"{MIN_VERIFIED_IMAGES}: decided on uploader labels; ")
+    return verified, f"on the {n} verified validation images (people's verdicts): "
 
 
 def promote(settings, version: int, reason: str = "manual") -> Decision:

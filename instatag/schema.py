@@ -242,3 +242,22 @@ predictions = Table(
 Index("ix_predictions_label_probability", predictions.c.model_version_id, predictions.c.label,
       predictions.c.probability)
 Index("ix_predictions_image", predictions.c.image_id)
+
+# --------------------------------------------------------------------------- corrections
+label_corrections = Table(
+    "label_corrections",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("image_id", ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
+    #: a label of the vocabulary the person saw (checked when recorded)
+    Column("label", String(255), nullable=False),
+    #: confirmed | rejected; append-only: the newest row per (image_id, label) counts (view label_verdicts)
+    Column("verdict", String(16), nullable=False),
+    #: the Airflow user name (web) or the CSV's user column (feedback import)
+    Column("user", String(255), nullable=False),
+    #: the model version whose predictions were shown (NULL: imported without one)
+    Column("model_version_id", ForeignKey("model_versions.id", ondelete="SET NULL")),
+    _now(),
+)
+Index("ix_label_corrections_image_label", label_corrections.c.image_id, label_corrections.c.label,
+      label_corrections.c.id)

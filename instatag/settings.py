@@ -72,6 +72,9 @@ class Settings:
     score_shards: int = 4
     #: Promotion rule: ``no_worse`` (no label of the champion lost; dominant_recall@2 and mAP not worse) or ``always``.
     promotion_rule: str = "no_worse"
+    #: The images the promotion rule compares on: ``uploader`` (the validation split, uploaders' labels) or
+    #: ``verified`` (its images people corrected, once there are evaluate.MIN_VERIFIED_IMAGES; else uploader).
+    promotion_set: str = "uploader"
 
     # ------------------------------------------------------------------ derived paths
     @property
@@ -178,6 +181,8 @@ def load_settings(env: dict[str, str] | None = None, **overrides) -> Settings:
         raise SettingsError(f"INSTATAG_STORE_ORIGINALS must be link or copy, not {s.store_originals!r}")
     if s.promotion_rule not in ("no_worse", "always"):
         raise SettingsError(f"INSTATAG_PROMOTION_RULE must be no_worse or always, not {s.promotion_rule!r}")
+    if s.promotion_set not in ("uploader", "verified"):
+        raise SettingsError(f"INSTATAG_PROMOTION_SET must be uploader or verified, not {s.promotion_set!r}")
     return s
 
 

@@ -64,7 +64,7 @@ def build(settings, groups_file: str | Path | None = None, min_count: int | str 
     to inspect what small data gives)."""
     from sqlalchemy import func, select
 
-    from . import db
+    from . import db, feedback
     from . import schema as t
 
     grouping = load_grouping(groups_file or settings.groups_file or None).with_scrape_tags(settings.scrape_tags)
@@ -79,7 +79,8 @@ def build(settings, groups_file: str | Path | None = None, min_count: int | str 
         shas = dict(conn.execute(select(t.images.c.id, t.images.c.sha256)).all())
         n_posts = conn.execute(select(func.count()).select_from(t.posts)).scalar_one()
         tags_by_image = _tags_by_image(conn, t)
-    result = _tally(pipeline, shas, tags_by_image)
+        verdicts = feedback.latest_verdicts(conn)
+    result = _tally(pipeline, shas, tags_by_image, verdicts)
     if check:
         check_trainable(result["stats"], grouping.min_count)
     result.update(n_posts=n_posts, config=config, config_sha256=_sha(canonical_json(config)))
@@ -109,15 +110,21 @@ def _tags_by_image(conn, t) -> dict[int, set[tuple[str, bool]]]:
     return out
 
 
-def _tally(pipeline: LabelPipeline, shas: dict[int, str], tags_by_image) -> dict:
-    """Labels per image, label order, members and the frequency tables."""
+def _tally(pipeline: LabelPipeline, shas: dict[int, str], tags_by_image, verdicts=None) -> dict:
+    """Labels per image, label order, members and the frequency tables. ``verdicts`` ({image_id:
+    {label: confirmed | rejected}}, ``feedback.latest_verdicts``) take precedence over the uploader's
+    labels of those images (``feedback.apply_verdicts``), before labels are counted."""
+    from .feedback import apply_verdicts
+
+    verdicts = {i: v for i, v in (verdicts or {}).items() if i in shas}
     from .progress import progress
 
     raw, lemmas, scrape, dropped, candidates = Counter(), Counter(), Counter(), Counter(), Counter()
     members: dict[str, set[str]] = defaultdict(set)
     image_candidates: dict[int, set[str]] = {}
-    for image_id in progress(sorted(tags_by_image), desc="vocab: mapping hashtags to labels", unit="images"):
-        tags = tags_by_image[image_id]
+    for image_id in progress(sorted(set(tags_by_image) | set(verdicts)), desc="vocab: mapping hashtags to labels",
+                             unit="images"):
+        tags = tags_by_image.get(image_id, set())
         raw.update({tag for tag, _ in tags})
         seen, labels, scr, drp = set(), set(), set(), set()
         for tag, is_scrape in tags:
@@ -130,6 +137,8 @@ def _tally(pipeline: LabelPipeline, shas: dict[int, str], tags_by_image) -> dict
                 else:
                     labels.add(r.label)
                     members[r.label].add(r.lemma)
+        if image_id in verdicts:
+            labels = apply_verdicts(labels, verdicts[image_id])
         lemmas.update(seen)
         scrape.update(scr)
         dropped.update(drp)
@@ -162,6 +171,8 @@ def _tally(pipeline: LabelPipeline, shas: dict[int, str], tags_by_image) -> dict
         "n_labelled": len(image_labels),
         "n_train_images": len(image_labels) - n_valid,
         "n_valid_images": n_valid,
+        #: images whose labels people corrected (feedback.apply_verdicts replaced the uploader's)
+        "n_verified_images": len(verdicts),
     }
     labels = [{"label": label, "idx": idx, "count": candidates[label], "members": sorted(members[label])}
               for idx, label in enumerate(order)]

@@ -1,9 +1,17 @@
-"""The read-only web pages of instatag: model versions, their reports, and a tag browser.
+"""The web pages of instatag: model versions, their reports, and a tag browser with corrections.
 
 ``create_app(settings)`` builds a FastAPI app; ``plugins/instatag_plugin.py`` mounts it in
 Airflow's api-server under ``/instatag`` with a navigation entry. Every route requires a user
 logged in to Airflow (the JWT in the ``Authorization`` header or the ``_token`` cookie, checked
 by Airflow's own ``get_user`` dependency) who may see the Airflow UI.
+
+Corrections (``POST /correct``, ``instatag.feedback``): a user the auth manager lets edit the
+instatag DAGs (``is_authorized_dag(method="PUT")`` on each of ``params.DAG_IDS``; ``edit_rights``)
+sees confirm/reject buttons on each predicted tag and a list to add a missing label; others see the
+verdicts only, and their POST is refused (403). A POST must carry the form's token (an HMAC of the
+user name with the api-server's secret key, ``[api] secret_key``) and must not come from another
+site (``Origin`` and ``Sec-Fetch-Site``); the label must be in the model's vocabulary (400 with a
+message otherwise).
 
 Files are served only from three places, and never from a path given in the request:
 thumbnails from the resized image store (looked up by image id in the database), report
@@ -18,21 +26,29 @@ Pages are small server-rendered HTML without external assets. The browser's quer
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse
-from sqlalchemy import exists, func, select
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from sqlalchemy import case, exists, func, literal, select, union_all
 
+from . import feedback
 from . import schema as t
 from .settings import Settings, load_settings
 
 PER_PAGE = 48
+#: orderings of the tag browser (``order``): newest post first, or the review queue
+ORDERS = ("newest", "review")
+#: the browse page parameters a correction's redirect keeps
+BACK_PARAMS = ("model", "tag", "min_p", "page", "order")
 MAX_PAGE = 100_000
 #: a report file name: no separators, no leading dot
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -63,6 +79,66 @@ def airflow_auth() -> Callable:
     return require_airflow_user
 
 
+@functools.cache
+def edit_rights() -> Callable:
+    """The dependency telling whether the Airflow user may record corrections: the auth manager
+    allows ``PUT`` on every instatag DAG (``params.DAG_IDS``; in the SimpleAuthManager the roles
+    user, op and admin, not viewer). Cached, so tests can override it by identity."""
+    from . import params
+
+    def may_edit(user=Depends(airflow_auth())) -> bool:
+        from airflow.api_fastapi.app import get_auth_manager
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+        manager = get_auth_manager()
+        return all(manager.is_authorized_dag(method="PUT", details=DagDetails(id=dag_id), user=user)
+                   for dag_id in params.DAG_IDS)
+
+    return may_edit
+
+
+def user_name(user) -> str:
+    """The Airflow user's name (``BaseUser.get_name``), else ``str(user)``."""
+    get_name = getattr(user, "get_name", None)
+    return str(get_name() if callable(get_name) else user)
+
+
+def server_secret() -> bytes:
+    """The api-server's ``[api] secret_key`` (``AIRFLOW__API__SECRET_KEY``); outside Airflow a random
+    key for this process."""
+    try:
+        from airflow.configuration import conf
+
+        key = conf.get("api", "secret_key", fallback="")
+    except Exception:  # noqa: BLE001 - no Airflow config: this process's own key
+        key = ""
+    return key.encode() if key else _process_secret()
+
+
+@functools.cache
+def _process_secret() -> bytes:
+    return secrets.token_bytes(32)
+
+
+def csrf_token(secret: bytes, user: str) -> str:
+    """The token of ``user``'s correction forms: HMAC-SHA256 of the user name with the server secret."""
+    return hmac.new(secret, b"instatag-correction\0" + user.encode(), hashlib.sha256).hexdigest()
+
+
+def cross_site(request: Request) -> str | None:
+    """Why a POST looks cross-site (``Sec-Fetch-Site`` other than same-origin/none, or an ``Origin``
+    whose host is not this one), else None."""
+    site = request.headers.get("sec-fetch-site")
+    if site and site not in ("same-origin", "none"):
+        return f"a {site} request"
+    origin = request.headers.get("origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host", ""):
+        return f"a request from {origin}"
+    if origin == "null":
+        return "a request from an opaque origin"
+    return None
+
+
 # --------------------------------------------------------------------------- queries
 @dataclass(frozen=True)
 class Card:
@@ -70,6 +146,9 @@ class Card:
     post: str  # the image's first post
     tags: list[tuple[str, float]]  # most probable first
     posted_at: datetime | None = None  # the time of that post
+    uploader: tuple[str, ...] = ()  # the uploader's labels in the model's vocabulary version
+    verdicts: dict | None = None  # {label: confirmed | rejected}, the latest per label
+    disagreement: float | None = None  # the review score (order "review")
 
 @dataclass(frozen=True)
 class Page:
@@ -80,6 +159,7 @@ class Page:
     cards: list[Card]
     has_next: bool
     total: int | None  # matching images; counted only when filtering by tag (an index range)
+    order: str = "newest"
 
 
 def model_exists(conn, model_version_id: int) -> bool:
@@ -135,6 +215,30 @@ def browse_statement(model_version_id: int, tag: str, min_p: float, limit: int, 
     return select(t.images.c.id.label("image_id")).where(scored).order_by(*newest).limit(limit).offset(offset)
 
 
+def review_statement(model_version_id: int, vocab_version_id: int, tag: str, min_p: float, limit: int, offset: int):
+    """The review queue: image ids (and their disagreement) where the model and the uploader disagree
+    most. An image's disagreement is the largest of: the probability of a predicted tag the uploader
+    did not give, and 1 - the probability of a label the uploader gave (0 when the model did not
+    predict it). Images nobody has corrected yet come first; then by disagreement, highest first."""
+    p, il, c = t.predictions.c, t.image_labels.c, t.label_corrections.c
+    given = exists().where(il.vocab_version_id == vocab_version_id, il.image_id == p.image_id, il.label == p.label)
+    missed = select(p.image_id.label("image_id"), p.probability.label("d")).where(
+        p.model_version_id == model_version_id, ~given)
+    pred = t.predictions.alias("pred")
+    scored = exists().where(pred.c.model_version_id == model_version_id, pred.c.image_id == il.image_id)
+    lost = (select(il.image_id.label("image_id"), (literal(1.0) - func.coalesce(p.probability, 0.0)).label("d"))
+            .select_from(t.image_labels.outerjoin(t.predictions, (p.model_version_id == model_version_id)
+                                                  & (p.image_id == il.image_id) & (p.label == il.label)))
+            .where(il.vocab_version_id == vocab_version_id, scored))
+    u = union_all(missed, lost).subquery()
+    q = select(u.c.image_id, func.max(u.c.d).label("disagreement")).group_by(u.c.image_id)
+    shown = t.predictions.alias("shown")
+    q = q.having(exists().where(shown.c.model_version_id == model_version_id, shown.c.image_id == u.c.image_id,
+                                shown.c.probability >= min_p, *([shown.c.label == tag] if tag else [])))
+    reviewed = case((exists().where(c.image_id == u.c.image_id), 1), else_=0)
+    return q.order_by(reviewed, func.max(u.c.d).desc(), u.c.image_id.desc()).limit(limit).offset(offset)
+
+
 def count_statement(model_version_id: int, tag: str, min_p: float):
     p = t.predictions.c
     return select(func.count()).select_from(t.predictions).where(
@@ -142,12 +246,24 @@ def count_statement(model_version_id: int, tag: str, min_p: float):
 
 
 def browse(conn, model_version_id: int, tag: str = "", min_p: float = 0.0, page: int = 1,
-           per_page: int = PER_PAGE) -> Page:
+           per_page: int = PER_PAGE, order: str = "newest") -> Page:
     """One page of the tag browser: images with all their predicted tags, most probable first
-    (whatever the model's ranking: ``predictions.rank`` only breaks ties)."""
+    (whatever the model's ranking: ``predictions.rank`` only breaks ties), their uploader's labels
+    and people's verdicts. ``order`` "review": the review queue (``review_statement``)."""
     offset = (page - 1) * per_page
-    ids = [r.image_id for r in conn.execute(browse_statement(model_version_id, tag, min_p, per_page + 1, offset))]
+    vocab = conn.execute(select(t.model_versions.c.vocab_version_id)
+                         .where(t.model_versions.c.id == model_version_id)).scalar()
+    if order == "review":
+        rows = conn.execute(review_statement(model_version_id, vocab, tag, min_p, per_page + 1, offset)).all()
+        scores = {r.image_id: r.disagreement for r in rows}
+        ids = [r.image_id for r in rows]
+    else:
+        scores = {}
+        ids = [r.image_id for r in conn.execute(browse_statement(model_version_id, tag, min_p, per_page + 1,
+                                                                 offset))]
     has_next, ids = len(ids) > per_page, ids[:per_page]
+    uploader: dict[int, list[str]] = {i: [] for i in ids}
+    verdicts = feedback.latest_verdicts(conn, ids) if ids else {}
     tags: dict[int, list[tuple[str, float]]] = {i: [] for i in ids}
     posts: dict[int, tuple[str, datetime | None]] = {}
     if ids:
@@ -162,9 +278,14 @@ def browse(conn, model_version_id: int, tag: str = "", min_p: float = 0.0, page:
         im = t.images.c
         posts = {r.id: (r.post, r.taken_at) for r in conn.execute(
             select(im.id, im.post, im.taken_at).where(im.id.in_(ids)))}
+        il = t.image_labels.c
+        for r in conn.execute(select(il.image_id, il.label).where(il.vocab_version_id == vocab, il.image_id.in_(ids))
+                              .order_by(il.image_id, il.label)):
+            uploader[r.image_id].append(r.label)
     total = conn.execute(count_statement(model_version_id, tag, min_p)).scalar() if tag else None
-    cards = [Card(i, posts.get(i, ("", None))[0], tags[i], posts.get(i, ("", None))[1]) for i in ids]
-    return Page(model_version_id, tag, min_p, page, cards, has_next, total)
+    cards = [Card(i, posts.get(i, ("", None))[0], tags[i], posts.get(i, ("", None))[1], tuple(uploader[i]),
+                  verdicts.get(i, {}), scores.get(i)) for i in ids]
+    return Page(model_version_id, tag, min_p, page, cards, has_next, total, order)
 
 
 def model_rows(conn) -> list[dict]:
@@ -250,11 +371,16 @@ def _not_found(request: Request, title: str, message: str, command: str = "") ->
 
 
 # --------------------------------------------------------------------------- the app
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The instatag pages as a FastAPI app; every route requires an Airflow user (``airflow_auth``)."""
+def create_app(settings: Settings | None = None, secret_key: bytes | None = None) -> FastAPI:
+    """The instatag pages as a FastAPI app; every route requires an Airflow user (``airflow_auth``).
+    ``secret_key``: the key of the correction forms' tokens (default: ``server_secret``)."""
     from . import db
 
     settings = settings or load_settings()
+
+    def secret() -> bytes:
+        return secret_key or server_secret()
+
     app = FastAPI(title="instatag", description=__doc__, dependencies=[Depends(airflow_auth())],
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
@@ -301,7 +427,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         min_p: float = Query(0.0, ge=0.0, le=1.0, description="minimum probability"),
         page: int = Query(1, ge=1, le=MAX_PAGE),
         model: int | None = Query(None, ge=1, description="model version (default: the champion)"),
+        order: str = Query("newest", pattern=f"^({'|'.join(ORDERS)})$", description=" | ".join(ORDERS)),
         conn=Depends(connect),
+        user=Depends(airflow_auth()),
+        editor: bool = Depends(edit_rights()),
     ):
         if model is not None and not model_exists(conn, model):
             return _not_found(request, "No such model version", f"There is no model version {model}.")
@@ -317,9 +446,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             message = f"“{tag}” is not a label of model version {model}."
             result = Page(model, tag, min_p, page, [], False, 0)
         else:
-            result = browse(conn, model, tag, min_p, page)
+            result = browse(conn, model, tag, min_p, page, order=order)
         return _html(request, "browse.html", page=result, labels=labels, tag=tag, min_p=min_p, model=model,
-                     message=message, vocab=vocab, ranking=model_ranking(conn, model) if model else "probability")
+                     message=message, vocab=vocab, ranking=model_ranking(conn, model) if model else "probability",
+                     order=order, editor=editor, csrf=csrf_token(secret(), user_name(user)) if editor else "",
+                     saved=request.query_params.get("saved", ""),
+                     back=urlencode([(k, v) for k, v in request.query_params.multi_items() if k in BACK_PARAMS]))
+
+    @app.post("/correct", name="correct")
+    def correct(
+        request: Request,
+        image_id: int = Form(..., ge=1),
+        model: int = Form(..., ge=1),
+        action: str = Form(..., max_length=300, description="confirmed:LABEL or rejected:LABEL; confirmed: adds label"),
+        label: str = Form("", max_length=255, description="the label to add (with action=confirmed:)"),
+        csrf: str = Form("", max_length=128),
+        back: str = Form("", max_length=2000, description="the browse page's query string"),
+        conn=Depends(connect),
+        user=Depends(airflow_auth()),
+        editor: bool = Depends(edit_rights()),
+    ):
+        why = cross_site(request)
+        if why:
+            raise HTTPException(403, f"refused: {why}; corrections are accepted from the tag browser only")
+        if not editor:
+            raise HTTPException(403, "this user may not correct labels: it needs edit rights on the instatag DAGs")
+        if not hmac.compare_digest(csrf, csrf_token(secret(), user_name(user))):
+            raise HTTPException(403, "refused: the form's token is missing or wrong; reload the tag browser")
+        verdict, _, chosen = action.partition(":")
+        chosen = chosen or label
+        problem = (None if model_exists(conn, model) else f"there is no model version {model}")
+        if problem is None and not conn.execute(select(t.images.c.id).where(t.images.c.id == image_id)).first():
+            problem = f"there is no image {image_id}"
+        problem = problem or feedback.check(verdict, chosen, feedback.vocabulary(conn, model), user_name(user))
+        if problem:
+            return _html(request, "notfound.html", status_code=400, title="Correction refused",
+                         message=f"Correction refused: {problem}. Nothing was stored.")
+        feedback.record(conn, image_id, chosen, verdict, user_name(user), model)
+        conn.commit()
+        keep = {k: v for k, v in parse_qsl(back.lstrip("?")) if k in BACK_PARAMS}
+        target = _links(request)("/browse", **{**keep, "saved": image_id})
+        return RedirectResponse(f"{target}#image-{image_id}", status_code=303)
 
     @app.get("/thumb/{image_id}", name="thumb")
     def thumb(image_id: int, conn=Depends(connect)):

@@ -35,3 +35,18 @@ SELECT il.image_id,
 FROM image_labels il
 JOIN images i ON i.id = il.image_id
 WHERE il.vocab_version_id = (SELECT max(id) FROM vocab_versions);
+
+DROP VIEW IF EXISTS label_verdicts;
+
+-- The verdict that counts per image and label: the newest row of the append-only
+-- label_corrections (confirmed | rejected), with who gave it, when, and the model version shown.
+CREATE VIEW label_verdicts AS
+SELECT c.image_id,
+       c.label,
+       c.verdict,
+       c."user",
+       c.created_at,
+       c.model_version_id AS model_version
+FROM label_corrections c
+WHERE NOT EXISTS (SELECT 1 FROM label_corrections later
+                  WHERE later.image_id = c.image_id AND later.label = c.label AND later.id > c.id);

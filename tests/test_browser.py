@@ -1,11 +1,12 @@
 """End to end in headless Chromium: a real ``airflow api-server`` loads plugins/instatag_plugin.py;
 the browser, logged in to Airflow, opens the "instatag" entry of the Airflow UI, filters the tag
-browser by a tag, and moves the report's threshold slider.
+browser by a tag, and moves the report's threshold slider; a user with edit rights confirms a
+predicted tag (stored in label_corrections), a viewer sees no correction controls.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (scripts/provision_browser.sh) and the
 ``selenium`` package; without them the tests skip, except under CI (CI set), where they fail.
 The api-server runs with a throw-away AIRFLOW_HOME and SQLite metadata database, the
-SimpleAuthManager with one user, and instatag settings pointing at a SQLite database filled by
+SimpleAuthManager with a viewer and an editor (role user), and instatag settings pointing at a SQLite database filled by
 the real pipeline (a tiny untrained model: evaluate, promote, score, report).
 """
 
@@ -37,6 +38,7 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parents[1]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 USER, PASSWORD = "viewer", secrets.token_urlsafe(10)
+EDITOR, EDITOR_PASSWORD = "editor", secrets.token_urlsafe(10)
 TAG = "soup"
 
 
@@ -88,7 +90,7 @@ def api_server(tmp_path_factory, data):
     (root / "dags").mkdir()
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    (root / "passwords.json").write_text(json.dumps({USER: PASSWORD}))
+    (root / "passwords.json").write_text(json.dumps({USER: PASSWORD, EDITOR: EDITOR_PASSWORD}))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "INSTATAG_"))}
     env.update({
         "AIRFLOW_HOME": str(root),
@@ -100,7 +102,7 @@ def api_server(tmp_path_factory, data):
         "AIRFLOW__CORE__AUTH_MANAGER":
             "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:viewer,{EDITOR}:user",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(root / "passwords.json"),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
@@ -140,17 +142,32 @@ def api_server(tmp_path_factory, data):
             proc.wait(10)
 
 
-@pytest.fixture(scope="module")
-def token(api_server) -> str:
+def _login(api_server, user: str, password: str) -> str:
     import requests
 
-    r = requests.post(f"{api_server}/auth/token", json={"username": USER, "password": PASSWORD}, timeout=30)
+    r = requests.post(f"{api_server}/auth/token", json={"username": user, "password": password}, timeout=30)
     r.raise_for_status()
     return r.json()["access_token"]
 
 
+@pytest.fixture(scope="module")
+def token(api_server) -> str:
+    return _login(api_server, USER, PASSWORD)
+
+
 @pytest.fixture
 def browser(tmp_path, api_server, token):
+    """Headless Chromium logged in as the viewer."""
+    yield from _chromium(tmp_path, api_server, token)
+
+
+@pytest.fixture
+def editor_browser(tmp_path, api_server):
+    """Headless Chromium logged in as the editor (role user: may edit the instatag DAGs)."""
+    yield from _chromium(tmp_path, api_server, _login(api_server, EDITOR, EDITOR_PASSWORD))
+
+
+def _chromium(tmp_path, api_server, token):
     """Headless Chromium (Debian's, driven by its chromedriver), holding the Airflow login cookie."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -229,6 +246,7 @@ def test_tag_browser_inside_the_airflow_ui(browser, api_server, tmp_path):
         "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))  # thumbnails served
     html = browser.page_source
     assert f'<option value="{TAG}" selected="">' in html and f"with “{TAG}”" in html
+    assert 'class="correct"' not in html and 'name="csrf"' not in html  # a viewer: no correction controls
     browser.switch_to.default_content()
     png = browser.get_screenshot_as_png()
     (tmp_path / "tag-browser.png").write_bytes(png)
@@ -291,3 +309,50 @@ def test_a_tags_heatmap_shows_over_its_photo(browser, api_server, data):
     chip.click()
     wait.until(lambda d: img.get_attribute("src") == photo)
     assert "why" not in chip.get_attribute("class")
+
+
+def test_an_editor_confirms_a_tag_and_it_is_stored(editor_browser, api_server, data):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+    from sqlalchemy import text
+
+    settings, mid = data
+    wait = WebDriverWait(editor_browser, 120)
+    editor_browser.get(f"{api_server}/instatag/browse?order=review")
+    card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#results .card")))
+    image_id = int(card.get_attribute("id").removeprefix("image-"))
+    button = card.find_element(By.CSS_SELECTOR, "form.correct button.confirm")
+    label = button.get_attribute("value").removeprefix("confirmed:")
+    button.click()
+    saved = wait.until(ec.presence_of_element_located((By.ID, "saved")))
+    assert f"image #{image_id} stored" in saved.text and "order=review" in editor_browser.current_url
+    card = editor_browser.find_element(By.ID, f"image-{image_id}")
+    assert card.find_element(By.CSS_SELECTOR, f'.verdict.confirmed[data-label="{label}"]')
+    with db.get_engine(settings).connect() as conn:
+        rows = conn.execute(text('select image_id, label, verdict, "user", model_version_id from label_corrections'
+                                 )).all()
+    assert [tuple(r) for r in rows] == [(image_id, label, "confirmed", EDITOR, mid)]
+
+
+def test_correction_posts_through_the_real_auth_manager(api_server, token, data):
+    """Airflow's own login and SimpleAuthManager roles: no login 401, the viewer 403, the editor's forged
+    cross-site or token-less POST 403; nothing stored by any of them."""
+    import requests
+    from sqlalchemy import text
+
+    settings, mid = data
+    url = f"{api_server}/instatag/correct"
+    form = {"image_id": 1, "model": mid, "action": f"rejected:{TAG}", "csrf": "", "back": ""}
+    with db.get_engine(settings).connect() as conn:
+        before = conn.execute(text("select count(*) from label_corrections")).scalar()
+    assert requests.post(url, data=form, timeout=30, allow_redirects=False).status_code == 401
+    r = requests.post(url, data=form, cookies={"_token": token}, timeout=30, allow_redirects=False)
+    assert r.status_code == 403 and "edit rights" in r.text
+    editor = {"_token": _login(api_server, EDITOR, EDITOR_PASSWORD)}
+    assert requests.post(url, data=form, cookies=editor, timeout=30, allow_redirects=False).status_code == 403
+    r = requests.post(url, data=form, cookies=editor, headers={"Origin": "https://evil.example"}, timeout=30,
+                      allow_redirects=False)
+    assert r.status_code == 403 and "evil.example" in r.text
+    with db.get_engine(settings).connect() as conn:
+        assert conn.execute(text("select count(*) from label_corrections")).scalar() == before

@@ -179,3 +179,68 @@ def test_a_trained_model_evaluates_and_scores(sqlite_settings):
     report = score.score(s, new=False)
     assert report.n_images == 24 and report.n_rows >= 48
     assert np.isfinite(summary["model"]["dominant_recall@1"])
+
+
+def _verify(settings, image_ids, verdicts):
+    """Record ``verdicts`` ([(label, verdict)]) on every image of ``image_ids``."""
+    from instatag import feedback
+
+    with db.get_engine(settings).begin() as conn:
+        for i in image_ids:
+            for label, verdict in verdicts:
+                feedback.record(conn, i, label, verdict, "ann", None)
+
+
+def test_verified_images_get_their_own_metrics_from_the_minimum_on(sqlite_settings, tiny_model_dir, capsys):  # noqa: F811
+    s = sqlite_settings
+    images = add_images(s, 80)
+    mid = add_model(s, add_vocab(s, images), tiny_model_dir)
+    v = evaluate.validate(s, mid)
+    few = v.image_ids[:evaluate.MIN_VERIFIED_IMAGES - 1]
+    _verify(s, few, [(LABELS[0], "confirmed")])
+    summary = evaluate.evaluate(s, mid, validation=v)
+    assert summary["verified"] == {"n_images": len(few), "min_images": evaluate.MIN_VERIFIED_IMAGES}
+    assert f"verified: {len(few)} validation images" in evaluate.format_table(summary)
+
+    # every validation image verified: the first label confirmed, every other label rejected
+    _verify(s, v.image_ids, [(LABELS[0], "confirmed")] + [(label, "rejected") for label in LABELS[1:]])
+    train_only = [i for i, sha, _ in images if i not in set(v.image_ids)][:3]
+    _verify(s, train_only, [(LABELS[1], "confirmed")])  # training-split images are not evaluation images
+    summary = evaluate.evaluate(s, mid, validation=v)
+    ver = summary["verified"]
+    assert ver["n_images"] == len(v.image_ids) >= evaluate.MIN_VERIFIED_IMAGES
+    truth = np.zeros_like(v.y_true)
+    truth[:, 0] = True
+    rows = sorted(_label_rows(s, mid), key=lambda r: LABELS.index(r["label"]))
+    thresholds = np.array([r["threshold"] for r in rows])
+    expected = metrics.evaluate_predictions(truth, v.probs, LABELS, v.counts, thresholds, v.ranks)
+    assert ver["model"] == pytest.approx(expected["model"], nan_ok=True)
+    assert ver["model"] != summary["model"]
+    with db.get_engine(s).connect() as conn:
+        assert conn.execute(select(t.model_versions.c.metrics).where(t.model_versions.c.id == mid)
+                            ).scalar()["verified"]["n_images"] == ver["n_images"]
+    table = evaluate.format_table(summary)
+    assert "verified model" in table and f"on the {ver['n_images']} validation images whose labels people" in table
+
+
+@pytest.mark.slow
+def test_promotion_can_decide_on_the_verified_set(sqlite_settings, tiny_model_dir):  # noqa: F811
+    import dataclasses
+
+    s = dataclasses.replace(sqlite_settings, promotion_set="verified")
+    images = add_images(s, 80)
+    vocab = add_vocab(s, images)
+    first = add_model(s, vocab, tiny_model_dir)
+    evaluate.evaluate(s, first)
+    promote.promote(s, first)
+    second = add_model(s, vocab, tiny_model_dir)
+    evaluate.evaluate(s, second)
+    d = promote.decide(s, second)
+    assert "promotion set 'verified' has 0 verified validation images, fewer than 30: decided on uploader" in d.reason
+    v = evaluate.validate(s, second)
+    _verify(s, v.image_ids, [(LABELS[0], "confirmed")])
+    third = add_model(s, vocab, tiny_model_dir)
+    evaluate.evaluate(s, third)
+    d = promote.decide(s, third)
+    assert d.reason.startswith(f"on the {len(v.image_ids)} verified validation images")
+    assert d.comparison["valid_image_ids_sha256"] == evaluate.verified_validation(s, v)[0].ids_sha256

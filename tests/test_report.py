@@ -343,3 +343,28 @@ def test_heatmaps_show_each_labels_best_and_most_confident_wrong_image(tiny_mode
         assert worst["image_id"] == 10 + neg[np.argmax(probs[neg, j])]
         assert best["p"] == pytest.approx(probs[best["image_id"] - 10, j], abs=1e-5)
         assert best["heatmap"].startswith("data:image/png;base64,") and best["crop"].startswith("data:image/png")
+
+
+@pytest.mark.parametrize("verified", [
+    {"n_images": 42, "min_images": 30, "model": {"dominant_recall@1": 0.66, "map": 0.5},
+     "baseline": {"dominant_recall@1": 0.21}},
+    {"n_images": 7, "min_images": 30},
+])
+def test_report_shows_the_verified_metrics_beside_the_uploader_figures(sqlite_settings, verified):
+    from datetime import UTC, datetime
+
+    metrics = {"model": {"dominant_recall@1": 0.78, "map": 0.6}, "baseline": {"dominant_recall@1": 0.3},
+               "n_images": 50, "verified": verified}
+    model = {"id": 3, "status": "candidate", "arch": "resnet18", "vocab_version_id": 1, "params": {},
+             "metrics": metrics, "created_at": datetime(2026, 11, 1, tzinfo=UTC), "promoted_at": None}
+    ctx = report.Context(model=model, vocab={"n_labels": 1, "n_images": 1},
+                         figures={f.key: f for f in [report.Figure(k, k, note="none") for k in report.FIGURES]},
+                         summary=report.summary_rows(metrics))
+    html = report.write(sqlite_settings, 3, ctx, None).read_text()
+    table = html[html.index('id="summary"'):html.index("</table>", html.index('id="summary"'))]
+    if "model" in verified:
+        assert "model, verified" in table and "66.0%" in table and "21.0%" in table and "78.0%" in table
+        assert "on 42 validation images whose labels people corrected" in html
+    else:
+        assert "verified" not in table
+        assert "7 validation images with people's verdicts so far" in html and "from 30 on" in html

@@ -55,7 +55,7 @@ def test_upgrade_creates_every_table_and_view(settings):
     engine = db.get_engine(settings)
     insp = inspect(engine)
     assert set(t.metadata.tables) <= set(insp.get_table_names())
-    assert {"predicted_tags", "uploader_labels"} <= set(insp.get_view_names())
+    assert {"predicted_tags", "uploader_labels", "label_verdicts"} <= set(insp.get_view_names())
 
 
 def test_migrations_match_schema_py(settings):

@@ -84,9 +84,14 @@ def filled(settings):
     return settings, champ, old, ids
 
 
-def client_for(settings) -> TestClient:
-    app = webapp.create_app(settings)
-    app.dependency_overrides[webapp.airflow_auth()] = lambda: "tester"
+SECRET = b"test secret"
+
+
+def client_for(settings, editor: bool = False, user: str = "tester") -> TestClient:
+    """The app as ``user``, who may record corrections when ``editor`` (read-only by default)."""
+    app = webapp.create_app(settings, secret_key=SECRET)
+    app.dependency_overrides[webapp.airflow_auth()] = lambda: user
+    app.dependency_overrides[webapp.edit_rights()] = lambda: editor
     return TestClient(app)
 
 
@@ -350,10 +355,12 @@ def test_every_route_requires_an_airflow_user(filled):
         r = client.get(path)
         assert r.status_code == 401, path
         assert "champion" not in r.text
+    r = client.post("/correct", data={"image_id": ids[0], "model": champ, "action": "confirmed:soup"})
+    assert r.status_code == 401  # corrections too
     app = webapp.create_app(settings)
     for route in app.routes:
-        if getattr(route, "methods", None):
-            assert route.methods <= {"GET", "HEAD"}, route.path  # read-only
+        if getattr(route, "methods", None) and route.path != "/correct":
+            assert route.methods <= {"GET", "HEAD"}, route.path  # read-only but for corrections
 
 
 @pytest.mark.slow
@@ -427,3 +434,125 @@ def test_plugin_declares_the_app_and_a_nav_entry():
     (view,) = plugin.external_views
     ExternalViewResponse(**view)
     assert view["name"] == "instatag" and view["destination"] == "nav" and view["href"] == entry["url_prefix"] + "/"
+
+
+# --------------------------------------------------------------------------- corrections
+def correction(client, image_id, model, action, csrf=None, label="", headers=None, user="tester"):
+    data = {"image_id": image_id, "model": model, "action": action, "label": label,
+            "csrf": webapp.csrf_token(SECRET, user) if csrf is None else csrf, "back": "order=review&evil=1"}
+    return client.post("/correct", data=data, headers=headers or {}, follow_redirects=False)
+
+
+def corrections_rows(settings):
+    with db.get_engine(settings).connect() as conn:
+        return [tuple(r) for r in conn.execute(text(
+            'select image_id, label, verdict, "user", model_version_id from label_corrections order by id'))]
+
+
+def test_an_editor_confirms_rejects_and_adds_labels_and_sees_them(filled):
+    settings, champ, _, ids = filled
+    client = client_for(settings, editor=True)
+    html = client.get("/browse").text
+    assert html.count('<form class="correct"') == 30 and webapp.csrf_token(SECRET, "tester") in html
+    r = correction(client, ids[0], champ, "confirmed:soup")
+    assert r.status_code == 303
+    assert r.headers["location"] == f"/browse?order=review&saved={ids[0]}#image-{ids[0]}"  # evil=1 dropped
+    assert correction(client, ids[0], champ, "rejected:cake").status_code == 303
+    assert correction(client, ids[1], champ, "confirmed:", label="pie").status_code == 303  # add a missing one
+    assert correction(client, ids[0], champ, "rejected:soup").status_code == 303  # a change of mind
+    assert corrections_rows(settings) == [(ids[0], "soup", "confirmed", "tester", champ),
+                                          (ids[0], "cake", "rejected", "tester", champ),
+                                          (ids[1], "pie", "confirmed", "tester", champ),
+                                          (ids[0], "soup", "rejected", "tester", champ)]  # append-only history
+    html = client.get(f"/browse?saved={ids[0]}").text
+    assert f"Correction of image #{ids[0]} stored" in html
+    card = html[html.index(f'id="image-{ids[0]}"'):html.index(f'id="image-{ids[1]}"')] if ids[1] < ids[0] else \
+        html[html.index(f'id="image-{ids[0]}"'):]
+    assert 'class="verdict rejected" data-label="soup"' in card and 'class="verdict rejected" data-label="cake"' in card
+
+
+def test_a_correction_outside_the_vocabulary_or_malformed_is_refused_with_a_message(filled):
+    settings, champ, _, ids = filled
+    client = client_for(settings, editor=True)
+    r = correction(client, ids[0], champ, "confirmed:tofu")
+    assert r.status_code == 400 and "Correction refused: &#39;tofu&#39; is not a label of the vocabulary" in r.text
+    r = correction(client, ids[0], champ, "maybe:soup")
+    assert r.status_code == 400 and "verdict &#39;maybe&#39; is not one of confirmed, rejected" in r.text
+    assert correction(client, ids[0], champ, "confirmed:").status_code == 400  # add without a label
+    assert correction(client, 99999, champ, "confirmed:soup").status_code == 400
+    assert correction(client, ids[0], 999, "confirmed:soup").status_code == 400
+    assert corrections_rows(settings) == []
+
+
+def test_a_read_only_user_sees_no_controls_and_cannot_write(filled):
+    settings, champ, _, ids = filled
+    with db.get_engine(settings).begin() as conn:
+        from instatag import feedback
+
+        feedback.record(conn, ids[0], "soup", "confirmed", "ann", champ)
+    client = client_for(settings, editor=False)
+    html = client.get("/browse").text
+    assert '<form class="correct"' not in html and 'name="csrf"' not in html
+    assert 'class="verdict confirmed" data-label="soup"' in html  # verdicts are shown to everyone
+    r = correction(client, ids[0], champ, "rejected:soup")
+    assert r.status_code == 403 and "edit rights on the instatag DAGs" in r.text
+    assert len(corrections_rows(settings)) == 1
+
+
+def test_a_forged_cross_site_post_is_refused(filled):
+    settings, champ, _, ids = filled
+    client = client_for(settings, editor=True)
+    assert correction(client, ids[0], champ, "confirmed:soup", csrf="").status_code == 403
+    assert correction(client, ids[0], champ, "confirmed:soup", csrf=webapp.csrf_token(SECRET, "mallory")
+                      ).status_code == 403  # another user's token
+    assert correction(client, ids[0], champ, "confirmed:soup", csrf=webapp.csrf_token(b"other key", "tester")
+                      ).status_code == 403
+    r = correction(client, ids[0], champ, "confirmed:soup", headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403 and "evil.example" in r.text
+    assert correction(client, ids[0], champ, "confirmed:soup", headers={"Sec-Fetch-Site": "cross-site"}
+                      ).status_code == 403
+    assert corrections_rows(settings) == []
+    ok = correction(client, ids[0], champ, "confirmed:soup",
+                    headers={"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"})
+    assert ok.status_code == 303 and len(corrections_rows(settings)) == 1
+
+
+@pytest.mark.parametrize(("role", "may"), [("viewer", False), ("user", True), ("op", True), ("admin", True)])
+def test_edit_rights_come_from_the_auth_manager(monkeypatch, role, may):
+    """The real dependency with Airflow's SimpleAuthManager: viewers may not edit DAGs, users may."""
+    import airflow.api_fastapi.app as airflow_app
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
+    monkeypatch.setattr(airflow_app, "get_auth_manager", lambda: SimpleAuthManager())
+    assert webapp.edit_rights()(user=SimpleAuthManagerUser(username="u", role=role)) is may
+
+
+def test_review_queue_puts_the_largest_disagreement_first(settings):
+    """Uploader labels against predictions: a probable tag the uploader did not give, an uploader's label the
+    model finds improbable or did not predict; corrected images last."""
+    with db.get_engine(settings).begin() as conn:
+        vid = make_vocab(conn)
+        champ = make_model(conn, vid, "champion")
+        a, b, c, d = make_images(settings, conn, 4, files=False)
+        rows = [(a, "soup", 0.9, 1), (a, "cake", 0.05, 2),  # uploader gave cake only: soup 0.9 missed -> 0.95
+                (b, "pie", 0.6, 1),  # uploader gave pie: agree; soup not predicted -> 1 - 0 = 1.0
+                (c, "salad", 0.7, 1),  # uploader gave salad: 0.3
+                (d, "cake", 0.99, 1)]  # uploader gave nothing, but d is corrected: last
+        conn.execute(insert(t.predictions), [{"model_version_id": champ, "image_id": i, "label": lb,
+                                              "probability": p, "rank": r} for i, lb, p, r in rows])
+        conn.execute(insert(t.image_labels), [{"vocab_version_id": vid, "image_id": i, "label": lb}
+                                              for i, lb in ((a, "cake"), (b, "pie"), (b, "soup"), (c, "salad"))])
+        from instatag import feedback
+
+        feedback.record(conn, d, "cake", "confirmed", "ann", champ)
+    with db.get_engine(settings).connect() as conn:
+        page = webapp.browse(conn, champ, order="review")
+    assert [c.image_id for c in page.cards] == [b, a, c, d]
+    assert [round(c.disagreement, 2) for c in page.cards] == [1.0, 0.95, 0.3, 0.99]
+    assert page.cards[0].uploader == ("pie", "soup")
+    html = client_for(settings).get("/browse?order=review").text
+    assert "Needs review" in html and html.index(f'id="image-{b}"') < html.index(f'id="image-{a}"')
+    with db.get_engine(settings).connect() as conn:  # with a tag: only images predicted with it
+        assert [c.image_id for c in webapp.browse(conn, champ, tag="soup", order="review").cards] == [a]
