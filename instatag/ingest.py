@@ -213,7 +213,7 @@ def discover(sources: list[Path], skipped: dict[str, int] | None = None) -> tupl
         if src.suffix.lower() in MANIFEST_EXTS and src.is_file():
             found += read_manifest(src, problems)
         else:
-            _walk(Path(os.path.abspath(src)), seen_dirs, found, problems, skipped)
+            _walk(Path(os.path.realpath(src)), seen_dirs, found, problems, skipped)
     unique: dict[str, PostFile] = {}
     for f in found:
         unique.setdefault(f.image, f)  # a photo named twice (overlapping sources): the first mention wins
@@ -226,7 +226,8 @@ def _walk(top: Path, seen: set, found: list[PostFile], problems: list[Problem], 
         folder, ancestors = stack.pop()
         try:
             st = os.stat(folder)
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            # a post is its real file: the same photo reached by another path (a link) is the same post
+            entries = sorted(os.scandir(os.path.realpath(folder)), key=lambda e: e.name)
         except OSError as exc:
             reason = "symlink_loop" if exc.errno == errno.ELOOP else "unreadable_folder"
             problems.append(Problem(folder, reason, exc.strerror or str(exc)))
@@ -338,7 +339,7 @@ def read_manifest(path: Path, problems: list[Problem]) -> list[PostFile]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read the manifest ({exc})") from None
-    base = Path(os.path.abspath(path.parent))
+    base = Path(os.path.realpath(path.parent))  # real paths, as discover's walk gives
     rows: list[tuple[str, object]] = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))

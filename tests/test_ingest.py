@@ -440,6 +440,21 @@ def test_folders_symlinks_and_unreadable_folders(settings, tmp_path, monkeypatch
                                         "gone.jpg": "dangling_symlink", "locked": "unreadable_folder"}
 
 
+def test_the_same_drop_by_another_path_is_the_same_posts(sqlite_settings, tmp_path, monkeypatch):
+    """A post's identity is its real file path: a link to the drop, or a path through one, adds nothing."""
+    real = tmp_path / "data" / "drop"
+    stem = make_scrape(real, n_posts=4, seed=6)[0][0]
+    (tmp_path / "data" / "posts.csv").write_text(f"image,tags\ndrop/{stem}.jpg,cake\n", encoding="utf-8")
+    (tmp_path / "linked").symlink_to(tmp_path / "data")
+    (tmp_path / "work").mkdir()
+    assert ingest(sqlite_settings, [real]).accepted == 4
+    monkeypatch.chdir(tmp_path / "work")
+    again = ingest(sqlite_settings, [Path("../linked/drop"), Path("../linked/posts.csv")])
+    assert (again.accepted, again.reposts, again.duplicates) == (0, 0, 4)
+    assert {r["source_path"] for r in rows(sqlite_settings, posts)} == {
+        str(p) for p in real.resolve().glob("*.jpg")}
+
+
 # --------------------------------------------------------------------------- manifests
 
 
