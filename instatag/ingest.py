@@ -33,7 +33,7 @@ from functools import cache, partial
 from pathlib import Path
 
 from .errors import UserError
-from .hashtags import parse_hashtags, scrape_tag_set, tags_from_list
+from .hashtags import normalise, parse_hashtags, scrape_tag_set, tags_from_list
 from .imagestore import Rejected, Stored, store_image
 from .progress import progress
 from .settings import Settings
@@ -378,10 +378,9 @@ def _manifest_post(row: object, base: Path) -> PostFile:
         tags = tag_cell(tags)
     if not isinstance(tags, list | tuple) or not all(isinstance(t, str | int) for t in tags):
         raise ValueError(f"tags must be a list or a space/comma separated string, not {tags!r}")
-    for t in tags:  # each entry must be a hashtag: never a row accepted with its tags silently lost
-        text = str(t).strip().lstrip("#＃")
-        if text and not text.isdigit() and not tags_from_list([text]):
-            raise ValueError(f"tag {t!r} of {row.get('tags')!r} is not a hashtag")
+    for t in tags:  # each entry must be one whole hashtag: never a row accepted with its tags silently lost
+        if not is_one_hashtag(t):
+            raise ValueError(f"tag {t!r} of {row.get('tags')!r} is not a hashtag: each entry must be one whole tag")
     caption = row.get("caption")
     if caption is not None and not isinstance(caption, str):
         raise ValueError(f"caption must be text, not {caption!r}")
@@ -392,25 +391,59 @@ def _manifest_post(row: object, base: Path) -> PostFile:
                     tags=tuple(str(t) for t in tags if str(t).strip()), taken_at=parse_time(row.get("taken_at")))
 
 
+_TAG_SEPARATORS = re.compile(r"[\s,;|]+")
+_CODE = re.compile(r"^[A-Za-z_][\w.]*\s*\(")  # np.array(...), list(...), set(...): a call, not a list
+
+
 def tag_cell(cell: str) -> list:
     """The tags of one manifest cell: a list written out (JSON ``["cake", "pie"]``, Python
-    ``['cake', 'pie']`` or ``('cake',)``, as pandas writes a list column), else text separated by
-    spaces and/or commas. Raises ``ValueError`` for a list that cannot be read."""
+    ``['cake', 'pie']`` or ``('cake',)``, as pandas writes a list column), else text split on
+    whitespace, commas, semicolons and ``|`` (empty pieces dropped). Raises ``ValueError`` for a
+    list that cannot be read, Python strings written side by side (``["cake" "pie"]``, which Python
+    would join into ``cakepie``) and a cell that looks like code (``np.array(['cake'])``)."""
     text = cell.strip()
+    if _CODE.match(text):
+        raise ValueError(f"tags {cell[:200]!r} look like code, not a list: write the list itself")
     if not text.startswith(("[", "(")):
-        return re.split(r"[\s,]+", text) if text else []
+        return [t for t in _TAG_SEPARATORS.split(text) if t]
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):
-        try:
-            value = ast.literal_eval(text)  # literals only: never runs code
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            raise ValueError(f"tags {cell[:200]!r} look like a list but are neither JSON nor a Python list") from None
+        value = _python_list(text, cell)
     if isinstance(value, str):  # ('cake') is a string in Python
         value = [value]
     if not isinstance(value, list | tuple):
         raise ValueError(f"tags {cell[:200]!r} are not a list")
     return list(value)
+
+
+def _python_list(text: str, cell: str):
+    """A list (or tuple, or string) written as a Python literal; ``ValueError`` if it is none, or if
+    it holds strings side by side, which Python joins (``['cake' 'pie']`` is ``['cakepie']``)."""
+    import tokenize
+
+    try:
+        value = ast.literal_eval(text)  # literals only: never runs code
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError(f"tags {cell[:200]!r} look like a list but are neither JSON nor a Python list") from None
+    n_strings = sum(tok.type == tokenize.STRING for tok in tokenize.generate_tokens(io.StringIO(text).readline))
+    if isinstance(value, list | tuple) and n_strings != sum(isinstance(v, str) for v in value):
+        raise ValueError(f"tags {cell[:200]!r} hold strings side by side without a comma")
+    if isinstance(value, str) and n_strings != 1:
+        raise ValueError(f"tags {cell[:200]!r} hold strings side by side without a comma")
+    return value
+
+
+def is_one_hashtag(entry: str | int) -> bool:
+    """Whether one manifest tag entry is exactly one hashtag: an optional leading ``#`` (or ``＃``),
+    then what ``parse_hashtags`` reads as one whole tag (``cake!``, ``ice cream``, ``cake/pie`` and
+    ``''`` are not). A numeric entry (``2026``) passes and is dropped later, as Instagram links no
+    numeric tag."""
+    text = str(entry).strip()
+    body = text[1:] if text[:1] in ("#", "＃") else text
+    if body.isdigit():
+        return True
+    return bool(body) and body[0] not in "#＃" and parse_hashtags("#" + body) == [normalise(body)]
 
 
 def parse_time(value) -> datetime | None:
