@@ -809,7 +809,8 @@ def _insert_images_and_posts(conn, good: list[Outcome], paths: list[str]) -> tup
 
 
 def write_batch(conn, outcomes: list[Outcome], problems: list[Problem], report: IngestReport) -> None:
-    """One transaction: images, posts and their hashtags, errors. The unique constraints decide."""
+    """One transaction: images, posts and their hashtags, errors. The unique constraints decide.
+    An accepted post's photo, caption and metadata paths leave ``ingest_errors`` (fixed since)."""
     from sqlalchemy import func
 
     from . import db
@@ -825,6 +826,9 @@ def write_batch(conn, outcomes: list[Outcome], problems: list[Problem], report: 
         db.copy_rows(conn, post_hashtags, ((new[path], tag, pos, is_scrape) for o, path in zip(good, paths, strict=True)
                                            if path in new for pos, (tag, is_scrape) in enumerate(o.tags)),
                      ("post_id", "tag", "position", "is_scrape_tag"))
+        fixed = sorted({_text(f) for o in good for f in (o.file.image, o.file.caption_file, o.file.meta_file) if f})
+        for i in range(0, len(fixed), 500):  # ingest_errors holds what is still wrong: a post's files are not
+            conn.execute(ingest_errors.delete().where(ingest_errors.c.path.in_(fixed[i:i + 500])))
     errors = {(_text(p.path), p.reason): _text(p.detail)[:2000]
               for p in problems + [p for o in outcomes for p in o.problems]}
     if errors:

@@ -201,6 +201,17 @@ def test_broken_files_rejected_with_reasons(settings, tmp_path):
     assert fixed.accepted == 1
     post = next(r for r in rows(settings, posts) if r["post"] == "2026-11-03_23-59-09_UTC")
     assert {r["tag"] for r in rows(settings, post_hashtags) if r["post_id"] == post["id"]} == {"café", "recipe"}
+    assert "2026-11-03_23-59-09_UTC.txt" not in errors_by_name(settings)  # ingest_errors: what is still wrong
+
+    # an empty photo replaced, the missing photo of a caption added: their error rows go
+    (drop / "2026-11-03_23-59-01_UTC.jpg").write_bytes(photo_bytes(color=(50, 60, 70)))
+    (drop / "2026-11-03_23-59-04_UTC.jpg").write_bytes(photo_bytes(color=(80, 90, 100)))
+    assert {errors_by_name(settings)[n] for n in ("2026-11-03_23-59-01_UTC.jpg", "2026-11-03_23-59-04_UTC.txt")} == {
+        "empty_file", "caption_without_photo"}
+    assert ingest(settings, [drop]).accepted == 2
+    left = errors_by_name(settings)
+    assert "2026-11-03_23-59-01_UTC.jpg" not in left and "2026-11-03_23-59-04_UTC.txt" not in left
+    assert left["2026-11-03_23-59-10_UTC.json.xz"] == "unreadable_metadata"  # still wrong: still there
 
 
 def test_decompression_bomb_refused_fast_and_small(tmp_path):
