@@ -32,6 +32,17 @@ STAGE_MODULES = (
 )
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts and sizes: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
 def _db_cli(sub) -> None:
     db = sub.add_parser("db", help="create or upgrade the database schema and views")
     dbsub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
@@ -88,8 +99,16 @@ def _sql(args, settings) -> int:
         params[k] = v
     if not args.file.is_file():
         raise UserError(f"{args.file}: no such file")
+    stmt = text(args.file.read_text())
+    names = list(stmt.compile().params)  # the statement's :named parameters, in order
+    missing, unknown = [n for n in names if n not in params], sorted(set(params) - set(names))
+    if missing or unknown:
+        given = "; ".join(([f"no value for {', '.join(missing)}"] if missing else [])
+                          + ([f"{', '.join(unknown)} not in the query"] if unknown else []))
+        raise UserError(f"{args.file}: {given}. Its parameters: "
+                        + (" ".join(f"-p {n}=VALUE" for n in names) or "none"))
     with db.get_engine(settings).connect() as conn:
-        res = conn.execute(text(args.file.read_text()), params)
+        res = conn.execute(stmt, params)
         cols = list(res.keys())
         rows = res.fetchall()
     print("\t".join(cols))
@@ -158,12 +177,44 @@ def main(argv: list[str] | None = None) -> int:
         overrides["database_url"] = args.database_url
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
+    settings = None
     try:
         settings = load_settings(**overrides)
         return args.handler(args, settings) or 0
     except (UserError, SettingsError) as exc:
         print(f"instatag: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        message = _database_error(exc, settings.database_url if settings else "")
+        if message is None or args.verbose:  # -v: the traceback too
+            raise
+        print(f"instatag: error: {message}", file=sys.stderr)
+        return 2
+
+
+#: SQLSTATE of a missing table (PostgreSQL) and SQLite's words for it
+_UNDEFINED_TABLE = "42P01"
+
+
+def _database_error(exc: BaseException, url: str) -> str | None:
+    """One line for a database that cannot be reached or has no instatag tables; ``None`` for
+    any other error (a bug: its traceback is shown)."""
+    if not type(exc).__module__.startswith("sqlalchemy"):
+        return None
+    from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+
+    if not isinstance(exc, DBAPIError):
+        return None
+    orig = exc.orig
+    detail = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code == _UNDEFINED_TABLE or "no such table" in detail:
+        return (f"the database {_safe_url(url)} has no instatag tables ({detail}): run `instatag db upgrade`")
+    if isinstance(exc, OperationalError) and exc.statement is None or exc.connection_invalidated:
+        return f"cannot connect to the database {_safe_url(url)}: {detail}"
+    if isinstance(exc, OperationalError | ProgrammingError):
+        return f"database {_safe_url(url)}: {detail}"
+    return None
 
 
 if __name__ == "__main__":

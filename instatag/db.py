@@ -32,9 +32,27 @@ def _sqlite_pragmas(dbapi_conn, _record):
 PG_DRIVERS = ("psycopg", "psycopg2")
 
 
+#: the database URLs instatag works with (the message of every refused URL names them)
+SUPPORTED_URLS = ("sqlite:///PATH, postgresql://USER@HOST/DB (psycopg 3; postgres://... is read as postgresql://), "
+                  "postgresql+psycopg2://USER@HOST/DB")
+
+
+def normalise_url(url: str) -> str:
+    """``postgres://`` (Heroku's and many hosts' form, which SQLAlchemy no longer reads) as ``postgresql://``."""
+    return "postgresql://" + url[len("postgres://"):] if url.startswith("postgres://") else url
+
+
 @lru_cache(maxsize=8)
 def _engine(url: str) -> Engine:
-    parsed = make_url(url)
+    """The engine for ``url``; ``UserError`` for a URL that is not SQLite or PostgreSQL (with psycopg)."""
+    url = normalise_url(url)
+    try:
+        parsed = make_url(url)
+    except Exception:  # sqlalchemy.exc.ArgumentError: not a URL at all
+        raise UserError(f"database URL {url.split('@')[-1]!r} is not a URL; use {SUPPORTED_URLS}") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise UserError(f"database URL {parsed.drivername}://...: instatag works with SQLite and PostgreSQL only; "
+                        f"use {SUPPORTED_URLS}")
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() not in PG_DRIVERS:
         raise UserError(f"database URL {parsed.drivername}://...: instatag writes to PostgreSQL with COPY, through "
                         "psycopg (postgresql://... or postgresql+psycopg://...) or psycopg2 (postgresql+psycopg2://...)")

@@ -310,6 +310,8 @@ def _evaluate_cmd(args, settings) -> int:
 
 
 def add_cli(sub) -> None:
+    from .cli import positive_int
+
     p = sub.add_parser(
         "evaluate",
         help="evaluate a trained model on the validation split, tune thresholds, decide promotion",
@@ -323,5 +325,6 @@ def add_cli(sub) -> None:
     p.add_argument("--force", action="store_true", help="promote whatever the comparison with the champion says")
     p.add_argument("--floor", type=float, default=metrics.THRESHOLD_FLOOR,
                    help=f"lowest allowed per-label threshold (default {metrics.THRESHOLD_FLOOR})")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"inference batch size (default {BATCH_SIZE})")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
+                   help=f"inference batch size (default {BATCH_SIZE})")
     p.set_defaults(handler=_evaluate_cmd)

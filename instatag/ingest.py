@@ -33,7 +33,7 @@ from functools import cache, partial
 from pathlib import Path
 
 from .errors import UserError
-from .hashtags import parse_hashtags, scrape_tag_set, tags_from_list
+from .hashtags import normalise, parse_hashtags, scrape_tag_set, tags_from_list
 from .imagestore import Rejected, Stored, store_image
 from .progress import progress
 from .settings import Settings
@@ -213,7 +213,7 @@ def discover(sources: list[Path], skipped: dict[str, int] | None = None) -> tupl
         if src.suffix.lower() in MANIFEST_EXTS and src.is_file():
             found += read_manifest(src, problems)
         else:
-            _walk(Path(os.path.abspath(src)), seen_dirs, found, problems, skipped)
+            _walk(Path(os.path.realpath(src)), seen_dirs, found, problems, skipped)
     unique: dict[str, PostFile] = {}
     for f in found:
         unique.setdefault(f.image, f)  # a photo named twice (overlapping sources): the first mention wins
@@ -226,7 +226,8 @@ def _walk(top: Path, seen: set, found: list[PostFile], problems: list[Problem], 
         folder, ancestors = stack.pop()
         try:
             st = os.stat(folder)
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            # a post is its real file: the same photo reached by another path (a link) is the same post
+            entries = sorted(os.scandir(os.path.realpath(folder)), key=lambda e: e.name)
         except OSError as exc:
             reason = "symlink_loop" if exc.errno == errno.ELOOP else "unreadable_folder"
             problems.append(Problem(folder, reason, exc.strerror or str(exc)))
@@ -338,7 +339,7 @@ def read_manifest(path: Path, problems: list[Problem]) -> list[PostFile]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read the manifest ({exc})") from None
-    base = Path(os.path.abspath(path.parent))
+    base = Path(os.path.realpath(path.parent))  # real paths, as discover's walk gives
     rows: list[tuple[str, object]] = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))
@@ -377,10 +378,9 @@ def _manifest_post(row: object, base: Path) -> PostFile:
         tags = tag_cell(tags)
     if not isinstance(tags, list | tuple) or not all(isinstance(t, str | int) for t in tags):
         raise ValueError(f"tags must be a list or a space/comma separated string, not {tags!r}")
-    for t in tags:  # each entry must be a hashtag: never a row accepted with its tags silently lost
-        text = str(t).strip().lstrip("#＃")
-        if text and not text.isdigit() and not tags_from_list([text]):
-            raise ValueError(f"tag {t!r} of {row.get('tags')!r} is not a hashtag")
+    for t in tags:  # each entry must be one whole hashtag: never a row accepted with its tags silently lost
+        if not is_one_hashtag(t):
+            raise ValueError(f"tag {t!r} of {row.get('tags')!r} is not a hashtag: each entry must be one whole tag")
     caption = row.get("caption")
     if caption is not None and not isinstance(caption, str):
         raise ValueError(f"caption must be text, not {caption!r}")
@@ -391,25 +391,59 @@ def _manifest_post(row: object, base: Path) -> PostFile:
                     tags=tuple(str(t) for t in tags if str(t).strip()), taken_at=parse_time(row.get("taken_at")))
 
 
+_TAG_SEPARATORS = re.compile(r"[\s,;|]+")
+_CODE = re.compile(r"^[A-Za-z_][\w.]*\s*\(")  # np.array(...), list(...), set(...): a call, not a list
+
+
 def tag_cell(cell: str) -> list:
     """The tags of one manifest cell: a list written out (JSON ``["cake", "pie"]``, Python
-    ``['cake', 'pie']`` or ``('cake',)``, as pandas writes a list column), else text separated by
-    spaces and/or commas. Raises ``ValueError`` for a list that cannot be read."""
+    ``['cake', 'pie']`` or ``('cake',)``, as pandas writes a list column), else text split on
+    whitespace, commas, semicolons and ``|`` (empty pieces dropped). Raises ``ValueError`` for a
+    list that cannot be read, Python strings written side by side (``["cake" "pie"]``, which Python
+    would join into ``cakepie``) and a cell that looks like code (``np.array(['cake'])``)."""
     text = cell.strip()
+    if _CODE.match(text):
+        raise ValueError(f"tags {cell[:200]!r} look like code, not a list: write the list itself")
     if not text.startswith(("[", "(")):
-        return re.split(r"[\s,]+", text) if text else []
+        return [t for t in _TAG_SEPARATORS.split(text) if t]
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):
-        try:
-            value = ast.literal_eval(text)  # literals only: never runs code
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            raise ValueError(f"tags {cell[:200]!r} look like a list but are neither JSON nor a Python list") from None
+        value = _python_list(text, cell)
     if isinstance(value, str):  # ('cake') is a string in Python
         value = [value]
     if not isinstance(value, list | tuple):
         raise ValueError(f"tags {cell[:200]!r} are not a list")
     return list(value)
+
+
+def _python_list(text: str, cell: str):
+    """A list (or tuple, or string) written as a Python literal; ``ValueError`` if it is none, or if
+    it holds strings side by side, which Python joins (``['cake' 'pie']`` is ``['cakepie']``)."""
+    import tokenize
+
+    try:
+        value = ast.literal_eval(text)  # literals only: never runs code
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError(f"tags {cell[:200]!r} look like a list but are neither JSON nor a Python list") from None
+    n_strings = sum(tok.type == tokenize.STRING for tok in tokenize.generate_tokens(io.StringIO(text).readline))
+    if isinstance(value, list | tuple) and n_strings != sum(isinstance(v, str) for v in value):
+        raise ValueError(f"tags {cell[:200]!r} hold strings side by side without a comma")
+    if isinstance(value, str) and n_strings != 1:
+        raise ValueError(f"tags {cell[:200]!r} hold strings side by side without a comma")
+    return value
+
+
+def is_one_hashtag(entry: str | int) -> bool:
+    """Whether one manifest tag entry is exactly one hashtag: an optional leading ``#`` (or ``＃``),
+    then what ``parse_hashtags`` reads as one whole tag (``cake!``, ``ice cream``, ``cake/pie`` and
+    ``''`` are not). A numeric entry (``2026``) passes and is dropped later, as Instagram links no
+    numeric tag."""
+    text = str(entry).strip()
+    body = text[1:] if text[:1] in ("#", "＃") else text
+    if body.isdigit():
+        return True
+    return bool(body) and body[0] not in "#＃" and parse_hashtags("#" + body) == [normalise(body)]
 
 
 def parse_time(value) -> datetime | None:
@@ -775,7 +809,8 @@ def _insert_images_and_posts(conn, good: list[Outcome], paths: list[str]) -> tup
 
 
 def write_batch(conn, outcomes: list[Outcome], problems: list[Problem], report: IngestReport) -> None:
-    """One transaction: images, posts and their hashtags, errors. The unique constraints decide."""
+    """One transaction: images, posts and their hashtags, errors. The unique constraints decide.
+    An accepted post's photo, caption and metadata paths leave ``ingest_errors`` (fixed since)."""
     from sqlalchemy import func
 
     from . import db
@@ -791,6 +826,9 @@ def write_batch(conn, outcomes: list[Outcome], problems: list[Problem], report: 
         db.copy_rows(conn, post_hashtags, ((new[path], tag, pos, is_scrape) for o, path in zip(good, paths, strict=True)
                                            if path in new for pos, (tag, is_scrape) in enumerate(o.tags)),
                      ("post_id", "tag", "position", "is_scrape_tag"))
+        fixed = sorted({_text(f) for o in good for f in (o.file.image, o.file.caption_file, o.file.meta_file) if f})
+        for i in range(0, len(fixed), 500):  # ingest_errors holds what is still wrong: a post's files are not
+            conn.execute(ingest_errors.delete().where(ingest_errors.c.path.in_(fixed[i:i + 500])))
     errors = {(_text(p.path), p.reason): _text(p.detail)[:2000]
               for p in problems + [p for o in outcomes for p in o.problems]}
     if errors:

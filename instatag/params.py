@@ -116,8 +116,13 @@ class Spec:
     def _check_int(self, value):
         low, high = self.limits
         ok = isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
+        within = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        if isinstance(value, str):  # "3": a number typed as text (a quoted JSON value)
+            number = _number(value)
+            if number is not None and number.is_integer() and low <= number and (high is None or number <= high):
+                raise ValueError(f"{_show(value)} is text: give the number {int(number)}")
+            raise ValueError(f"{_show(value)} is text: give a whole number {within}")
         if not ok or value < low or (high is not None and value > high):
-            within = f"from {low} to {high}" if high is not None else f"of at least {low}"
             raise ValueError(f"{_show(value)} is not a whole number {within}")
         return int(value)
 
@@ -154,9 +159,7 @@ class Spec:
         try:
             return parse_min_count(value)
         except UserError:
-            from .grouping import MIN_COUNT_FORMS
-
-            raise ValueError(f"{_show(value)} is not {MIN_COUNT_FORMS}") from None
+            raise ValueError(f"{_show(value)} is not {MIN_COUNT_RANGE}") from None
 
     def _check_flag(self, value):
         if not isinstance(value, bool):
@@ -172,6 +175,19 @@ class Spec:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"{_show(value)} is not a list of paths")
         return [v.strip() for v in value if not _blank(v)]
+
+
+#: what ``min_count`` takes, with its range (``grouping.parse_min_count`` is the rule)
+MIN_COUNT_RANGE = ("a whole number of images of at least 1 (95) or a share of the images with a candidate label "
+                   "above 0% and at most 100% (5%)")
+
+
+def _number(text: str) -> float | None:
+    try:
+        number = float(text.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _blank(value) -> bool:

@@ -2,7 +2,8 @@
 
 ``predict_tags`` is the study's ``my_predict_func``: the ``request_number`` first-ranked labels of
 each image, optionally only those at or over their threshold. ``tags_for_scoring`` is what batch
-scoring writes: every label at or over its threshold, and at least ``request_number`` labels.
+scoring writes, and what ``instatag predict`` prints: every label at or over its threshold, and at
+least ``request_number`` labels.
 Both list labels in the model's ranking (``ranks``, from ``Predictor.rank_scores``; without it, and
 for every model trained with the default ``ranking``: most probable first, see ``instatag.ranking``).
 """
@@ -109,31 +110,62 @@ def load_image(path: Path, side: int = 160, max_pixels: int = 40_000_000):
 
 
 def predict_files(settings, files: Sequence[Path], model: str | int = "champion", request_number: int = 2,
-                  use_thresholds: bool = True) -> tuple[int, list[Tags]]:
-    """(model version id, tags per file) for ad-hoc image files; writes nothing to the database."""
+                  use_thresholds: bool = True, problems: dict[Path, str] | None = None
+                  ) -> tuple[int, list[Tags | None]]:
+    """(model version id, tags per file) for ad-hoc image files; writes nothing to the database.
+
+    The tags are those ``instatag score`` writes for the same model (``tags_for_scoring``: every
+    label at or over its threshold, and at least ``request_number``); with ``use_thresholds=False``
+    (or a model without thresholds) the ``request_number`` first-ranked ones. A file that cannot be
+    used raises ``UserError``; with ``problems`` (a dict) it is recorded there and its tags are None."""
     from .inference import Predictor
 
     model_id = resolve_model(settings, model)
     predictor = Predictor.for_version(settings, model_id)
-    images = [load_image(Path(f), settings.resized_side, settings.max_pixels) for f in files]
-    probs = predictor.predict_images(images)
+    images: dict[int, object] = {}
+    for i, f in enumerate(files):
+        try:
+            images[i] = load_image(Path(f), settings.resized_side, settings.max_pixels)
+        except UserError as exc:
+            if problems is None:
+                raise
+            problems[Path(f)] = str(exc)
+    out: list[Tags | None] = [None] * len(files)
+    if not images:
+        return model_id, out
+    probs = predictor.predict_images(list(images.values()))
     thresholds = predictor.threshold_row() if use_thresholds else None
-    return model_id, predict_tags(probs, predictor.labels, request_number, thresholds, predictor.rank_scores(probs))
+    ranks = predictor.rank_scores(probs)
+    if thresholds is None:
+        tags = predict_tags(probs, predictor.labels, request_number, None, ranks)
+    else:
+        tags = tags_for_scoring(probs, predictor.labels, thresholds, request_number, ranks)
+    for i, row in zip(images, tags, strict=True):
+        out[i] = row
+    return model_id, out
 
 
 def _predict_cmd(args, settings) -> int:
-    model_id, tags = predict_files(settings, args.files, args.model, args.request_number, not args.no_thresholds)
+    problems: dict[Path, str] = {}
+    model_id, tags = predict_files(settings, args.files, args.model, args.request_number, not args.no_thresholds,
+                                   problems)
+    for message in problems.values():  # each names its file
+        print(f"instatag predict: {message}", file=sys.stderr)
     if args.json:
         out = [{"file": str(f), "model_version": model_id, "tags": [{"label": lab, "probability": round(p, 4)}
                                                                     for lab, p in row]}
+               if row is not None else {"file": str(f), "model_version": model_id, "error": problems[Path(f)]}
                for f, row in zip(args.files, tags, strict=True)]
         json.dump(out, sys.stdout, indent=2)
         print()
-        return 0
-    for f, row in zip(args.files, tags, strict=True):
-        shown = "  ".join(f"#{lab} {p:.2f}" for lab, p in row) or "(no tag over its threshold)"
-        print(f"{f}\t{shown}")
-    print(f"(model version {model_id})", file=sys.stderr)
+    else:
+        for f, row in zip(args.files, tags, strict=True):
+            if row is not None:
+                print(f"{f}\t" + "  ".join(f"#{lab} {p:.2f}" for lab, p in row))
+        print(f"(model version {model_id})", file=sys.stderr)
+    if problems:
+        print(f"instatag predict: {len(problems)} of {len(args.files)} files could not be used", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -142,15 +174,18 @@ def add_cli(sub) -> None:
         "predict",
         help="print the predicted tags of image files (champion model); writes nothing",
         description="Predict the hashtags of ad-hoc image files with the champion model (or --model "
-        "VERSION). Prints the --request-number first-ranked tags of each file that are at or over "
-        "their tuned threshold, most probable first (unless the model was trained with ranking "
-        "dominant_first: then the tag most likely to be the uploader's most frequent one comes first). "
-        "Nothing is written to the database.",
+        "VERSION). Prints the tags `instatag score` writes to predicted_tags for the same model: every "
+        "tag at or over its tuned threshold, and at least the --request-number first-ranked ones, most "
+        "probable first (unless the model was trained with ranking dominant_first: then the tag most "
+        "likely to be the uploader's most frequent one comes first). A file that cannot be used is "
+        "reported on stderr and the others are still predicted (exit status 2). Nothing is written to "
+        "the database.",
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="image files (JPEG, PNG, ...)")
     p.add_argument("--model", default="champion", help="'champion' (default) or a model version number")
-    p.add_argument("--request-number", type=int, default=2, metavar="N", help="tags per image at most (default 2)")
+    p.add_argument("--request-number", type=int, default=2, metavar="N",
+                   help="at least N tags per image (default 2), more when more pass their thresholds")
     p.add_argument("--no-thresholds", action="store_true",
-                   help="always print the N first-ranked tags, whatever their probability")
+                   help="print exactly the N first-ranked tags, whatever their probability")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.set_defaults(handler=_predict_cmd)

@@ -222,6 +222,8 @@ def _score_cmd(args, settings) -> int:
 
 
 def add_cli(sub) -> None:
+    from .cli import positive_int
+
     p = sub.add_parser(
         "score",
         help="write predicted tags of the stored images into the predictions table",
@@ -239,5 +241,6 @@ def add_cli(sub) -> None:
     p.add_argument("--shard", default="0/1", metavar="I/N", help="score only shard I of N (default 0/1: everything)")
     p.add_argument("--request-number", type=int, default=2, metavar="N",
                    help="at least N labels per image (default 2), more when more pass their thresholds")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"inference batch size (default {BATCH_SIZE})")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
+                   help=f"inference batch size (default {BATCH_SIZE})")
     p.set_defaults(handler=_score_cmd)

@@ -175,6 +175,8 @@ def load_settings(env: dict[str, str] | None = None, **overrides) -> Settings:
     if not s.database_url:
         url = _airflow_conn_url() if env is os.environ else ""
         s = s.replace(database_url=url or f"sqlite:///{(s.data_dir / 'instatag.db').absolute()}")
+    if s.database_url.startswith("postgres://"):  # Heroku's form: SQLAlchemy reads only postgresql://
+        s = s.replace(database_url="postgresql://" + s.database_url[len("postgres://"):])
     if s.device not in ("auto", "cpu", "cuda"):
         raise SettingsError(f"INSTATAG_DEVICE must be auto, cpu or cuda, not {s.device!r}")
     if s.store_originals not in ("link", "copy"):

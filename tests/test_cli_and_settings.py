@@ -81,3 +81,57 @@ def test_bad_setting_exits_2_with_message(monkeypatch, capsys):
     monkeypatch.setenv("INSTATAG_DEVICE", "tpu")
     assert main(["config"]) == 2
     assert "INSTATAG_DEVICE" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- database errors are messages
+
+
+@pytest.mark.parametrize("argv", [["models"], ["vocab", "list"], ["vocab", "build"], ["score"], ["report"],
+                                  ["evaluate"], ["models", "rollback"],
+                                  ["sql", "sql/examples/tags_of_post.sql", "-p", "post=x"]])
+def test_a_database_without_the_schema_says_run_db_upgrade(tmp_path, capsys, argv):
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert main(["--database-url", url, "--data-dir", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert "has no instatag tables" in err and "instatag db upgrade" in err and "Traceback" not in err
+
+
+def test_an_empty_postgresql_database_says_run_db_upgrade(pg_url, tmp_path, capsys):
+    assert main(["--database-url", pg_url, "--data-dir", str(tmp_path), "models"]) == 2
+    assert "has no instatag tables" in capsys.readouterr().err
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(tmp_path, capsys):
+    assert main(["--database-url", "postgresql://u:secret@127.0.0.1:1/x", "--data-dir", str(tmp_path), "models"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("instatag: error: cannot connect to the database postgresql://u:***@127.0.0.1:1/x")
+    assert "secret" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_database_url_forms(tmp_path, capsys):
+    from instatag import db
+
+    assert load_settings(env={"INSTATAG_DATABASE_URL": "postgres://u@h/d"}).database_url == "postgresql://u@h/d"
+    assert db._engine("postgres://u@h/d").dialect.name == "postgresql"
+    for url in ("mysql://u@h/db", "oracle://u@h/db"):
+        assert main(["--database-url", url, "--data-dir", str(tmp_path), "models"]) == 2
+        err = capsys.readouterr().err
+        assert "SQLite and PostgreSQL only" in err and "postgresql://" in err and "Traceback" not in err
+
+
+def test_sql_names_the_parameters_it_needs(sqlite_settings, capsys):
+    base = ["--database-url", sqlite_settings.database_url, "sql", "sql/examples/tags_of_post.sql"]
+    assert main(base) == 2
+    assert "no value for post" in capsys.readouterr().err
+    assert main([*base, "-p", "post=x", "-p", "postt=y"]) == 2
+    err = capsys.readouterr().err
+    assert "postt not in the query" in err and "-p post=VALUE" in err
+    assert main([*base, "-p", "post=x"]) == 0
+
+
+@pytest.mark.parametrize("argv", [["score", "--batch-size", "0"], ["evaluate", "--batch-size", "-1"],
+                                  ["score", "--batch-size", "x"]])
+def test_batch_size_is_at_least_1(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "--batch-size" in capsys.readouterr().err

@@ -201,6 +201,17 @@ def test_broken_files_rejected_with_reasons(settings, tmp_path):
     assert fixed.accepted == 1
     post = next(r for r in rows(settings, posts) if r["post"] == "2026-11-03_23-59-09_UTC")
     assert {r["tag"] for r in rows(settings, post_hashtags) if r["post_id"] == post["id"]} == {"café", "recipe"}
+    assert "2026-11-03_23-59-09_UTC.txt" not in errors_by_name(settings)  # ingest_errors: what is still wrong
+
+    # an empty photo replaced, the missing photo of a caption added: their error rows go
+    (drop / "2026-11-03_23-59-01_UTC.jpg").write_bytes(photo_bytes(color=(50, 60, 70)))
+    (drop / "2026-11-03_23-59-04_UTC.jpg").write_bytes(photo_bytes(color=(80, 90, 100)))
+    assert {errors_by_name(settings)[n] for n in ("2026-11-03_23-59-01_UTC.jpg", "2026-11-03_23-59-04_UTC.txt")} == {
+        "empty_file", "caption_without_photo"}
+    assert ingest(settings, [drop]).accepted == 2
+    left = errors_by_name(settings)
+    assert "2026-11-03_23-59-01_UTC.jpg" not in left and "2026-11-03_23-59-04_UTC.txt" not in left
+    assert left["2026-11-03_23-59-10_UTC.json.xz"] == "unreadable_metadata"  # still wrong: still there
 
 
 def test_decompression_bomb_refused_fast_and_small(tmp_path):
@@ -438,6 +449,21 @@ def test_folders_symlinks_and_unreadable_folders(settings, tmp_path, monkeypatch
     assert report.accepted == 2 and report.duplicates == 0
     assert errors_by_name(settings) == {"loop": "symlink_loop", "self.jpg": "symlink_loop",
                                         "gone.jpg": "dangling_symlink", "locked": "unreadable_folder"}
+
+
+def test_the_same_drop_by_another_path_is_the_same_posts(sqlite_settings, tmp_path, monkeypatch):
+    """A post's identity is its real file path: a link to the drop, or a path through one, adds nothing."""
+    real = tmp_path / "data" / "drop"
+    stem = make_scrape(real, n_posts=4, seed=6)[0][0]
+    (tmp_path / "data" / "posts.csv").write_text(f"image,tags\ndrop/{stem}.jpg,cake\n", encoding="utf-8")
+    (tmp_path / "linked").symlink_to(tmp_path / "data")
+    (tmp_path / "work").mkdir()
+    assert ingest(sqlite_settings, [real]).accepted == 4
+    monkeypatch.chdir(tmp_path / "work")
+    again = ingest(sqlite_settings, [Path("../linked/drop"), Path("../linked/posts.csv")])
+    assert (again.accepted, again.reposts, again.duplicates) == (0, 0, 4)
+    assert {r["source_path"] for r in rows(sqlite_settings, posts)} == {
+        str(p) for p in real.resolve().glob("*.jpg")}
 
 
 # --------------------------------------------------------------------------- manifests

@@ -73,16 +73,44 @@ def test_manifest_cells_holding_a_list(settings, tmp_path):
 
 @pytest.mark.parametrize("cell,expected", [
     ("", []), ("  ", []), ("a b,c", ["a", "b", "c"]), ("[1, 'x']", [1, "x"]), ('["a"]', ["a"]),
-    ("('a', 'b')", ["a", "b"]),
+    ("('a', 'b')", ["a", "b"]), ("a;b|c, ,d", ["a", "b", "c", "d"]),
 ])
 def test_tag_cell(cell, expected):
     assert tag_cell(cell) == expected
 
 
-@pytest.mark.parametrize("cell", ["[a", "(1, 2", "[__import__('os')]", "[" * 2000 + "]" * 2000, "('a' 'b' +)"])
+@pytest.mark.parametrize("cell", ["[a", "(1, 2", "[__import__('os')]", "[" * 2000 + "]" * 2000, "('a' 'b' +)",
+                                  "['a' 'b']", "np.array(['a'])"])
 def test_tag_cells_that_are_no_list_are_refused(cell):
     with pytest.raises(ValueError):
         tag_cell(cell)
+
+
+def test_tag_cells_are_split_or_refused_never_cut(settings, tmp_path):
+    """Issue #19.5: each tag entry is one whole hashtag, else the row is a bad_manifest_row naming it."""
+    (tmp_path / "img").mkdir()
+    cells = {
+        "S1": "cake;pie", "S2": "cake|pie", "S3": "#cake ; #pie |tart,", "S4": "[\"cake\", \"pie\"]",
+        "B1": "cake/pie", "B2": "['ice cream']", "B3": '["cake pie"]', "B4": '["cake" "pie"]',
+        "B5": "['']", "B6": "np.array(['cake'])", "B7": "['cake!']",
+    }
+    lines = ["image,tags,post"]
+    for i, (post, cell) in enumerate(cells.items()):
+        (tmp_path / "img" / f"p{i}.jpg").write_bytes(photo_bytes(size=(20 + i, 20)))
+        lines.append(f"img/p{i}.jpg,\"{cell.replace(chr(34), chr(34) * 2)}\",{post}")
+    (tmp_path / "posts.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "posts.jsonl").write_text(json.dumps({"image": "img/p0.jpg", "tags": ["cake pie"], "post": "J1"})
+                                          + "\n")
+    report = ingest(settings, [tmp_path / "posts.jsonl", tmp_path / "posts.csv"])
+    tags = tags_of(settings)
+    assert {p: tags[p] for p in tags} == {"S1": ["cake", "pie"], "S2": ["cake", "pie"],
+                                          "S3": ["cake", "pie", "tart"], "S4": ["cake", "pie"]}
+    assert report.rejected == {"bad_manifest_row": 8}
+    bad = {r["path"].rsplit("/", 1)[1]: r["detail"] for r in rows(settings, ingest_errors)}
+    assert "'cake pie'" in bad["posts.jsonl:1"]
+    for line, named in [(6, "cake/pie"), (7, "ice cream"), (8, "cake pie"), (9, "side by side"), (10, "''"),
+                        (11, "look like code"), (12, "cake!")]:
+        assert named in bad[f"posts.csv:{line}"], (line, bad[f"posts.csv:{line}"])
 
 
 # --------------------------------------------------------------------------- captions in legacy encodings

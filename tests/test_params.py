@@ -75,7 +75,9 @@ def test_whole_number_limits_are_the_training_configs():
     ({"lr": "1e3"}, "Invalid input for param lr: "),
     ({"epochs": -1}, "Invalid input for param epochs: -1 is not a whole number from 0 to 500"),
     ({"epochs": 1.5}, "Invalid input for param epochs: 1.5 is not a whole number"),
-    ({"epochs": "3"}, 'Invalid input for param epochs: "3" is not a whole number'),
+    ({"epochs": "3"}, 'Invalid input for param epochs: "3" is text: give the number 3'),
+    ({"epochs": "3.5"}, 'Invalid input for param epochs: "3.5" is text: give a whole number from 0 to 500'),
+    ({"epochs": "many"}, 'Invalid input for param epochs: "many" is text: give a whole number from 0 to 500'),
     ({"epochs": True}, "Invalid input for param epochs: true is not a whole number"),
     ({"epochs": 0, "freeze_epochs": 0}, "Invalid training configuration: train at least one epoch"),
     ({"epochs": 0, "pretrained": "false"}, "Invalid training configuration: without pretrained weights"),
@@ -84,8 +86,11 @@ def test_whole_number_limits_are_the_training_configs():
     ({"preset": "huge"}, 'Invalid input for param preset: "huge" is not one of '),
     ({"preset": None}, "Invalid input for param preset: a value is required"),
     ({"force_promote": "yes"}, 'Invalid input for param force_promote: "yes" is not true or false'),
-    ({"min_count": 0}, "Invalid input for param min_count: 0 is not a whole number of images (95) or a share"),
-    ({"min_count": "0%"}, 'Invalid input for param min_count: "0%" is not a whole number of images'),
+    ({"min_count": 0}, "Invalid input for param min_count: 0 is not a whole number of images of at least 1 (95) "
+                       "or a share of the images with a candidate label above 0% and at most 100% (5%)"),
+    ({"min_count": "0%"}, 'Invalid input for param min_count: "0%" is not a whole number of images of at least 1'),
+    ({"min_count": "150%"}, 'Invalid input for param min_count: "150%" is not a whole number of images of at least 1 '
+                            "(95) or a share of the images with a candidate label above 0% and at most 100%"),
     ({"groups_file": 3}, "Invalid input for param groups_file: 3 is not a text"),
 ])
 def test_retrain_conf_refused_with_the_problem_named(conf, message):

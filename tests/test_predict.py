@@ -83,7 +83,7 @@ def test_predict_cli_prints_tags_and_writes_nothing(sqlite_settings, tiny_model_
     assert cli.main(base + ["predict", str(files[0]), "--json", "--request-number", "3", "--model", str(mid)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["model_version"] == mid and out[0]["file"] == str(files[0])
-    assert 0 <= len(out[0]["tags"]) <= 3
+    assert len(out[0]["tags"]) >= 3  # at least N, more when more pass their thresholds (as score writes)
     probs = [tag["probability"] for tag in out[0]["tags"]]
     assert probs == sorted(probs, reverse=True)
 
@@ -91,6 +91,37 @@ def test_predict_cli_prints_tags_and_writes_nothing(sqlite_settings, tiny_model_
         assert conn.execute(select(func.count()).select_from(t.predictions)).scalar() == 0
     assert cli.main(base + ["predict", str(tmp_path / "absent.jpg")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_predict_shows_the_tags_score_writes_and_goes_on_past_a_bad_file(
+        sqlite_settings, tiny_model_dir, tmp_path, capsys):  # noqa: F811
+    """Every label over its threshold, not only the first two: the tags predicted_tags gets."""
+    from test_score import prediction_rows
+
+    from instatag import modelfile, score
+
+    s = sqlite_settings
+    mid, _ = make_champion(s, tiny_model_dir, n=12)
+    folder = s.data_dir / "models" / str(mid)
+    labels = modelfile.read_meta(folder)["labels"]
+    assert len(labels) > 2
+    modelfile.update_meta(folder, thresholds={lab: 0.0 for lab in labels})  # every label passes
+    score.score(s)
+    with db.get_engine(s).connect() as conn:
+        path_of = dict(conn.execute(select(t.images.c.id, t.images.c.resized_path)).all())
+    written: dict[str, set] = {}
+    for _, image_id, label, _, _ in prediction_rows(s, mid):
+        written.setdefault(str(s.data_dir / path_of[image_id]), set()).add(label)
+    files = sorted(written)[:2]
+    (tmp_path / "junk.jpg").write_text("<html>")
+    base = ["--database-url", s.database_url, "--data-dir", str(s.data_dir), "predict"]
+    assert cli.main([*base, files[0], str(tmp_path / "junk.jpg"), str(tmp_path / "absent.jpg"), files[1]]) == 2
+    captured = capsys.readouterr()
+    shown = {line.split("\t")[0]: {tag.split()[0].lstrip("#") for tag in line.split("\t")[1].split("  ")}
+             for line in captured.out.splitlines()}
+    assert shown == {f: written[f] for f in files} and all(len(v) == len(labels) for v in shown.values())
+    assert "junk.jpg: not a usable image" in captured.err and "absent.jpg: no such file" in captured.err
+    assert "2 of 4 files could not be used" in captured.err
 
 
 def test_predict_lists_the_most_probable_tag_first_unless_the_model_ranks_dominant_first(
