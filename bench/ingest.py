@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,30 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-# Only light imports at module level: the pool's worker processes (spawn) run this file again
-# as their __main__, and what it imports here every worker would import, in both loops; a real
-# ingest worker (`instatag ingest`) imports only instatag.cli and instatag.ingest. The database
-# side is imported in main().
-from instatag.imagestore import RESAMPLE, fit, to_rgb  # noqa: E402
+from bare import bare_decode_resize  # noqa: E402
 
 FOOD10 = ROOT.parent / "shared" / "data" / "food10-scrape"
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-
-
-def bare_decode_resize(path: str, side: int, max_pixels: int) -> tuple[int, int]:
-    """What the limit does to one file: open, draft-decode, RGB (``to_rgb``: no copy when it is RGB
-    already, as in the store), resize."""
-    from PIL import Image
-
-    try:
-        im = Image.open(path)
-        if im.width * im.height > max_pixels:
-            return (0, 0)
-        target = fit(*im.size, side)
-        im.draft("RGB", target)
-        return to_rgb(im).resize(target, Image.Resampling(RESAMPLE)).size
-    except Exception:  # noqa: BLE001 - the broken files of drop 3 are skipped, as the ingest rejects them
-        return (0, 0)
 
 
 def cpu_seconds() -> tuple[float, float]:
@@ -85,16 +63,13 @@ def timed(fn, *args) -> tuple[float, tuple[float, float], object]:
 
 
 def bare_loop(paths: list[str], workers: int, side: int, max_pixels: int) -> None:
-    """The bare loop over ``paths`` (process pool started inside, as in the ingest)."""
+    """The bare loop over ``paths``, through the ingest's own pool code (``ingest._outcomes``:
+    worker processes started inside, the same chunks)."""
     from functools import partial
 
-    fn = partial(bare_decode_resize, side=side, max_pixels=max_pixels)
-    if workers == 1:
-        list(map(fn, paths))
-    else:
-        chunksize = max(1, min(32, len(paths) // (workers * 8)))
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(fn, paths, chunksize=chunksize))
+    from instatag.ingest import _outcomes
+
+    list(_outcomes(paths, partial(bare_decode_resize, side=side, max_pixels=max_pixels), workers))
 
 
 def rescaled_drops(drops: list[Path], out: Path, side: int) -> list[Path]:

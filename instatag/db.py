@@ -9,8 +9,9 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 
+from .errors import UserError
 from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,16 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
 
 
+#: PostgreSQL drivers whose COPY ``copy_from`` speaks; SQLAlchemy's default for ``postgresql://`` is psycopg (3)
+PG_DRIVERS = ("psycopg", "psycopg2")
+
+
 @lru_cache(maxsize=8)
 def _engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() not in PG_DRIVERS:
+        raise UserError(f"database URL {parsed.drivername}://...: instatag writes to PostgreSQL with COPY, through "
+                        "psycopg (postgresql://... or postgresql+psycopg://...) or psycopg2 (postgresql+psycopg2://...)")
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -76,8 +85,20 @@ def copy_rows(conn, table, rows: Iterable[Sequence], columns: Sequence[str] | No
     quote = conn.dialect.identifier_preparer
     names = ", ".join(map(quote.quote, columns))
     with conn.connection.dbapi_connection.cursor() as cur:
-        cur.copy_expert(f"COPY {quote.format_table(table)} ({names}) FROM STDIN", copy_text(rows))
+        copy_from(cur, f"COPY {quote.format_table(table)} ({names}) FROM STDIN", rows)
     return len(rows)
+
+
+def copy_from(cursor, statement: str, rows: Iterable[Sequence]) -> None:
+    """Run ``statement`` (``COPY <table> (<columns>) FROM STDIN``) on a DBAPI ``cursor`` of
+    psycopg 3 (``postgresql://`` and ``postgresql+psycopg://`` URLs) or psycopg2
+    (``postgresql+psycopg2://``), with ``rows`` as its data (``copy_text``)."""
+    data = copy_text(rows)
+    if hasattr(cursor, "copy"):  # psycopg 3
+        with cursor.copy(statement) as copy:
+            copy.write(data.getvalue())
+    else:
+        cursor.copy_expert(statement, data)
 
 
 def _alembic_config(engine: Engine):

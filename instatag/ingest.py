@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import gc
 import io
 import json
 import logging
@@ -24,6 +23,7 @@ import lzma
 import os
 import re
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache, partial
@@ -561,30 +561,34 @@ def write_batch(conn, outcomes: list[Outcome], problems: list[Problem], report: 
 
 def _workers(settings: Settings, workers: int | None, n: int) -> int:
     """Decoding processes for ``n`` photos: one per core unless told, none for small runs."""
-    import multiprocessing
-
     w = workers or settings.ingest_workers or len(os.sched_getaffinity(0))
-    if n < PARALLEL_MIN or w == 1:
-        return 1
-    if multiprocessing.current_process().daemon:  # e.g. a Celery pool process: may not have children
-        log.info("ingest runs in a daemonic process: decoding in this process only")
-        return 1
-    return min(w, n)
+    return 1 if n < PARALLEL_MIN or w == 1 else min(w, n)
 
 
 def _outcomes(todo: list[PostFile], fn, n_workers: int):
+    """``fn`` of each post, in order: in this process, or in ``n_workers`` worker processes
+    (``procpool``: they start clean under any parent, Airflow's task processes included)."""
     if n_workers == 1:
         yield from map(fn, todo)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from .procpool import imap
 
-    chunksize = max(1, min(32, len(todo) // (n_workers * 8)))
-    # gc.freeze: the collector of each worker skips the objects of its imports from then on
-    with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=gc.freeze) as pool:
-        for i in range(0, len(todo), 20_000):  # bounded number of pending futures
-            yield from pool.map(fn, todo[i:i + 20_000], chunksize=chunksize)
+    yield from imap(fn, todo, n_workers, chunksize=max(1, min(32, len(todo) // (n_workers * 8))))
+
+
+def _write(engine, batch: list[Outcome], problems: list[Problem], report: IngestReport) -> None:
+    """``write_batch`` in a transaction of its own. When it fails, the photos of the batch (and
+    of those decoded meanwhile) stay in the image store without rows; nothing is deleted, since
+    another ingest may have committed rows for the same content-addressed files. The next run
+    adopts them: their posts are not ingested yet, ``store_image`` finds their files and keeps
+    them, and the rows are added."""
+    try:
+        with engine.begin() as conn:
+            write_batch(conn, batch, problems, report)
+    except Exception:
+        log.error("ingest: writing %d posts to the database failed; the photos already in the image store "
+                  "stay there and the next ingest of these posts adds their rows", len(batch))
+        raise
 
 
 def ingest(settings: Settings, sources: list[Path] | None = None, workers: int | None = None) -> IngestReport:
@@ -618,15 +622,14 @@ def ingest(settings: Settings, sources: list[Path] | None = None, workers: int |
                  link=settings.store_originals == "link")
     batch: list[Outcome] = []
     copied = 0
-    for outcome in progress(_outcomes(todo, fn, n_workers), total=len(todo), desc="ingest", unit="photo"):
-        copied += bool(outcome.stored and outcome.stored.copied)
-        batch.append(outcome)
-        if len(batch) >= BATCH:
-            with engine.begin() as conn:
-                write_batch(conn, batch, [], report)
-            batch = []
-    with engine.begin() as conn:
-        write_batch(conn, batch, problems, report)
+    with closing(_outcomes(todo, fn, n_workers)) as outcomes:  # closed on an error: the workers stop
+        for outcome in progress(outcomes, total=len(todo), desc="ingest", unit="photo"):
+            copied += bool(outcome.stored and outcome.stored.copied)
+            batch.append(outcome)
+            if len(batch) >= BATCH:
+                _write(engine, batch, [], report)
+                batch = []
+    _write(engine, batch, problems, report)
     report.seconds = time.monotonic() - start
     if copied and settings.store_originals == "link":
         log.info("ingest: %d originals copied into the store, not hard-linked: their folders are on another "

@@ -173,7 +173,7 @@ def _write_postgres(engine, model_id: int, rows: Iterable[tuple], replace: bool)
         cur.execute("CREATE TEMP TABLE scored (image_id bigint, label text, probability double precision, "
                     "rank integer) ON COMMIT DROP")
         for chunk in _chunks(rows, WRITE_CHUNK):
-            cur.copy_expert("COPY scored (image_id, label, probability, rank) FROM STDIN", db.copy_text(chunk))
+            db.copy_from(cur, "COPY scored (image_id, label, probability, rank) FROM STDIN", chunk)
             n += len(chunk)
         cur.execute("ANALYZE scored")  # planner statistics for the joins below
         if replace:

@@ -623,12 +623,10 @@ def test_food10_same_drop_twice_at_once(settings, food10):
     assert (c["images"], c["posts"], c["ingest_errors"]) == (len(shas), n_posts, len(FOOD10_BROKEN))
 
 
-def test_worker_count(monkeypatch):
+def test_worker_count():
     from instatag.settings import load_settings
 
     s = load_settings(env={}, ingest_workers=3)
     assert ingest_mod._workers(s, None, 10) == 1  # a small run decodes in process
     assert ingest_mod._workers(s, None, 1000) == 3
     assert ingest_mod._workers(s, 2, 1000) == 2
-    monkeypatch.setitem(multiprocessing.current_process()._config, "daemon", True)
-    assert ingest_mod._workers(s, 2, 1000) == 1

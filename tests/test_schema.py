@@ -42,6 +42,7 @@ def _vocab(conn):
     ).inserted_primary_key[0]
 
 
+@pytest.mark.pg_drivers
 def test_upgrade_creates_every_table_and_view(settings):
     engine = db.get_engine(settings)
     insp = inspect(engine)
@@ -110,6 +111,7 @@ def test_example_queries_run(settings):
             conn.execute(text(path.read_text()), {k: v for k, v in params.items() if f":{k}" in path.read_text()})
 
 
+@pytest.mark.pg_drivers
 def test_copy_rows_round_trips_nulls_empty_text_and_escapes(settings):
     """COPY (PostgreSQL) and executemany (SQLite) store the same values: NULL stays NULL, the
     empty string stays empty, tabs, newlines, backslashes and a literal \\N survive."""

@@ -127,6 +127,7 @@ def prediction_rows(settings, model_id: int | None = None) -> list:
 
 
 # --------------------------------------------------------------------------- tests
+@pytest.mark.pg_drivers
 def test_score_writes_ranked_tags_over_threshold_and_at_least_n(settings, tiny_model_dir):
     mid, images = make_champion(settings, tiny_model_dir)
     extra = add_images(settings, 4, seed=1, labelled=False)  # unlabelled images are scored too

@@ -83,6 +83,7 @@ def stored(settings, vid):
     return labels, dict(per_image), row
 
 
+@pytest.mark.pg_drivers
 def test_build_stores_labels_images_and_stats(settings, groups_file):
     add_posts(settings, POSTS)
     vid = build_vocab(settings, groups_file)
