@@ -102,8 +102,8 @@ class RestApi:
 
     def api(self, method: str, path: str, expect: int | None = 200, **kwargs) -> requests.Response:
         """Call ``/api/v2{path}``; raises with the body when the status is not ``expect``."""
-        r = requests.request(method, f"{self.base_url}/api/v2{path}", timeout=30,
-                             headers={"Authorization": f"Bearer {self.token()}"}, **kwargs)
+        headers = {"Authorization": f"Bearer {self.token()}", **kwargs.pop("headers", {})}
+        r = requests.request(method, f"{self.base_url}/api/v2{path}", timeout=30, headers=headers, **kwargs)
         if expect is not None and r.status_code != expect:
             raise HarnessError(f"{method} {path} -> {r.status_code}: {r.text[:2000]}")
         return r
@@ -157,11 +157,21 @@ class RestApi:
                         params={"map_index": map_index, "deserialize": True}).json()["value"]
 
     def task_log(self, dag_id: str, run_id: str, ti: dict) -> str:
+        """A task instance's log (its latest try), one line per event."""
         map_index = ti.get("map_index", -1)
         path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{max(ti['try_number'], 1)}"
-        r = self.api("GET", path, expect=None, params={"map_index": map_index, "full_content": True},
-                     headers={"Accept": "text/plain"})
-        return r.text
+        r = self.api("GET", path, expect=None, params={"map_index": map_index, "full_content": True})
+        if r.status_code != 200:
+            return f"(log unavailable: HTTP {r.status_code} {r.text[:500]})"
+        lines = []
+        for entry in r.json().get("content") or []:  # structured lines: event, timestamp, level, ...
+            if isinstance(entry, str):
+                lines.append(entry)
+                continue
+            extra = {k: v for k, v in entry.items() if k not in ("event", "timestamp", "level", "logger")}
+            lines.append(" ".join(filter(None, [str(entry.get("timestamp", "")), f"[{entry.get('level', '')}]",
+                                                str(entry.get("event", "")), json.dumps(extra) if extra else ""])))
+        return "\n".join(lines)
 
     def describe_run(self, dag_id: str, run_id: str) -> str:
         """Every task's state, and the logs of the tasks that did not succeed."""
