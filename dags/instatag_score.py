@@ -13,43 +13,38 @@ re-run adds nothing twice. A manual run may rescore everything (`all_images`).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from instatag import pipeline
+from instatag.params import SCORE, airflow_params
 
 IMAGES = Asset(pipeline.IMAGES_ASSET)
 CHAMPION = Asset(pipeline.CHAMPION_ASSET)
 
 
 @dag(
-    dag_id="instatag_score",
+    dag_id=SCORE,
     schedule=(IMAGES | CHAMPION),
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["instatag"],
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
-    params={
-        "shards": Param(None, type=["null", "integer"], minimum=1, maximum=256, title="Shards",
-                        description="Number of parallel scoring tasks; empty: INSTATAG_SCORE_SHARDS."),
-        "all_images": Param(False, type="boolean", title="All images",
-                            description="Score every image again, replacing the champion's earlier rows."),
-    },
+    params=airflow_params(SCORE),
 )
 def instatag_score():
     @task
     @pipeline.fail_fast
     def plan(params=None, dag_run=None) -> list[dict]:
-        pipeline.reject_unknown(dag_run.conf, params)
+        run = pipeline.run_params(SCORE, dag_run.conf, params)
         champion = pipeline.champion()
         if champion is None:
             raise AirflowSkipException("there is no champion model yet: nothing to score")
-        n = params["shards"] or pipeline.settings().score_shards
-        return pipeline.shard_list(n, model=champion, all_images=params["all_images"])
+        n = run["shards"] or pipeline.settings().score_shards
+        return pipeline.shard_list(n, model=champion, all_images=run["all_images"])
 
     @task
     @pipeline.fail_fast

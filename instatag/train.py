@@ -93,14 +93,14 @@ class TrainConfig:
         ranking.check(self.ranking)
         if isinstance(self.lr, str) and self.lr != "auto":
             raise UserError(f"lr must be 'auto' or a number, not {self.lr!r}")
-        if not isinstance(self.lr, str) and not (0 < float(self.lr) < 10):
-            raise UserError(f"lr must be in (0, 10), not {self.lr}")
-        checks = [(self.size >= 16, "size must be at least 16"), (self.epochs >= 0, "epochs must be 0 or more"),
-                  (self.freeze_epochs >= 0, "freeze_epochs must be 0 or more"),
-                  (self.epochs + self.freeze_epochs >= 1, "train at least one epoch (epochs + freeze_epochs)"),
+        if not isinstance(self.lr, str) and not (LR_RANGE[0] < float(self.lr) < LR_RANGE[1]):
+            raise UserError(f"lr must be in ({LR_RANGE[0]}, {LR_RANGE[1]}), not {self.lr}")
+        for name, (lo, hi) in LIMITS.items():
+            if not lo <= getattr(self, name) <= hi:
+                raise UserError(f"{name} must be from {lo} to {hi}, not {getattr(self, name)}")
+        checks = [(self.epochs + self.freeze_epochs >= 1, "train at least one epoch (epochs + freeze_epochs)"),
                   (self.pretrained or not self.freeze_epochs or self.epochs,
                    "without pretrained weights, unfrozen epochs are needed (--epochs)"),
-                  (self.bs >= 2, "bs must be at least 2"),
                   (0 < self.valid_pct < 1, "valid_pct must be between 0 and 1"),
                   (0 < self.min_scale <= 1, "min_scale must be in (0, 1]"),
                   (self.loss in ("bce", "focal"), "loss must be bce or focal"),
@@ -123,6 +123,13 @@ class TrainConfig:
                             f"{', '.join(f.name for f in dataclasses.fields(self))}")
         return dataclasses.replace(self, **changes)
 
+
+#: the range (inclusive) of each whole-number field a training may ask for; ``TrainConfig.validate``
+#: enforces it, and the retrain DAG's params (``instatag.params``) take their limits from it
+LIMITS: dict[str, tuple[int, int]] = {"size": (16, 1024), "epochs": (0, 500), "freeze_epochs": (0, 500),
+                                      "bs": (2, 4096)}
+#: a numeric ``lr`` lies strictly between these
+LR_RANGE = (0, 10)
 
 PRESETS: dict[str, TrainConfig] = {
     # the study this project automates: resnet18 at 64 px, lr_find, fine_tune(15, freeze_epochs=15)
