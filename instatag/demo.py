@@ -34,7 +34,8 @@ def add_cli(sub) -> None:
     p.add_argument("--epochs", type=int, help="override the preset's unfrozen epochs")
     p.add_argument("--freeze-epochs", type=int, help="override the preset's frozen epochs")
     p.add_argument("--lr", help="override the preset's learning rate: auto (lr_find) or a number")
-    p.add_argument("--min-count", type=int, help="override the grouping file's min_count")
+    p.add_argument("--min-count", metavar="N|P%", help="override the grouping file's min_count: a number of "
+                   "images or a share of the images with a candidate label (95 or 5%%)")
     p.set_defaults(handler=_run)
 
 
@@ -48,7 +49,7 @@ def _run(args, settings: Settings) -> int:
 
 def run_demo(settings: Settings, sources: list[Path] | None = None, posts: int = SAMPLE_POSTS,
              preset: str = "default", epochs: int | None = None, freeze_epochs: int | None = None,
-             lr: str | None = None, min_count: int | None = None) -> dict:
+             lr: str | None = None, min_count: int | str | None = None) -> dict:
     """Run every stage once; returns what the summary prints."""
     from . import db, pipeline, sample
 

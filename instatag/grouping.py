@@ -4,7 +4,8 @@ A YAML mapping with exactly these keys (all optional; see ``docs/grouping.md``):
 
     scrape_tags: [recipe]          # the scrape's own search tags: never labels, their plurals neither
     drop: [foodie, instafood]      # non-content tags
-    min_count: 20                  # labels on fewer images are dropped
+    min_count: 5%                  # labels on fewer images are dropped: a share of the images
+                                   # with a candidate label ("5%"), or a number of images (95)
     groups:                        # group label -> member lemmas
       sweets_sum: [dessert, sweet]
     split_hashtags: true           # split run-together tags (#chocolatecake -> chocolate, cake)
@@ -17,8 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,13 +32,19 @@ DEFAULT_FILE = Path(__file__).resolve().parent / "data" / "groups.yaml"
 KEYS = ("scrape_tags", "drop", "min_count", "groups", "split_hashtags")
 #: a tag, lemma or label: one hashtag-like word, no spaces and no '#'
 _TERM = re.compile(r"^[^\s#]{1,255}$")
+#: min_count as a share: a percentage such as 5% or 2.5%
+_SHARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+#: min_count as typed on a command line or in a DAG run's form: "95" or "5%"
+MIN_COUNT_PATTERN = r"^\s*\d+(\.\d+)?\s*%\s*$|^\s*[0-9]+\s*$"
+MIN_COUNT_FORMS = "a whole number of images (95) or a share of the images with a candidate label (5%)"
 
 
 @dataclass(frozen=True)
 class Grouping:
     scrape_tags: tuple[str, ...] = ()
     drop: tuple[str, ...] = ()
-    min_count: int = 1
+    #: an image count (int) or a share of the images with a candidate label ("5%"); see min_count_images
+    min_count: int | str = 1
     #: group label -> member lemmas (sorted by label)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     split_hashtags: bool = True
@@ -47,8 +57,9 @@ class Grouping:
         _check_overlaps(self.source, tags, self.drop, self.groups)
         return replace(self, scrape_tags=tags)
 
-    def with_min_count(self, min_count: int) -> Grouping:
-        return replace(self, min_count=_min_count(self.source or "--min-count", min_count))
+    def with_min_count(self, min_count: int | str) -> Grouping:
+        """The same grouping with another ``min_count`` (95, "95" or "5%"; see ``parse_min_count``)."""
+        return replace(self, min_count=parse_min_count(min_count, "--min-count"))
 
     def as_dict(self) -> dict:
         """The canonical form: sorted, de-duplicated, JSON-ready."""
@@ -95,7 +106,7 @@ def grouping_from_dict(data, source: str = "<config>") -> Grouping:
                         f"the keys are {', '.join(KEYS)}")
     scrape = _terms(source, "scrape_tags", data.get("scrape_tags"))
     drop = _terms(source, "drop", data.get("drop"))
-    min_count = _min_count(source, data.get("min_count", 1))
+    min_count = parse_min_count(data.get("min_count", 1), f"grouping file {source}: min_count")
     split = data.get("split_hashtags", True)
     if not isinstance(split, bool):
         raise UserError(f"grouping file {source}: split_hashtags must be true or false, not {split!r}")
@@ -122,10 +133,29 @@ def _terms(source: str, key: str, value) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
-def _min_count(source: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"grouping file {source}: min_count must be a positive whole number, not {value!r}")
-    return value
+def parse_min_count(value, what: str = "min_count") -> int | str:
+    """``min_count`` in its canonical form: a whole number of images >= 1 (``95``; a string of digits,
+    as typed on a command line, counts too) or a share ``"P%"`` with 0 < P <= 100 (``"5%"``,
+    ``"2.5%"``; written without trailing zeros). Anything else is a ``UserError`` naming ``what``."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    share = _SHARE.match(value) if isinstance(value, str) else None
+    if share and 0 < Decimal(share[1]) <= 100:
+        return f"{Decimal(share[1]).normalize():f}%"
+    raise UserError(f"{what} must be {MIN_COUNT_FORMS}, not {value!r}")
+
+
+def min_count_images(min_count: int | str, n_candidates: int) -> int:
+    """How many images a label needs to be kept: ``min_count`` itself when it is a number of images;
+    for a share ``"P%"``, P % of ``n_candidates`` (the images whose hashtags give at least one
+    candidate label, before any is dropped as rare) rounded up, and at least 1. Exact: ``"5%"`` of
+    1,949 images is 98 (97.45 rounded up)."""
+    if isinstance(min_count, int):
+        return min_count
+    share = Fraction(Decimal(min_count.rstrip("%"))) / 100
+    return max(1, math.ceil(share * n_candidates))
 
 
 def _groups(source: str, value) -> dict[str, tuple[str, ...]]:

@@ -124,8 +124,10 @@ def new_images(report: dict) -> int:
     return int(report.get("accepted") or 0)
 
 
-def build_vocabulary(groups_file: str | None = None, min_count: int | None = None) -> int:
-    """Build (or reuse the identical) vocabulary version; its id."""
+def build_vocabulary(groups_file: str | None = None, min_count: int | str | None = None) -> int:
+    """Build (or reuse the identical) vocabulary version; its id. ``min_count``: 95, "95" or "5%"
+    (None: the grouping file's). A vocabulary that cannot train a model is a ``UserError``
+    (``vocab.check_trainable``), so the retrain stops here."""
     from . import vocab
 
     return int(vocab.build_vocab(settings(), groups_file or None, min_count))

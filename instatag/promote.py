@@ -2,10 +2,12 @@
 
 ``decide`` compares a candidate with the champion on the same images: the candidate's validation
 split, the champion re-run on it. When the two vocabulary versions differ, both are scored on the
-labels they share (the reason says so). Rule ``no_worse`` (default): promote iff the candidate's
-dominant_recall@2 and mAP are each at least the champion's; rule ``always``: promote. ``force``
-promotes regardless. Every decision is a ``promotion_decisions`` row; a promotion retires the old
-champion (never deletes it) in the same transaction, so there is never more than one champion.
+labels they share, and the labels only one of them has are recorded (the reason names them). Rule
+``no_worse`` (default): promote iff the candidate lost no label the champion predicts and its
+dominant_recall@2 and mAP are each at least the champion's — a candidate with fewer labels is never
+"not worse" on the labels it kept alone; rule ``always``: promote. ``force`` promotes regardless.
+Every decision is a ``promotion_decisions`` row; a promotion retires the old champion (never deletes
+it) in the same transaction, so there is never more than one champion.
 """
 
 from __future__ import annotations
@@ -110,24 +112,38 @@ def _num(value) -> float:
 
 
 def apply_rule(comparison: dict, rule: str) -> tuple[bool, str]:
-    """(promote?, reason) for a comparison under ``rule`` (``no_worse`` or ``always``)."""
+    """(promote?, reason) for a comparison under ``rule`` (``no_worse`` or ``always``). ``no_worse``
+    refuses a candidate that shares no label with the champion, that lost labels the champion
+    predicts (the reason names them), or that is worse in any of ``RULE_METRICS``."""
     cand, champ = comparison["candidate"]["metrics"], comparison["champion"]["metrics"]
     parts = [f"{key} {_fmt(cand.get(key))} vs champion {_fmt(champ.get(key))}" for key in RULE_METRICS]
+    lost, gained = comparison["labels_champion_only"], comparison["labels_candidate_only"]
     where = f"on {comparison['n_images']} validation images"
     if comparison["vocabulary_changed"]:
         where += (f"; vocabulary changed (version {comparison['champion']['vocab_version_id']} → "
                   f"{comparison['candidate']['vocab_version_id']}): compared on the "
                   f"{comparison['labels_compared']} labels both share")
+        where += "".join(f"; {what} {len(names)} label{'s' * (len(names) != 1)} ({_names(names)})"
+                         for what, names in (("lost", lost), ("gained", gained)) if names)
     if rule == "always":
         return True, f"rule 'always': {', '.join(parts)} {where}"
     if rule != "no_worse":
         raise UserError(f"unknown promotion rule {rule!r}: no_worse or always")
     if not comparison["labels_compared"]:
         return False, f"the vocabularies share no label, so the models cannot be compared ({where}); use force"
+    if lost:
+        return False, (f"the candidate's vocabulary lost {len(lost)} label{'s' * (len(lost) != 1)} the champion "
+                       f"predicts ({_names(lost)}), so it is not 'not worse' whatever its scores on the labels it "
+                       f"kept: {', '.join(parts)} {where}; group or keep those labels (min_count, the grouping "
+                       "file), or use force")
     worse = [key for key in RULE_METRICS if _num(cand.get(key)) < _num(champ.get(key)) - TOLERANCE]
     if worse:
         return False, f"worse than the champion in {' and '.join(worse)}: {', '.join(parts)} {where}"
     return True, f"not worse than the champion: {', '.join(parts)} {where}"
+
+
+def _names(labels: list[str], most: int = 10) -> str:
+    return ", ".join(labels[:most]) + (f", ... {len(labels) - most} more" if len(labels) > most else "")
 
 
 def _fmt(value) -> str:
@@ -244,21 +260,25 @@ def _record(settings, candidate_id: int, expected_champion: int | None, decision
 
 # --------------------------------------------------------------------------- listing and CLI
 def list_models(settings) -> list[dict]:
-    """Every model version, newest first, with its status and headline metrics."""
+    """Every model version, newest first, with its status, headline metrics, its vocabulary's label
+    count (``n_labels``) and its training and validation set sizes (``n_train``, ``n_valid``: images,
+    from ``model_versions.params``; None for a model registered without them)."""
     from sqlalchemy import select
 
     from . import db
     from . import schema as t
 
-    mv = t.model_versions
+    mv, vv = t.model_versions, t.vocab_versions
     with db.get_engine(settings).connect() as conn:
-        rows = conn.execute(select(mv).order_by(mv.c.id.desc())).mappings().all()
+        rows = conn.execute(select(mv, vv.c.n_labels).join(vv, vv.c.id == mv.c.vocab_version_id)
+                            .order_by(mv.c.id.desc())).mappings().all()
     out = []
     for r in rows:
         m = (r["metrics"] or {}).get("model", {})
         b = (r["metrics"] or {}).get("baseline", {})
         out.append({"id": r["id"], "arch": r["arch"], "vocab_version_id": r["vocab_version_id"], "status": r["status"],
-                    "created_at": r["created_at"], "promoted_at": r["promoted_at"],
+                    "created_at": r["created_at"], "promoted_at": r["promoted_at"], "n_labels": r["n_labels"],
+                    "n_train": (r["params"] or {}).get("n_train"), "n_valid": (r["params"] or {}).get("n_valid"),
                     **{key: m.get(key) for key in ("dominant_recall@1", "dominant_recall@2", "map")},
                     "baseline_dominant_recall@2": b.get("dominant_recall@2")})
     return out
@@ -277,15 +297,20 @@ def _models_cmd(args, settings) -> int:
     if not rows:
         print("no model versions yet: train one with `instatag train`", file=sys.stderr)
         return 0
-    print(f"  {'id':>4} {'arch':16} {'vocab':>5} {'status':9} {'created':16} {'dr@1':>6} {'dr@2':>6} {'mAP':>6}"
-          f" {'base dr@2':>9}")
+    print(f"  {'id':>4} {'arch':16} {'vocab':>5} {'labels':>6} {'train':>6} {'valid':>5} {'status':9} "
+          f"{'created':16} {'dr@1':>6} {'dr@2':>6} {'mAP':>6} {'base dr@2':>9}")
     for r in rows:
         mark = "*" if r["status"] == "champion" else " "
         created = r["created_at"].strftime("%Y-%m-%d %H:%M") if r["created_at"] else ""
-        print(f"{mark} {r['id']:>4} {r['arch']:16} {r['vocab_version_id']:>5} {r['status']:9} {created:16} "
+        print(f"{mark} {r['id']:>4} {r['arch']:16} {r['vocab_version_id']:>5} {r['n_labels']:>6} "
+              f"{_count(r['n_train']):>6} {_count(r['n_valid']):>5} {r['status']:9} {created:16} "
               f"{_short(r['dominant_recall@1'])} {_short(r['dominant_recall@2'])} {_short(r['map'])} "
               f"{_short(r['baseline_dominant_recall@2']):>9}")
     return 0
+
+
+def _count(value) -> str:
+    return "-" if value is None else str(value)
 
 
 def _short(value) -> str:
@@ -297,7 +322,8 @@ def add_cli(sub) -> None:
         "models",
         help="list model versions with metrics and status; promote or roll back the champion",
         description="Without a subcommand: list every model version (newest first; * marks the champion) "
-        "with dominant_recall@1/@2 and mAP on its validation split, and the popularity baseline's "
+        "with its vocabulary version and label count, its training and validation images, "
+        "dominant_recall@1/@2 and mAP on its validation split, and the popularity baseline's "
         "dominant_recall@2.",
     )
     p.set_defaults(handler=_models_cmd, models_command=None)

@@ -67,7 +67,7 @@ class Settings:
     retrain_preset: str = "default"
     #: Number of shards the scoring DAG fans out to.
     score_shards: int = 4
-    #: Promotion rule: ``no_worse`` (dominant_recall@2 and mAP not worse) or ``always``.
+    #: Promotion rule: ``no_worse`` (no label of the champion lost; dominant_recall@2 and mAP not worse) or ``always``.
     promotion_rule: str = "no_worse"
 
     # ------------------------------------------------------------------ derived paths

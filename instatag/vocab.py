@@ -1,10 +1,14 @@
 """Build a label vocabulary version from every ingested post (``instatag vocab build``).
 
 Hashtags of all posts of an image (an image re-posted twice gets the union) go through the one
-label pipeline (``labels.LabelPipeline``); labels on fewer than ``min_count`` images are dropped;
-label order is count descending, then name. The version is stored in one transaction:
-``vocab_versions`` (config as applied, counts, frequency tables in ``stats``), ``vocab_labels``
-and ``image_labels``. Images left without a label stay in the database, excluded from training.
+label pipeline (``labels.LabelPipeline``); labels on fewer than ``min_count`` images are dropped
+(``min_count`` is a number of images, or a share such as ``5%`` of the images with a candidate
+label: ``grouping.min_count_images``); label order is count descending, then name. A vocabulary
+that cannot train and validate a model (``check_trainable``: fewer than 2 labels, or a label with
+too few training or validation images) is refused with a ``UserError`` before anything is stored.
+The version is stored in one transaction: ``vocab_versions`` (config as applied, counts, frequency
+tables in ``stats``), ``vocab_labels`` and ``image_labels``. Images left without a label stay in
+the database, excluded from training.
 
 Deterministic: the same posts and config give the same labels, order and counts. When the
 result equals the newest stored version exactly, that version's id is returned and nothing is
@@ -20,11 +24,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .grouping import canonical_json, load_grouping
+from .grouping import canonical_json, load_grouping, min_count_images
 from .labels import LabelPipeline, is_valid, normalize
 
 #: the validation share behind ``stats["train_counts"]`` (``labels.is_valid``'s default)
 VALID_PCT = 0.2
+
+#: What a vocabulary needs before a model is trained on it (``check_trainable``, docs/grouping.md).
+#: At least 2 labels: with one, every image's ranking is that label, so dominant_recall@k and
+#: precision@1 are 100 % for any model (the popularity baseline too): nothing to learn or compare.
+MIN_LABELS = 2
+#: Training images per label: with fewer than 5 (the usual few-shot floor, "5-shot") the network
+#: memorises a label's photos rather than learning what they share.
+MIN_TRAIN_IMAGES = 5
+#: Validation images per label: a label's recall, AP and tuned threshold are measured on them. With
+#: none the label is not measured at all (no AP, so neither mAP nor the promotion rule sees it); with
+#: one, its recall is 0 % or 100 % and its threshold is fitted to a single photo.
+MIN_VALID_IMAGES = 2
 
 
 @dataclass(frozen=True)
@@ -34,12 +50,18 @@ class VocabBuild:
     reused: bool
 
 
-def build_vocab(settings, groups_file: str | Path | None = None, min_count: int | None = None) -> int:
-    """Build (or reuse an identical) vocabulary version from all posts; returns its id."""
+def build_vocab(settings, groups_file: str | Path | None = None, min_count: int | str | None = None) -> int:
+    """Build (or reuse an identical) vocabulary version from all posts; returns its id. ``UserError``
+    when it cannot train a model (``check_trainable``)."""
     return build(settings, groups_file, min_count).version_id
 
 
-def build(settings, groups_file: str | Path | None = None, min_count: int | None = None) -> VocabBuild:
+def build(settings, groups_file: str | Path | None = None, min_count: int | str | None = None, *,
+          check: bool = True) -> VocabBuild:
+    """Build (or reuse an identical) vocabulary version from all posts. ``min_count`` (95, "95" or
+    "5%") overrides the grouping file's. ``check``: refuse, storing nothing, a vocabulary that cannot
+    train and validate a model (``check_trainable``); False stores it anyway (``vocab build --no-check``,
+    to inspect what small data gives)."""
     from sqlalchemy import func, select
 
     from . import db
@@ -58,6 +80,8 @@ def build(settings, groups_file: str | Path | None = None, min_count: int | None
         n_posts = conn.execute(select(func.count()).select_from(t.posts)).scalar_one()
         tags_by_image = _tags_by_image(conn, t)
     result = _tally(pipeline, shas, tags_by_image)
+    if check:
+        check_trainable(result["stats"], grouping.min_count)
     result.update(n_posts=n_posts, config=config, config_sha256=_sha(canonical_json(config)))
 
     with engine.begin() as conn:
@@ -112,7 +136,8 @@ def _tally(pipeline: LabelPipeline, shas: dict[int, str], tags_by_image) -> dict
         candidates.update(labels)
         image_candidates[image_id] = labels
 
-    min_count = pipeline.grouping.min_count
+    n_candidates = sum(1 for ls in image_candidates.values() if ls)
+    min_count = min_count_images(pipeline.grouping.min_count, n_candidates)
     order = sorted((label for label, n in candidates.items() if n >= min_count), key=lambda x: (-candidates[x], x))
     keep = set(order)
     image_labels = {i: sorted(ls & keep) for i, ls in sorted(image_candidates.items()) if ls & keep}
@@ -132,6 +157,8 @@ def _tally(pipeline: LabelPipeline, shas: dict[int, str], tags_by_image) -> dict
         "train_counts": {label: train[label] for label in order},
         "valid_counts": {label: valid[label] for label in order},
         "valid_pct": VALID_PCT,
+        "n_candidates": n_candidates,
+        "min_count_images": min_count,
         "n_labelled": len(image_labels),
         "n_train_images": len(image_labels) - n_valid,
         "n_valid_images": n_valid,
@@ -152,6 +179,66 @@ def _tally(pipeline: LabelPipeline, shas: dict[int, str], tags_by_image) -> dict
         "n_lemmas": len(lemmas),
         "n_labels": len(order),
     }
+
+
+# --------------------------------------------------------------------------- can it train a model?
+def check_trainable(stats: dict, min_count: int | str) -> None:
+    """Raise ``UserError`` unless a vocabulary can train and validate a model: at least MIN_LABELS
+    labels, and every label on at least MIN_TRAIN_IMAGES images of the training split and
+    MIN_VALID_IMAGES of the validation split (``labels.is_valid`` at ``VALID_PCT``, the presets' split).
+    ``stats``: as ``vocab_versions.stats`` (``labels``, ``train_counts``, ``valid_counts``,
+    ``dropped_rare``, ``n_candidates``, ``min_count_images``); ``min_count``: the rule that made it.
+    The message names the numbers and what to change."""
+    labels, dropped = stats["labels"], stats["dropped_rare"]
+    n, need = stats["n_candidates"], stats["min_count_images"]
+    rule = _rule(min_count, need, n)
+    if len(labels) < MIN_LABELS:
+        have = "no label" if not labels else "only " + ", ".join(f"{k} (on {c} images)" for k, c in labels.items())
+        if not n:
+            raise UserError(f"this vocabulary cannot train a model: {have}; no image has a hashtag that gives a "
+                            f"label (a model needs at least {MIN_LABELS} labels). Ingest posts with content "
+                            "hashtags, or check scrape_tags and drop in the grouping file.")
+        below = ", ".join(f"{k} ({c})" for k, c in list(dropped.items())[:8]) or "none"
+        raise UserError(f"this vocabulary cannot train a model: {have}, and a model needs at least {MIN_LABELS} "
+                        f"labels. {rule} keeps the labels on at least {need} images; the most frequent labels "
+                        f"below that: {below}. Lower min_count (--min-count, or the grouping file), group related "
+                        "tags into one label in the grouping file, or ingest more posts.")
+    train, valid = stats["train_counts"], stats["valid_counts"]
+    short = [k for k in labels if train[k] < MIN_TRAIN_IMAGES or valid[k] < MIN_VALID_IMAGES]
+    if not short:
+        return
+    listed = ", ".join(f"{k} {train[k]}/{valid[k]}" for k in short[:12])
+    more = f", ... {len(short) - 12} more" if len(short) > 12 else ""
+    higher, threshold = _raise_past(min_count, max(labels[k] for k in short) + 1, n)
+    left = sum(c >= threshold for c in labels.values())
+    fix = (f"raise min_count to {higher} to drop them ({left} labels would remain)" if left >= MIN_LABELS else
+           f"raising min_count past them would leave {left} label{'s' * (left != 1)}")
+    raise UserError(
+        f"this vocabulary cannot train and validate a model: {len(short)} of its {len(labels)} labels "
+        f"{'has' if len(short) == 1 else 'have'} fewer than {MIN_TRAIN_IMAGES} training or {MIN_VALID_IMAGES} "
+        f"validation images (each label needs both; the validation split is {VALID_PCT:.0%} of the labelled "
+        f"images, by content hash). Training/validation images: {listed}{more}. {rule} keeps the labels on at "
+        f"least {need} images: {fix}; or group those tags with a related label in the grouping file, or ingest "
+        "more posts.")
+
+
+def _rule(min_count: int | str, need: int, n: int) -> str:
+    if isinstance(min_count, int):
+        return f"min_count {min_count}"
+    return f"min_count {min_count} (of the {n} images with a candidate label)"
+
+
+def _raise_past(min_count: int | str, images: int, n: int) -> tuple[str, int]:
+    """(the min_count to suggest, the image count it means): at least ``images``, in ``min_count``'s form
+    (a share is given to one decimal)."""
+    if isinstance(min_count, int) or not n:
+        return str(images), images
+    tenths = (images - 1) * 1000 // n + 1  # the least share over images - 1
+    while min_count_images(f"{tenths / 10:g}%", n) < images:
+        tenths += 1
+    share = f"{tenths / 10:g}%"
+    threshold = min_count_images(share, n)
+    return f"{share} ({threshold} images)", threshold
 
 
 def _table(counts) -> dict[str, int]:
@@ -222,14 +309,17 @@ def describe(settings, version_id: int | None = None, top: int = 30) -> str:
         labels = conn.execute(select(t.vocab_labels).where(t.vocab_labels.c.vocab_version_id == version_id)
                               .order_by(t.vocab_labels.c.idx)).all()
     s, g = row.stats, row.config["grouping"]
+    need = s.get("min_count_images", g["min_count"])  # versions built before min_count shares lack it
+    rule = g["min_count"] if need == g["min_count"] else (
+        f"{g['min_count']} = {need} of the {s['n_candidates']} images with a candidate label")
     lines = [
         f"vocabulary version {row.id} (created {row.created_at:%Y-%m-%d %H:%M}, config sha256 "
-        f"{row.config_sha256[:12]}, min_count {g['min_count']}, splitting {'on' if g['split_hashtags'] else 'off'})",
+        f"{row.config_sha256[:12]}, min_count {rule}, splitting {'on' if g['split_hashtags'] else 'off'})",
         f"posts {row.n_posts}, images {row.n_images}: {row.n_images - row.n_unlabelled} labelled "
         f"({s['n_train_images']} train / {s['n_valid_images']} valid), {row.n_unlabelled} without a label "
         "(kept in the database, excluded from training)",
         f"distinct: {row.n_raw_tags} raw tags -> {row.n_lemmas} lemmas -> {row.n_labels} labels "
-        f"({len(s['dropped_rare'])} candidate labels on fewer than {g['min_count']} images dropped)",
+        f"({len(s['dropped_rare'])} candidate labels on fewer than {need} images dropped)",
         "",
         f"{'idx':>4}  {'label':24} {'images':>7} {'train':>6}  members",
     ]
@@ -241,7 +331,7 @@ def describe(settings, version_id: int | None = None, top: int = 30) -> str:
     splits = s["splits"]
     lines += ["", f"split hashtags ({len(splits)}):" + ("" if splits else " none")]
     lines += [f"  #{tag} -> {' '.join(parts)}" for tag, parts in splits.items()]
-    for key, title in (("dropped_rare", f"dropped below min_count {g['min_count']}"),
+    for key, title in (("dropped_rare", f"dropped below min_count {need}"),
                        ("dropped", "dropped by the grouping file"), ("scrape", "scrape tags")):
         table = s[key]
         shown = ", ".join(f"{k} ({n})" for k, n in list(table.items())[:top])
@@ -262,8 +352,12 @@ def add_cli(sub) -> None:
                       "(or report the newest one when nothing changed).")
     b.add_argument("--groups", type=Path, metavar="FILE",
                    help="grouping YAML (default: INSTATAG_GROUPS_FILE, else the packaged instatag/data/groups.yaml)")
-    b.add_argument("--min-count", type=int, metavar="N", help="drop labels on fewer than N images "
-                   "(overrides the file's min_count)")
+    b.add_argument("--min-count", metavar="N|P%", help="drop labels on fewer than N images, or on fewer than "
+                   "P%% of the images with a candidate label (e.g. 95 or 5%%; overrides the file's min_count)")
+    b.add_argument("--no-check", dest="check", action="store_false",
+                   help="store the version even when it cannot train and validate a model (fewer than "
+                   f"{MIN_LABELS} labels, or a label with fewer than {MIN_TRAIN_IMAGES} training or "
+                   f"{MIN_VALID_IMAGES} validation images), to inspect it; `instatag train` would then train it")
     b.add_argument("--top", type=int, default=30, metavar="N", help="labels to list in the summary (default 30)")
     b.set_defaults(handler=_build_cmd)
     s = vs.add_parser("show", help="summarise a vocabulary version (default: the newest)")
@@ -283,9 +377,7 @@ def add_cli(sub) -> None:
 
 
 def _build_cmd(args, settings) -> int:
-    if args.min_count is not None and args.min_count < 1:
-        raise UserError("--min-count must be at least 1")
-    res = build(settings, args.groups, args.min_count)
+    res = build(settings, args.groups, args.min_count, check=args.check)
     if res.reused:
         print(f"nothing changed since vocabulary version {res.version_id}: reusing it\n")
     print(describe(settings, res.version_id, top=args.top))

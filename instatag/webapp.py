@@ -147,15 +147,19 @@ def browse(conn, model_version_id: int, tag: str = "", min_p: float = 0.0, page:
 
 
 def model_rows(conn) -> list[dict]:
-    """Every model version, newest first, with its run's device and timings."""
-    mv, tr = t.model_versions.c, t.training_runs.c
+    """Every model version, newest first, with its run's device and timings, its vocabulary's label
+    count (``n_labels``) and its training/validation set sizes (``n_train``, ``n_valid``: images, from
+    ``model_versions.params``; None when the model was registered without them)."""
+    mv, tr, vv = t.model_versions.c, t.training_runs.c, t.vocab_versions.c
     rows = conn.execute(
         select(mv.id, mv.arch, mv.vocab_version_id, mv.status, mv.created_at, mv.promoted_at, mv.metrics,
-               mv.params, tr.device, tr.started_at, tr.finished_at)
-        .select_from(t.model_versions.outerjoin(t.training_runs, tr.id == mv.training_run_id))
+               mv.params, tr.device, tr.started_at, tr.finished_at, vv.n_labels)
+        .select_from(t.model_versions.outerjoin(t.training_runs, tr.id == mv.training_run_id)
+                     .join(t.vocab_versions, vv.id == mv.vocab_version_id))
         .order_by(mv.id.desc())
     ).mappings()
-    return [dict(r) for r in rows]
+    return [{**r, "n_train": (r["params"] or {}).get("n_train"), "n_valid": (r["params"] or {}).get("n_valid")}
+            for r in rows]
 
 
 # --------------------------------------------------------------------------- files

@@ -24,11 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 DAG_IDS = ["instatag_ingest", "instatag_retrain", "instatag_score"]
 #: a tiny training that still goes through every stage
 TINY = {"preset": "default", "arch": "efficientnet_lite0", "size": 32, "epochs": 1, "freeze_epochs": 1,
-        "lr": "0.01", "bs": 16, "min_count": 1}
+        "lr": "0.01", "bs": 16, "min_count": 20}
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.postgres]
-#: enough posts for ingest to decode them in worker processes
-N_POSTS = ingest.PARALLEL_MIN
+#: posts of the sample scrape: enough for ingest to decode them in worker processes (PARALLEL_MIN),
+#: and for a vocabulary that can train and validate a model (vocab.check_trainable: 240)
+N_POSTS = max(ingest.PARALLEL_MIN, 240)
 
 
 def _require_redis(url: str) -> None:
@@ -90,10 +91,12 @@ def test_ingest_retrain_score_on_celery(airflow, tmp_path):
         airflow.unpause(dag_id)
 
     # bad params are refused at trigger time, naming the param
-    for conf, name in (({"epochs": 0}, "epochs"), ({"arch": "vgg16"}, "arch"), ({"lr": "fast"}, "lr"),
+    for conf, name in (({"epochs": -1}, "epochs"), ({"arch": "vgg16"}, "arch"), ({"lr": "fast"}, "lr"),
                        ({"min_count": "many"}, "min_count"), ({"force_promote": "yes"}, "force_promote")):
         r = airflow.trigger("instatag_retrain", conf, expect=400)
         assert f"Invalid input for param {name}" in r.json()["detail"], r.text
+    r = airflow.trigger("instatag_retrain", {"epoch": 1}, expect=400)  # a typo: no such param
+    assert "Unknown param" in r.json()["detail"] and "epoch" in r.json()["detail"], r.text
     assert airflow.dag_runs("instatag_retrain") == []
 
     # ingest

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from instatag.errors import UserError
-from instatag.grouping import DEFAULT_FILE, KEYS, Grouping, grouping_from_dict, load_grouping
+from instatag.grouping import (
+    DEFAULT_FILE,
+    KEYS,
+    MIN_COUNT_PATTERN,
+    Grouping,
+    grouping_from_dict,
+    load_grouping,
+    min_count_images,
+    parse_min_count,
+)
 
 
 def write(tmp_path, text: str):
@@ -21,7 +30,7 @@ def test_default_file_is_valid_and_sensible():
     assert {"foodie", "instafood", "yummy", "foodporn", "delicious", "homemade"} <= set(g.drop)
     assert set(g.groups["sweets_sum"]) >= {"dessert", "sweet"}
     assert "cooky" in g.groups["cookie"]  # WordNet's lemma of "cookies"
-    assert g.min_count > 1 and g.split_hashtags is True
+    assert g.min_count == "5%" and g.split_hashtags is True  # a share: it scales with the scrape
 
 
 def test_a_full_file_is_read_normalised_and_sorted(tmp_path):
@@ -61,8 +70,49 @@ def test_settings_scrape_tags_merge_in():
 
 def test_min_count_override_is_checked():
     assert Grouping().with_min_count(5).min_count == 5
-    with pytest.raises(UserError, match="min_count must be a positive whole number"):
+    assert Grouping().with_min_count("5").min_count == 5  # as typed on a command line
+    assert Grouping().with_min_count(" 2.50 %").min_count == "2.5%"
+    with pytest.raises(UserError, match=r"--min-count must be a whole number of images \(95\) or a share"):
         Grouping().with_min_count(0)
+
+
+@pytest.mark.parametrize("value, canonical", [
+    (1, 1), (95, 95), ("95", 95), ("5%", "5%"), ("05.0%", "5%"), ("2.5 %", "2.5%"), ("0.1%", "0.1%"),
+    ("100%", "100%"),
+])
+def test_min_count_forms(value, canonical):
+    assert parse_min_count(value) == canonical
+    assert grouping_from_dict({"min_count": value}).min_count == canonical
+    assert grouping_from_dict(grouping_from_dict({"min_count": value}).as_dict()).min_count == canonical
+
+
+@pytest.mark.parametrize("value", [0, -3, "0", "0%", "0.0%", "100.5%", "-5%", "%5", "5 percent", 0.05, 2.5, True,
+                                   None, "", "1e2"])
+def test_min_count_bad_forms(value):
+    with pytest.raises(UserError, match=r"min_count must be a whole number of images \(95\) or a share of the "
+                       r"images with a candidate label \(5%\), not "):
+        parse_min_count(value)
+
+
+def test_min_count_pattern_matches_exactly_the_string_forms():
+    import re
+
+    for ok in ("95", "5%", "2.5%", " 5 % "):
+        assert re.search(MIN_COUNT_PATTERN, ok), ok
+    for bad in ("many", "5 percent", "%5", "-5%", "1e2", ""):
+        assert not re.search(MIN_COUNT_PATTERN, bad), bad
+
+
+@pytest.mark.parametrize("min_count, n, images", [
+    (95, 0, 95), (95, 10_000, 95),            # a number of images is absolute
+    ("5%", 1949, 98), ("5%", 645, 33),        # food10: all three drops, one drop (97.45 and 32.25 rounded up)
+    ("5%", 1940, 97),                         # exactly 97: not rounded up to 98
+    ("3%", 100, 3), ("0.1%", 1000, 1),        # exact arithmetic: 3% of 100 is 3, not 3.0000000000000004 -> 4
+    ("5%", 10, 1), ("5%", 0, 1),              # at least 1
+    ("100%", 7, 7),
+])
+def test_min_count_images(min_count, n, images):
+    assert min_count_images(min_count, n) == images
 
 
 @pytest.mark.parametrize("text, message", [
@@ -85,10 +135,12 @@ def test_min_count_override_is_checked():
     ("drop: [g]\ngroups: {g: [x]}\n", r"'g' is in drop and in group 'g'"),
     ("drop: [recipe]\nscrape_tags: [recipe]\n", r"'recipe' is in both scrape_tags and drop"),
     ("scrape_tags: recipe\n", r"scrape_tags must be a list of hashtags, not str"),
-    ("min_count: three\n", r"min_count must be a positive whole number, not 'three'"),
-    ("min_count: 0\n", r"min_count must be a positive whole number, not 0"),
-    ("min_count: 2.5\n", r"min_count must be a positive whole number, not 2.5"),
-    ("min_count: true\n", r"min_count must be a positive whole number, not True"),
+    ("min_count: three\n", r"min_count must be a whole number of images \(95\) or a share .*, not 'three'"),
+    ("min_count: 0\n", r"min_count must be a whole number of images .*, not 0"),
+    ("min_count: 2.5\n", r"min_count must be a whole number of images .*, not 2.5"),
+    ("min_count: true\n", r"min_count must be a whole number of images .*, not True"),
+    ("min_count: 0%\n", r"min_count must be a whole number of images .*, not '0%'"),
+    ("min_count: 150%\n", r"min_count must be a whole number of images .*, not '150%'"),
     ("split_hashtags: maybe\n", r"split_hashtags must be true or false, not 'maybe'"),
     ("- a\n- b\n", r"must be a mapping with the keys .*, not list"),
     ("groups: {a: [x]\n", r"not valid YAML"),

@@ -11,6 +11,8 @@ from sqlalchemy import text
 from instatag import db, pipeline, sample
 from instatag.errors import UserError
 
+#: posts of the end-to-end test's sample scrape
+POSTS = 240
 TINY = {"arch": "efficientnet_lite0", "size": 32, "epochs": 1, "freeze_epochs": 1, "lr": "0.01", "bs": 8}
 
 
@@ -166,16 +168,17 @@ def test_stages_end_to_end_and_idempotent(use, tmp_path):
 
     torch.set_num_threads(1)
     drop = tmp_path / "drop"
-    sample.make_scrape(drop, n_posts=30, seed=5)
+    # enough posts for a vocabulary that can train and validate a model (vocab.check_trainable)
+    sample.make_scrape(drop, n_posts=POSTS, seed=5)
 
     report = pipeline.ingest_drops([str(drop)])
-    assert report["accepted"] == 30 and pipeline.new_images(report) == 30
+    assert report["accepted"] == POSTS and pipeline.new_images(report) == POSTS
     json.dumps(report)
     again = pipeline.ingest_drops([str(drop)])
-    assert pipeline.new_images(again) == 0 and again["duplicates"] == 30
+    assert pipeline.new_images(again) == 0 and again["duplicates"] == POSTS
 
-    vocab = pipeline.build_vocabulary(min_count=1)
-    assert pipeline.build_vocabulary(min_count=1) == vocab  # the same posts and config: the same version
+    vocab = pipeline.build_vocabulary(min_count="10%")
+    assert pipeline.build_vocabulary(min_count="10%") == vocab  # the same posts and config: the same version
     assert pipeline.champion() is None
 
     model = pipeline.train_model(vocab, preset="default", **TINY)
@@ -190,17 +193,17 @@ def test_stages_end_to_end_and_idempotent(use, tmp_path):
 
     reports = [pipeline.score_shard(**kw) for kw in pipeline.shard_list(2, model=model)]
     totals = pipeline.sum_scores(reports)
-    assert totals["n_images"] == 30 and totals["model_version_ids"] == [model]
+    assert totals["n_images"] == POSTS and totals["model_version_ids"] == [model]
     rerun = pipeline.sum_scores([pipeline.score_shard(**kw) for kw in pipeline.shard_list(2, model=model)])
     assert rerun["n_images"] == 0  # nothing new to score
 
     with db.get_engine(use).connect() as conn:
         covered = conn.execute(text("select count(distinct image_id) from predicted_tags")).scalar()
         rows = conn.execute(text("select count(*) from predictions")).scalar()
-    assert covered == 30 and rows == totals["n_rows"]
+    assert covered == POSTS and rows == totals["n_rows"]
 
     everything = pipeline.sum_scores([pipeline.score_shard(0, 1, model="champion", all_images=True)])
-    assert everything["n_images"] == 30
+    assert everything["n_images"] == POSTS
     with db.get_engine(use).connect() as conn:
         assert conn.execute(text("select count(*) from predictions")).scalar() == everything["n_rows"]
 

@@ -144,14 +144,50 @@ def test_tie_promotes(world):
 def test_vocabulary_change_compares_shared_labels_and_says_so(world):
     a = world.model(GOOD, vocab=world.v1, labels=("a", "b", "c"))
     _decide(world, a)
-    # the candidate's vocabulary is (a, b, d): label d stands where c was
+    # the candidate's vocabulary is (a, b, c, d): it kept every label of the champion's and gained d
+    with world.engine.begin() as conn:
+        v3 = _vocab(conn, ["a", "b", "c", "d"])
+    y4 = np.hstack([GOOD, np.full((5, 1), 0.05)])
+    b = world.model(y4, vocab=v3, labels=("a", "b", "c", "d"))
+    d = _decide(world, b)
+    cmp_ = d.comparison
+    assert cmp_["vocabulary_changed"] and cmp_["labels_compared"] == 3
+    assert cmp_["labels_candidate_only"] == ["d"] and cmp_["labels_champion_only"] == []
+    assert f"vocabulary changed (version {world.v1} → {v3}): compared on the 3 labels both share" in d.reason
+    assert "gained 1 label (d)" in d.reason and "lost" not in d.reason
+    assert d.decision == "promoted" and d.reason.startswith("not worse than the champion")
+
+
+def test_a_candidate_that_lost_labels_is_refused_naming_them(world):
+    a = world.model(GOOD, vocab=world.v1, labels=("a", "b", "c"))
+    _decide(world, a)
+    # the candidate's vocabulary is (a, b, d): c is gone (say min_count dropped it). On the two labels
+    # both share it is exactly as good, which alone would read "not worse"
     b = world.model(GOOD, vocab=world.v2, labels=("a", "b", "d"))
     d = _decide(world, b)
     cmp_ = d.comparison
-    assert cmp_["vocabulary_changed"] and cmp_["labels_compared"] == 2
-    assert cmp_["labels_candidate_only"] == ["d"] and cmp_["labels_champion_only"] == ["c"]
-    assert "vocabulary changed" in d.reason and "the 2 labels both share" in d.reason
-    assert d.decision == "promoted"
+    assert cmp_["labels_compared"] == 2 and cmp_["labels_champion_only"] == ["c"]
+    assert cmp_["candidate"]["metrics"]["map"] == cmp_["champion"]["metrics"]["map"]
+    assert d.decision == "rejected" and world.statuses()[a] == "champion"
+    assert d.reason.startswith("the candidate's vocabulary lost 1 label the champion predicts (c), so it is not "
+                               "'not worse'")
+    assert "lost 1 label (c); gained 1 label (d)" in d.reason and "use force" in d.reason
+    assert world.decisions()[-1]["reason"] == d.reason
+    # 'always' promotes, and still says what was lost; so does force
+    forced = _decide(world, b, force=True)
+    assert forced.decision == "promoted" and "lost 1 label the champion predicts (c)" in forced.reason
+
+
+def test_lost_labels_are_named_and_counted_under_rule_always(world):
+    champion_labels = tuple("abcdefghijklmn")
+    cmp_ = {"candidate": {"id": 2, "vocab_version_id": 2, "metrics": {"map": 0.5, "dominant_recall@2": 0.5}},
+            "champion": {"id": 1, "vocab_version_id": 1, "metrics": {"map": 0.5, "dominant_recall@2": 0.5}},
+            "n_images": 10, "vocabulary_changed": True, "labels_compared": 2,
+            "labels_candidate_only": [], "labels_champion_only": sorted(champion_labels[2:])}
+    ok, reason = promote.apply_rule(cmp_, "always")
+    assert ok and "lost 12 labels (c, d, e, f, g, h, i, j, k, l, ... 2 more)" in reason
+    ok, reason = promote.apply_rule(cmp_, "no_worse")
+    assert not ok and "lost 12 labels the champion predicts" in reason
 
 
 def test_vocabulary_change_uses_the_champions_own_label_order(world):
@@ -243,6 +279,25 @@ def test_models_cli_lists_promotes_and_rolls_back(world, capsys):
     capsys.readouterr()
     assert cli.main(url + ["models"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[:4] == ["id", "arch", "vocab", "status"]
+    assert out[0].split()[:7] == ["id", "arch", "vocab", "labels", "train", "valid", "status"]
     assert out[2].startswith("*") and f" {a} " in out[2] and "champion" in out[2]
+    # "*", id, arch, vocab, then: 3 labels, no training-set sizes (registered without them)
+    assert out[2].split()[4:7] == ["3", "-", "-"]
     assert cli.main(url + ["models", "promote", "42"]) == 2
+
+
+def test_models_list_shows_label_count_and_training_set_size(world, capsys):
+    a = world.model(GOOD)
+    with world.engine.begin() as conn:
+        v3 = _vocab(conn, ["a", "b", "c", "d"])
+    b = world.model(GOOD, vocab=v3)
+    with world.engine.begin() as conn:
+        conn.execute(t.model_versions.update().where(t.model_versions.c.id == b)
+                     .values(params={"n_train": 1525, "n_valid": 360}))
+    rows = {r["id"]: r for r in promote.list_models(world.settings)}
+    assert (rows[a]["n_labels"], rows[a]["n_train"], rows[a]["n_valid"]) == (3, None, None)
+    assert (rows[b]["n_labels"], rows[b]["n_train"], rows[b]["n_valid"]) == (4, 1525, 360)
+    url = ["--database-url", world.settings.database_url, "--data-dir", str(world.settings.data_dir)]
+    assert cli.main(url + ["models"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.split()[:1] == [str(b)])
+    assert line.split()[:6] == [str(b), "resnet18", str(v3), "4", "1525", "360"]

@@ -102,6 +102,24 @@ def test_models_page_lists_versions_with_metrics_and_champion(filled):
     assert f'href="/browse?model={old}"' in html
 
 
+def test_models_page_shows_each_models_label_count_and_training_set_size(sqlite_settings):
+    import re
+
+    with db.get_engine(sqlite_settings).begin() as conn:
+        small = make_model(conn, make_vocab(conn, ("sweets_sum",)), "retired")  # registered without sizes
+        big = make_model(conn, make_vocab(conn), "champion")
+        conn.execute(t.model_versions.update().where(t.model_versions.c.id == big)
+                     .values(params={"n_train": 1525, "n_valid": 360}))
+    html = client_for(sqlite_settings).get("/").text
+    assert re.search(r"<th[^>]*>labels</th>", html) and re.search(r"<th[^>]*>images</th>", html)
+    rows = {int(m[1]): m[2] for m in re.finditer(r'<tr class="\w+">\s*<td class="num">(\d+)</td>(.*?)</tr>', html,
+                                                 re.S)}
+    assert re.search(r'<td class="num labels">4</td>', rows[big])
+    assert re.search(r'<td class="num images">1525 train\s+/ 360 valid</td>', rows[big])
+    assert re.search(r'<td class="num labels">1</td>', rows[small])
+    assert re.search(r'<td class="num images"><span class="muted">–</span></td>', rows[small])
+
+
 def test_models_page_without_models_says_what_to_do(sqlite_settings):
     r = client_for(sqlite_settings).get("/")
     assert r.status_code == 200 and "No model yet" in r.text
