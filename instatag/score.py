@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 
 from .errors import UserError
-from .progress import progress
+from .progress import Meter
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +129,17 @@ def score(settings, model: str | int = "champion", new: bool = True, shard: tupl
         if thresholds is None:
             raise UserError(f"model version {model_id} has no tuned thresholds: run `instatag evaluate {model_id}`")
         timings["load"] = time.monotonic() - mark
+        log.info("shard %d/%d: %d images to score with model version %d (loaded in %.1fs)", *shard, len(present),
+                 model_id, timings["load"])
     mark = time.monotonic()
     image_ids: list[int] = []
     tags: list = []
     step = batch_size * CHUNK_BATCHES
-    chunks = [present[k:k + step] for k in range(0, len(present), step)]
-    for chunk in progress(chunks, desc=f"scoring shard {shard[0]}/{shard[1]} ({len(present)} images)", unit="chunk"):
-        probs = predictor.predict_paths([path for _, path in chunk], batch_size=batch_size)
-        image_ids += [image_id for image_id, _ in chunk]
-        tags += tags_for_scoring(probs, predictor.labels, thresholds, request_number, predictor.rank_scores(probs))
+    with Meter(f"scoring shard {shard[0]}/{shard[1]}", len(present), unit="images") as meter:
+        for chunk in (present[k:k + step] for k in range(0, len(present), step)):
+            probs = predictor.predict_paths([path for _, path in chunk], batch_size=batch_size, meter=meter)
+            image_ids += [image_id for image_id, _ in chunk]
+            tags += tags_for_scoring(probs, predictor.labels, thresholds, request_number, predictor.rank_scores(probs))
     timings["predict"] = time.monotonic() - mark
     mark = time.monotonic()
     n_rows = write(settings, model_id, image_ids, rows_for(image_ids, tags), replace=not new)

@@ -179,6 +179,33 @@ def test_shards_partition_the_images(settings, tiny_model_dir):
     assert all(not score.shard_images(settings, mid, (k, 3), new=True) for k in range(3))
 
 
+def test_shards_load_the_model_once_and_log_progress(sqlite_settings, tiny_model_dir, caplog, monkeypatch):
+    """Shards in one process share the model loaded (and verified) once; the log shows each shard's
+    images scored so far at most every progress.EVERY_S seconds (here 0: after every batch)."""
+    import logging
+
+    from instatag import progress
+    from instatag.inference import Predictor
+
+    s = sqlite_settings
+    mid, images = make_champion(s, tiny_model_dir)  # evaluate loads the model, then writes its thresholds
+    loads = []
+    real_load = modelfile.load
+    monkeypatch.setattr(modelfile, "load", lambda *a: loads.append(a) or real_load(*a))
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
+    caplog.set_level(logging.INFO, "instatag")
+    reports = [score.score(s, shard=(k, 2), batch_size=4) for k in range(2)]
+    assert len(loads) == 1  # model.json changed since evaluate's load: once again, then reused
+    assert Predictor.for_version(s, mid) is Predictor.for_version(s, mid) and len(loads) == 1
+    for k, report in enumerate(reports):
+        n = report.n_images
+        assert n == sum(i % 2 == k for i, _, _ in images) == 12
+        lines = [m for m in caplog.messages if m.startswith(f"scoring shard {k}/2: ")]
+        assert [m.split(",")[0] for m in lines] == [f"scoring shard {k}/2: {j}/{n} images" for j in (4, 8, 12)] + [
+            f"scoring shard {k}/2: done"]
+        assert f"shard {k}/2: {n} images to score with model version {mid} (loaded in " in caplog.text
+
+
 @pytest.mark.parametrize("mode_all", [False, True], ids=["new", "all"])
 def test_failure_inside_a_shard_leaves_no_partial_rows(settings, tiny_model_dir, monkeypatch, mode_all):
     mid, images = make_champion(settings, tiny_model_dir)
