@@ -193,10 +193,16 @@ class TriggerForm:
         self.d.execute_script("arguments[0].scrollIntoView()", button)
         button.click()
 
-    def dialog_text(self) -> str:
+    def message(self, text: str):
+        """The form's message (an alert inside the dialog) containing ``text``, scrolled into view; None
+        while there is none."""
         from selenium.webdriver.common.by import By
 
-        return " ".join(e.text for e in self.d.find_elements(By.CSS_SELECTOR, "[role=dialog], [role=alert]"))
+        for alert in self.d.find_elements(By.CSS_SELECTOR, "[role=dialog] [role=alert]"):
+            if text in alert.text:
+                self.d.execute_script("arguments[0].scrollIntoView()", alert)
+                return alert
+        return None
 
     def screenshot(self, path: Path) -> None:
         png = self.d.get_screenshot_as_png()
@@ -240,7 +246,7 @@ def test_make_airflow_walk(make_airflow, chromium, tmp_path):
     lr = form.field("lr")
     lr.send_keys("fast")
     form.submit(submit)
-    form.wait.until(lambda d: "Invalid input for param lr" in form.dialog_text())
+    form.wait.until(lambda d: form.message("Invalid input for param lr"))
     form.screenshot(tmp_path / "form-bad-value.png")
     time.sleep(3)
     # neither that nor a run of a past interval (the DAG was active from its creation)
