@@ -60,7 +60,7 @@ for d in $(echo "$INSTATAG_DROP_DIRS" | tr ',' ' '); do mkdir -p "$d"; done
 
 # ---------------------------------------------------------------- one instance per AIRFLOW_HOME
 LOCK=$AIRFLOW_HOME/standalone.pid
-if [ -f "$LOCK" ] && kill -0 "$(cat "$LOCK")" 2>/dev/null; then
+if [ -f "$LOCK" ] && ps -o args= -p "$(cat "$LOCK")" 2>/dev/null | grep -q airflow_standalone; then
     die "Airflow already runs from $AIRFLOW_HOME (pid $(cat "$LOCK")): stop it, or set AIRFLOW_HOME to start another"
 fi
 
@@ -197,7 +197,8 @@ start triggerer triggerer
 start api-server api-server --host "$AIRFLOW__API__HOST" --port "$AIRFLOW_PORT"
 
 # ---------------------------------------------------------------- wait until everything is up
-# health: prints the components that are not healthy yet; exit 0 when all are
+# health: prints the components that are not healthy yet (or that the api-server does not answer);
+# exit 0 when all are
 health() {
     "$PY" - "$CHECK/api/v2/monitor/health" <<'EOF'
 import json, sys, urllib.request
@@ -207,9 +208,9 @@ try:
 except Exception as exc:
     print(f"the api-server does not answer ({exc})")
     sys.exit(1)
-bad = [k for k in ("metadatabase", "scheduler", "dag_processor", "triggerer")
+bad = [k for k in ("scheduler", "dag_processor", "triggerer", "metadatabase")
        if (health.get(k) or {}).get("status") != "healthy"]
-print(", ".join(bad) + " not healthy yet" if bad else "")
+print(" ".join(bad))  # the first one's log is shown when time is up
 sys.exit(1 if bad else 0)
 EOF
 }
@@ -220,7 +221,9 @@ while :; do
     if [ "$(date +%s)" -ge "$deadline" ]; then
         case $state in
             *"does not answer"*) fail "the Airflow UI did not come up on $URL within ${START_TIMEOUT}s ($state)" api-server ;;
-            *) fail "Airflow did not come up within ${START_TIMEOUT}s: $state" scheduler ;;
+            dag_processor*) fail "the dag-processor is not healthy after ${START_TIMEOUT}s (not yet healthy: $state)" dag-processor ;;
+            metadatabase*) fail "Airflow's metadata database is not healthy after ${START_TIMEOUT}s" api-server ;;
+            *) fail "the ${state%% *} is not healthy after ${START_TIMEOUT}s (not yet healthy: $state)" "${state%% *}" ;;
         esac
     fi
     sleep 2
