@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 DAG_IDS = ["instatag_ingest", "instatag_retrain", "instatag_score"]
 #: a tiny training that still goes through every stage
 TINY = {"preset": "default", "arch": "efficientnet_lite0", "size": 32, "epochs": 1, "freeze_epochs": 1,
-        "lr": "0.01", "bs": 16, "min_count": 20}
+        "lr": "0.01", "bs": 16, "min_count": 30}
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.postgres]
 #: posts of the sample scrape: enough for ingest to decode them in worker processes (PARALLEL_MIN),
