@@ -60,6 +60,7 @@ for d in $(echo "$INSTATAG_DROP_DIRS" | tr ',' ' '); do mkdir -p "$d"; done
 
 # ---------------------------------------------------------------- one instance per AIRFLOW_HOME
 LOCK=$AIRFLOW_HOME/standalone.pid
+SESSIONS=$AIRFLOW_HOME/standalone.sessions  # "component pid": each is the id of the component's session
 if [ -f "$LOCK" ] && ps -o args= -p "$(cat "$LOCK")" 2>/dev/null | grep -q airflow_standalone; then
     die "Airflow already runs from $AIRFLOW_HOME (pid $(cat "$LOCK")): stop it, or set AIRFLOW_HOME to start another"
 fi
@@ -149,7 +150,7 @@ stop() {
     for entry in $PIDS; do
         pkill -KILL -s "${entry#*:}" 2>/dev/null || kill -KILL "-${entry#*:}" 2>/dev/null || true
     done
-    rm -f "$LOCK"
+    rm -f "$LOCK" "$SESSIONS"
     say "stopped"
 }
 alive() { kill -0 "$1" 2>/dev/null && [ "$(ps -o stat= -p "$1" 2>/dev/null | cut -c1)" != Z ]; }
@@ -176,10 +177,12 @@ start() {  # start NAME ARGS...: `airflow ARGS` in a session of its own, its out
     name=$1; shift
     setsid airflow "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
     PIDS="$PIDS $name:$!"
+    echo "$name $!" >>"$SESSIONS"
 }
 trap 'stop; exit 0' INT TERM HUP
 trap 'stop' EXIT
 echo $$ >"$LOCK"
+: >"$SESSIONS"
 
 say "schema of the instatag database"
 "$PY" -m instatag.cli db upgrade

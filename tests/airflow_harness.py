@@ -20,6 +20,7 @@ instance ``hostname`` (``[core] hostname_callable``), so a test can tell which w
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -464,13 +465,20 @@ class MakeAirflow(RestApi):
             raise HarnessError(f"make airflow exited ({rc}):\n{self.said()[-6000:]}")
 
     def leftovers(self) -> list:
-        """Processes still running with this AIRFLOW_HOME in their environment (psutil)."""
+        """Processes still running from this Airflow: in the session of a component the script
+        started (``standalone.sessions``), or with this AIRFLOW_HOME in their environment (a
+        process that renamed itself, e.g. ``airflow serve-logs``, may show an environment no more)."""
         import psutil
 
+        sessions = set()
+        with contextlib.suppress(OSError):
+            sessions = {int(line.split()[1]) for line in (self.home / "standalone.sessions").read_text().splitlines()
+                        if line.strip()}
+        self._sessions = sessions | getattr(self, "_sessions", set())
         mine = []
         for proc in psutil.process_iter():
             try:
-                if proc.environ().get("AIRFLOW_HOME") == str(self.home):
+                if os.getsid(proc.pid) in self._sessions or proc.environ().get("AIRFLOW_HOME") == str(self.home):
                     mine.append(proc)
             except (psutil.Error, OSError):
                 continue
@@ -481,6 +489,7 @@ class MakeAirflow(RestApi):
 
         Whatever is left afterwards (none when the script stops properly) is killed. Never raises."""
         rc = None
+        self.leftovers()  # note the components' sessions before the script removes its list
         if self.process is not None:
             if self.process.poll() is None:
                 os.kill(self.process.pid, signal.SIGTERM)
