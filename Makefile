@@ -35,7 +35,7 @@ demo: setup
 	$(BIN)/instatag demo $(if $(SOURCE),--source $(SOURCE))
 
 airflow: setup
-	sh scripts/airflow_standalone.sh
+	VENV=$(VENV) sh scripts/airflow_standalone.sh
 
 bench: setup
 	$(BIN)/python bench/ingest.py

@@ -1,4 +1,4 @@
-"""A real, throw-away Airflow 3 for end-to-end tests.
+"""Real, throw-away Airflow 3 instances for end-to-end tests.
 
 ``AirflowHarness`` creates a fresh PostgreSQL database for Airflow's metadata, runs
 ``airflow db migrate``, then starts the scheduler, the dag-processor, the api-server and two
@@ -7,17 +7,23 @@ local Redis) as subprocesses in their own process groups, with their logs in the
 folder. ``stop()`` kills every process group, drops the database and flushes only the Redis
 database it used; it is safe to call after a failed or partial start.
 
-The REST API v2 is reached with a JWT from the SimpleAuthManager (``POST /auth/token``) for a
-user whose password the harness writes into the passwords file before the api-server starts.
-Every worker reports its own name as the task instance ``hostname`` (``[core]
-hostname_callable``), so a test can tell which worker ran a task.
+``MakeAirflow`` starts Airflow the way ``make airflow`` does, through
+``scripts/airflow_standalone.sh`` (LocalExecutor, SQLite), with its own home, data dir, drop
+folder and ports; ``stop()`` sends the script SIGTERM, as Ctrl-C would, and reports any
+process it left behind.
+
+Both reach the REST API v2 (``RestApi``) with a JWT from the SimpleAuthManager
+(``POST /auth/token``). In the harness, every worker reports its own name as the task
+instance ``hostname`` (``[core] hostname_callable``), so a test can tell which worker ran a task.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -51,12 +57,162 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ingest_workers(log: str) -> int:
+    """The number of decoding processes an ingest task's log names."""
+    found = re.findall(r"; (\d+) worker\(s\)", log)
+    if not found:
+        raise HarnessError(f"no worker count in the ingest log:\n{log[-3000:]}")
+    return int(found[-1])
+
+
+def expected_ingest_workers(n_photos: int) -> int:
+    """Ingest's default for ``n_photos`` new photos: one decoding process per core (from PARALLEL_MIN on)."""
+    from instatag import ingest
+
+    cores = len(os.sched_getaffinity(0))
+    return 1 if n_photos < ingest.PARALLEL_MIN else min(cores, n_photos)
+
+
 class HarnessError(RuntimeError):
     """The harness could not bring Airflow up (the message names the log to read)."""
 
 
+class RestApi:
+    """Airflow's REST API v2 and the waits built on it, for an Airflow at ``base_url``.
+
+    A subclass sets ``base_url``, ``password`` (of ``user``), ``logs`` (a folder named in error
+    messages) and defines ``check_alive()`` (raises ``HarnessError`` when a process died).
+    """
+
+    base_url: str
+    password: str
+    logs: Path
+    user: str = USER
+    _token: str = ""
+
+    def check_alive(self) -> None:
+        raise NotImplementedError
+
+    def token(self) -> str:
+        if not self._token:
+            r = requests.post(f"{self.base_url}/auth/token", json={"username": self.user, "password": self.password},
+                              timeout=30)
+            r.raise_for_status()
+            self._token = r.json()["access_token"]
+        return self._token
+
+    def api(self, method: str, path: str, expect: int | None = 200, **kwargs) -> requests.Response:
+        """Call ``/api/v2{path}``; raises with the body when the status is not ``expect``."""
+        headers = {"Authorization": f"Bearer {self.token()}", **kwargs.pop("headers", {})}
+        r = requests.request(method, f"{self.base_url}/api/v2{path}", timeout=30, headers=headers, **kwargs)
+        if expect is not None and r.status_code != expect:
+            raise HarnessError(f"{method} {path} -> {r.status_code}: {r.text[:2000]}")
+        return r
+
+    def wait_for_dags(self, dag_ids: list[str], timeout: float = 180) -> None:
+        """Wait until the dag-processor has parsed every DAG; fail at once on import errors."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            errors = self.api("GET", "/importErrors").json()["import_errors"]
+            if errors:
+                lines = [f"{e['filename']}: {e['stack_trace']}" for e in errors]
+                raise HarnessError("DAG import errors:\n" + "\n".join(lines))
+            found = {d["dag_id"] for d in self.api("GET", "/dags", params={"limit": 100}).json()["dags"]}
+            if set(dag_ids) <= found:
+                return
+            time.sleep(2)
+        raise HarnessError(f"DAGs {dag_ids} not parsed after {timeout:.0f}s; see {self.logs}/dag-processor.log")
+
+    def unpause(self, dag_id: str) -> None:
+        self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, expect: int = 200) -> requests.Response:
+        return self.api("POST", f"/dags/{dag_id}/dagRuns", expect=expect,
+                        json={"logical_date": None, "conf": conf or {}})
+
+    def dag_runs(self, dag_id: str) -> list[dict]:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "run_after"}).json()["dag_runs"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600) -> dict:
+        """Poll until the run finishes; returns it, raises with the task logs when it failed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
+            if run["state"] == "success":
+                return run
+            if run["state"] == "failed":
+                raise HarnessError(f"{dag_id} run {run_id} failed:\n{self.describe_run(dag_id, run_id)}")
+            time.sleep(3)
+        raise HarnessError(f"{dag_id} run {run_id} still running after {timeout:.0f}s:\n"
+                           f"{self.describe_run(dag_id, run_id)}")
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
+                        params={"limit": 100}).json()["task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1):
+        """A task's return value."""
+        return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",
+                        params={"map_index": map_index, "deserialize": True}).json()["value"]
+
+    def task_log(self, dag_id: str, run_id: str, ti: dict) -> str:
+        """A task instance's log (its latest try), one line per event."""
+        map_index = ti.get("map_index", -1)
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{max(ti['try_number'], 1)}"
+        r = self.api("GET", path, expect=None, params={"map_index": map_index, "full_content": True})
+        if r.status_code != 200:
+            return f"(log unavailable: HTTP {r.status_code} {r.text[:500]})"
+        lines = []
+        for entry in r.json().get("content") or []:  # structured lines: event, timestamp, level, ...
+            if isinstance(entry, str):
+                lines.append(entry)
+                continue
+            extra = {k: v for k, v in entry.items() if k not in ("event", "timestamp", "level", "logger")}
+            lines.append(" ".join(filter(None, [str(entry.get("timestamp", "")), f"[{entry.get('level', '')}]",
+                                                str(entry.get("event", "")), json.dumps(extra) if extra else ""])))
+        return "\n".join(lines)
+
+    def describe_run(self, dag_id: str, run_id: str) -> str:
+        """Every task's state, and the logs of the tasks that did not succeed."""
+        lines = []
+        for ti in self.task_instances(dag_id, run_id):
+            lines.append(f"  {ti['task_id']}[{ti['map_index']}]: {ti['state']} on {ti.get('hostname')} "
+                         f"queue {ti.get('queue')}")
+            if ti["state"] not in ("success", "skipped", None, "scheduled", "queued"):
+                lines.append(self.task_log(dag_id, run_id, ti)[-6000:])
+        lines.append(f"(process logs in {self.logs})")
+        return "\n".join(lines)
+
+
+
+    def consumed(self, run: dict) -> set[str]:
+        """Names of the Assets whose events triggered ``run``."""
+        events = self.api("GET", f"/dags/{run['dag_id']}/dagRuns/{run['dag_run_id']}/upstreamAssetEvents").json()
+        return {e["name"] for e in events["asset_events"]}
+
+    def wait_for_runs(self, dag_id: str, done, timeout: float = 420) -> list[dict]:
+        """Wait until ``done(runs)`` and every run of ``dag_id`` has finished; the runs.
+
+        Raises with the task logs when one failed."""
+        deadline = time.monotonic() + timeout
+        runs: list[dict] = []
+        while time.monotonic() < deadline:
+            self.check_alive()
+            runs = self.dag_runs(dag_id)
+            if runs and done(runs) and all(r["state"] in ("success", "failed") for r in runs):
+                failed = [r for r in runs if r["state"] == "failed"]
+                if failed:
+                    raise HarnessError("\n".join(self.describe_run(dag_id, r["dag_run_id"]) for r in failed))
+                return runs
+            time.sleep(3)
+        raise HarnessError(f"{dag_id} runs not finished after {timeout:.0f}s: "
+                           f"{[(r['dag_run_id'], r['state']) for r in runs]}")
+
+
 @dataclass
-class AirflowHarness:
+class AirflowHarness(RestApi):
     root: Path
     dags_folder: Path
     pg_admin_url: str
@@ -198,89 +354,6 @@ class AirflowHarness:
             time.sleep(2)
         raise HarnessError(f"Airflow not healthy after {timeout:.0f}s ({last}); logs in {self.logs}")
 
-    # ------------------------------------------------------------------ REST API v2
-    def token(self) -> str:
-        if not self._token:
-            r = requests.post(f"{self.base_url}/auth/token", json={"username": USER, "password": self.password},
-                              timeout=30)
-            r.raise_for_status()
-            self._token = r.json()["access_token"]
-        return self._token
-
-    def api(self, method: str, path: str, expect: int | None = 200, **kwargs) -> requests.Response:
-        """Call ``/api/v2{path}``; raises with the body when the status is not ``expect``."""
-        r = requests.request(method, f"{self.base_url}/api/v2{path}", timeout=30,
-                             headers={"Authorization": f"Bearer {self.token()}"}, **kwargs)
-        if expect is not None and r.status_code != expect:
-            raise HarnessError(f"{method} {path} -> {r.status_code}: {r.text[:2000]}")
-        return r
-
-    def wait_for_dags(self, dag_ids: list[str], timeout: float = 180) -> None:
-        """Wait until the dag-processor has parsed every DAG; fail at once on import errors."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            errors = self.api("GET", "/importErrors").json()["import_errors"]
-            if errors:
-                lines = [f"{e['filename']}: {e['stack_trace']}" for e in errors]
-                raise HarnessError("DAG import errors:\n" + "\n".join(lines))
-            found = {d["dag_id"] for d in self.api("GET", "/dags", params={"limit": 100}).json()["dags"]}
-            if set(dag_ids) <= found:
-                return
-            time.sleep(2)
-        raise HarnessError(f"DAGs {dag_ids} not parsed after {timeout:.0f}s; see {self.logs}/dag-processor.log")
-
-    def unpause(self, dag_id: str) -> None:
-        self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
-
-    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, expect: int = 200) -> requests.Response:
-        return self.api("POST", f"/dags/{dag_id}/dagRuns", expect=expect,
-                        json={"logical_date": None, "conf": conf or {}})
-
-    def dag_runs(self, dag_id: str) -> list[dict]:
-        return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "run_after"}).json()["dag_runs"]
-
-    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600) -> dict:
-        """Poll until the run finishes; returns it, raises with the task logs when it failed."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
-            if run["state"] == "success":
-                return run
-            if run["state"] == "failed":
-                raise HarnessError(f"{dag_id} run {run_id} failed:\n{self.describe_run(dag_id, run_id)}")
-            time.sleep(3)
-        raise HarnessError(f"{dag_id} run {run_id} still running after {timeout:.0f}s:\n"
-                           f"{self.describe_run(dag_id, run_id)}")
-
-    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
-                        params={"limit": 100}).json()["task_instances"]
-
-    def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1):
-        """A task's return value."""
-        return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value",
-                        params={"map_index": map_index, "deserialize": True}).json()["value"]
-
-    def task_log(self, dag_id: str, run_id: str, ti: dict) -> str:
-        map_index = ti.get("map_index", -1)
-        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{max(ti['try_number'], 1)}"
-        r = self.api("GET", path, expect=None, params={"map_index": map_index, "full_content": True},
-                     headers={"Accept": "text/plain"})
-        return r.text
-
-    def describe_run(self, dag_id: str, run_id: str) -> str:
-        """Every task's state, and the logs of the tasks that did not succeed."""
-        lines = []
-        for ti in self.task_instances(dag_id, run_id):
-            lines.append(f"  {ti['task_id']}[{ti['map_index']}]: {ti['state']} on {ti.get('hostname')} "
-                         f"queue {ti.get('queue')}")
-            if ti["state"] not in ("success", "skipped", None, "scheduled", "queued"):
-                lines.append(self.task_log(dag_id, run_id, ti)[-6000:])
-        lines.append(f"(process logs in {self.logs})")
-        return "\n".join(lines)
-
     # ------------------------------------------------------------------ teardown
     def stop(self) -> None:
         """Kill every process group, drop the databases, flush the broker database. Never raises."""
@@ -314,6 +387,125 @@ class AirflowHarness:
             redis.Redis.from_url(self.redis_url, socket_connect_timeout=3).flushdb()
         except Exception as exc:  # noqa: BLE001
             print(f"harness: could not flush {self.redis_url}: {exc}", file=sys.stderr)
+
+
+@dataclass
+class MakeAirflow(RestApi):
+    """Airflow started the way ``make airflow`` starts it: ``scripts/airflow_standalone.sh``.
+
+    The script runs with its own AIRFLOW_HOME, instatag data dir and drop folder under ``root``
+    and its own free ports (UI, task log server, trigger log server), nothing else of this
+    process's ``AIRFLOW*``/``INSTATAG_*`` environment, plus ``env``. Its output goes to
+    ``root/make-airflow.log``; the components' logs are in ``logs``. The REST API is reached as
+    the user ``admin`` with the password the api-server generated, read from the file the
+    script names (as a user does).
+    """
+
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+    script: Path = Path(__file__).resolve().parents[1] / "scripts" / "airflow_standalone.sh"
+    process: subprocess.Popen | None = None
+    user: str = "admin"
+    password: str = ""
+    _token: str = ""
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.home = self.root / "airflow_home"
+        self.data_dir = self.root / "var"
+        self.drop = self.root / "drop"
+        self.logs = self.home / "logs" / "standalone"
+        self.output = self.root / "make-airflow.log"
+        ports: set[int] = set()
+        while len(ports) < 3:
+            ports.add(free_port())
+        self.port, self.worker_log_port, self.trigger_log_port = sorted(ports)
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def script_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "INSTATAG_"))}
+        env.update({
+            "VENV": sys.prefix,
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW_PORT": str(self.port),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.worker_log_port),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.trigger_log_port),
+            "INSTATAG_DATA_DIR": str(self.data_dir),
+            "INSTATAG_DROP_DIRS": str(self.drop),
+        })
+        env.update(self.env)
+        return env
+
+    def launch(self) -> None:
+        """Start the script (its own session); returns at once."""
+        with self.output.open("ab") as fh:
+            self.process = subprocess.Popen(["sh", str(self.script)], env=self.script_env(), stdout=fh,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+
+    def said(self) -> str:
+        return self.output.read_text(errors="replace") if self.output.exists() else ""
+
+    def start(self, timeout: float = 600) -> None:
+        """Launch the script and wait until it says Airflow is up; read the admin password."""
+        self.launch()
+        deadline = time.monotonic() + timeout
+        while "instatag: Airflow is up" not in self.said():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise HarnessError(f"make airflow not up after {timeout:.0f}s:\n{self.said()[-4000:]}")
+            time.sleep(2)
+        passwords = self.home / "simple_auth_manager_passwords.json.generated"
+        assert str(passwords) in self.said(), self.said()
+        self.password = json.loads(passwords.read_text())["admin"]
+
+    def check_alive(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            rc = None if self.process is None else self.process.returncode
+            raise HarnessError(f"make airflow exited ({rc}):\n{self.said()[-6000:]}")
+
+    def leftovers(self) -> list:
+        """Processes still running from this Airflow: in the session of a component the script
+        started (``standalone.sessions``), or with this AIRFLOW_HOME in their environment (a
+        process that renamed itself, e.g. ``airflow serve-logs``, may show an environment no more)."""
+        import psutil
+
+        sessions = set()
+        with contextlib.suppress(OSError):
+            sessions = {int(line.split()[1]) for line in (self.home / "standalone.sessions").read_text().splitlines()
+                        if line.strip()}
+        self._sessions = sessions | getattr(self, "_sessions", set())
+        mine = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) in self._sessions or proc.environ().get("AIRFLOW_HOME") == str(self.home):
+                    mine.append(proc)
+            except (psutil.Error, OSError):
+                continue
+        return mine
+
+    def stop(self, timeout: float = 120) -> tuple[int | None, list[str]]:
+        """SIGTERM to the script, as Ctrl-C would; its exit status and the processes it left.
+
+        Whatever is left afterwards (none when the script stops properly) is killed. Never raises."""
+        rc = None
+        self.leftovers()  # note the components' sessions before the script removes its list
+        if self.process is not None:
+            if self.process.poll() is None:
+                os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                rc = self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.process, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        left = []
+        for proc in self.leftovers():
+            try:
+                left.append(" ".join(proc.cmdline()) or proc.name())
+                proc.kill()
+            except Exception:  # noqa: BLE001 - gone meanwhile
+                pass
+        return rc, left
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

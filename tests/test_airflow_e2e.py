@@ -14,21 +14,22 @@ import time
 from pathlib import Path
 
 import pytest
-from airflow_harness import AirflowHarness, HarnessError
+from airflow_harness import AirflowHarness, HarnessError, expected_ingest_workers, ingest_workers
 from sqlalchemy import create_engine, make_url, text
 
-from instatag import db, sample
+from instatag import db, ingest, sample
 from instatag.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DAG_IDS = ["instatag_ingest", "instatag_retrain", "instatag_score"]
 #: a tiny training that still goes through every stage
 TINY = {"preset": "default", "arch": "efficientnet_lite0", "size": 32, "epochs": 1, "freeze_epochs": 1,
-        "lr": "0.01", "bs": 16, "min_count": "10%"}
-#: posts of the sample scrape: the fewest whose vocabulary can train and validate a model (vocab.check_trainable)
-POSTS = 240
+        "lr": "0.01", "bs": 16, "min_count": 30}
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.postgres]
+#: posts of the sample scrape: enough for ingest to decode them in worker processes (PARALLEL_MIN),
+#: and for a vocabulary that can train and validate a model (vocab.check_trainable: 240)
+N_POSTS = max(ingest.PARALLEL_MIN, 240)
 
 
 def _require_redis(url: str) -> None:
@@ -77,7 +78,7 @@ def test_ingest_retrain_score_on_celery(airflow, tmp_path):
     db.upgrade(settings)
     db.get_engine(settings).dispose()
     drop = tmp_path / "drop"
-    sample.make_scrape(drop, n_posts=POSTS, seed=3)
+    sample.make_scrape(drop, n_posts=N_POSTS, seed=3)
 
     airflow.start()
     timings["airflow up"] = time.monotonic() - started
@@ -90,19 +91,25 @@ def test_ingest_retrain_score_on_celery(airflow, tmp_path):
         airflow.unpause(dag_id)
 
     # bad params are refused at trigger time, naming the param
-    for conf, name in (({"epochs": 0}, "epochs"), ({"arch": "vgg16"}, "arch"), ({"lr": "fast"}, "lr"),
+    for conf, name in (({"epochs": -1}, "epochs"), ({"arch": "vgg16"}, "arch"), ({"lr": "fast"}, "lr"),
                        ({"min_count": "many"}, "min_count"), ({"force_promote": "yes"}, "force_promote")):
         r = airflow.trigger("instatag_retrain", conf, expect=400)
         assert f"Invalid input for param {name}" in r.json()["detail"], r.text
+    r = airflow.trigger("instatag_retrain", {"epoch": 1}, expect=400)  # a typo: no such param
+    assert "Unknown param" in r.json()["detail"] and "epoch" in r.json()["detail"], r.text
     assert airflow.dag_runs("instatag_retrain") == []
 
     # ingest
     run = airflow.trigger("instatag_ingest", {"sources": [str(drop)]}).json()
     airflow.wait_for_run("instatag_ingest", run["dag_run_id"], timeout=300)
     report = airflow.xcom("instatag_ingest", run["dag_run_id"], "ingest")
-    assert report["accepted"] == POSTS, report
-    states = {ti["task_id"]: ti["state"] for ti in airflow.task_instances("instatag_ingest", run["dag_run_id"])}
-    assert states == {"ingest": "success", "publish_new_images": "success"}
+    assert report["accepted"] == N_POSTS, report
+    tis = {ti["task_id"]: ti for ti in airflow.task_instances("instatag_ingest", run["dag_run_id"])}
+    assert {k: ti["state"] for k, ti in tis.items()} == {"ingest": "success", "publish_new_images": "success"}
+    # inside the Celery worker's (daemonic) pool process, the photos were decoded by one
+    # process per core, as anywhere else
+    log = airflow.task_log("instatag_ingest", run["dag_run_id"], tis["ingest"])
+    assert ingest_workers(log) == expected_ingest_workers(N_POSTS)
     timings["ingest"] = time.monotonic() - started
 
     # retrain with tiny settings; train runs on the gpu worker
@@ -116,10 +123,10 @@ def test_ingest_retrain_score_on_celery(airflow, tmp_path):
     timings["retrain"] = time.monotonic() - started
 
     # the promotion updated instatag_champion; instatag_score writes the champion's predictions
-    score_runs = _wait_for_score_runs(airflow, lambda runs: any(
-        "instatag_champion" in _consumed(airflow, r) for r in runs))
+    score_runs = airflow.wait_for_runs("instatag_score", lambda runs: any(
+        "instatag_champion" in airflow.consumed(r) for r in runs))
     assert all(r["state"] == "success" for r in score_runs), score_runs
-    champion_run = next(r for r in score_runs if "instatag_champion" in _consumed(airflow, r))
+    champion_run = next(r for r in score_runs if "instatag_champion" in airflow.consumed(r))
     shards = [ti for ti in airflow.task_instances("instatag_score", champion_run["dag_run_id"])
               if ti["task_id"] == "score"]
     assert sorted(ti["map_index"] for ti in shards) == [0, 1]
@@ -134,7 +141,7 @@ def test_ingest_retrain_score_on_celery(airflow, tmp_path):
             champion = conn.execute(text("select id from model_versions where status = 'champion'")).scalars().all()
     finally:
         engine.dispose()
-    assert len(images) == POSTS
+    assert len(images) == N_POSTS
     assert {image_id for image_id, _ in predicted} == images
     assert all(n >= 2 for _, n in predicted)  # request_number=2
     assert champion == [airflow.xcom("instatag_retrain", run["dag_run_id"], "train")]
@@ -149,29 +156,6 @@ def test_ingest_retrain_score_on_celery(airflow, tmp_path):
     assert len(airflow.dag_runs("instatag_score")) == n_score_runs
     timings["total"] = time.monotonic() - started
     print("e2e timings (s since start): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-
-
-def _consumed(airflow: AirflowHarness, run: dict) -> set[str]:
-    """Names of the Assets whose events triggered a run."""
-    events = airflow.api("GET", f"/dags/{run['dag_id']}/dagRuns/{run['dag_run_id']}/upstreamAssetEvents").json()
-    return {e["name"] for e in events["asset_events"]}
-
-
-def _wait_for_score_runs(airflow: AirflowHarness, done, timeout: float = 420) -> list[dict]:
-    """Wait until ``done(runs)`` and every instatag_score run has finished; the runs."""
-    deadline = time.monotonic() + timeout
-    runs: list[dict] = []
-    while time.monotonic() < deadline:
-        airflow.check_alive()
-        runs = airflow.dag_runs("instatag_score")
-        if runs and done(runs) and all(r["state"] in ("success", "failed") for r in runs):
-            failed = [r for r in runs if r["state"] == "failed"]
-            if failed:
-                raise HarnessError("\n".join(airflow.describe_run("instatag_score", r["dag_run_id"]) for r in failed))
-            return runs
-        time.sleep(3)
-    raise HarnessError(f"instatag_score runs not finished after {timeout:.0f}s: "
-                       f"{[(r['dag_run_id'], r['state']) for r in runs]}")
 
 
 def test_harness_reports_import_errors_and_cleans_up(tmp_path, pg_admin_url):
