@@ -437,14 +437,20 @@ class MakeAirflow(RestApi):
         return env
 
     def launch(self) -> None:
-        """Start the script (its own session); returns at once."""
+        """Start the script (its own session); returns at once. ``said()`` is what it prints from now on."""
+        self._said_from = self.output.stat().st_size if self.output.exists() else 0
         with self.output.open("ab") as fh:
             self.process = subprocess.Popen(["sh", str(self.script)], env=self.script_env(), stdout=fh,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True)
 
     def said(self) -> str:
-        return self.output.read_text(errors="replace") if self.output.exists() else ""
+        """The script's output since the last ``launch()`` (a restart on the same root appends)."""
+        if not self.output.exists():
+            return ""
+        with self.output.open("rb") as fh:
+            fh.seek(getattr(self, "_said_from", 0))
+            return fh.read().decode(errors="replace")
 
     def start(self, timeout: float = 600) -> None:
         """Launch the script and wait until it says Airflow is up; read the admin password."""
