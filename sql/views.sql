@@ -27,3 +27,29 @@ SELECT il.image_id,
 FROM image_labels il
 JOIN images i ON i.id = il.image_id
 WHERE il.vocab_version_id = (SELECT max(id) FROM vocab_versions);
+
+DROP VIEW IF EXISTS drop_quality;
+
+-- One row per drop (an ingest run that added posts) and model that graded it: the champion's
+-- dominant_recall@2 and mAP on the labels the drop's new posts brought, beside its validation
+-- figures and the popularity baseline, and the drift flags (docs/drops.md). A drop not graded
+-- yet has one row with NULL figures.
+CREATE VIEW drop_quality AS
+SELECT r.id AS drop_id,
+       r.started_at AS ingested_at,
+       r.n_posts AS posts,
+       r.n_images AS new_photos,
+       e.n_labelled AS labelled,
+       e.n_new_tags AS new_tags,
+       e.model_version_id AS model_version,
+       e.dominant_recall_2,
+       e.valid_dominant_recall_2,
+       e.baseline_dominant_recall_2,
+       e.map,
+       e.valid_map,
+       e.flagged,
+       e.reasons,
+       e.graded_at
+FROM ingest_runs r
+LEFT JOIN drop_evaluations e ON e.ingest_run_id = r.id
+WHERE r.n_posts > 0;
