@@ -26,6 +26,7 @@ STAGE_MODULES = (
     "score",
     "predict",
     "report",
+    "drops",
     "demo",
 )
 
