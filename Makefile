@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/score.py
+	$(BIN)/python bench/explain.py
 
 lint: setup
 	$(BIN)/ruff check instatag dags plugins tests bench

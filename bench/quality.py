@@ -87,6 +87,9 @@ def run_one(settings, vocab_id: int, name: str, overrides: dict, seed: int, prob
         "baseline": summary["baseline"],
         "model_by_ranking": by_ranking(v),
         "targets_met": targets_met(summary["model"], summary["baseline"], train_s),
+        # the same targets with the model's labels in each order (top-k metrics replaced)
+        "targets_met_by_ranking": {name: targets_met({**summary["model"], **top}, summary["baseline"], train_s)
+                                   for name, top in summary["model_by_ranking"].items()},
         "machine": machine_info(),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -7,17 +7,19 @@ broken files quarantined in `ingest_errors`. Re-running a run adds nothing twice
 When images arrived, `publish_new_images` updates the Asset `instatag_images`, which starts
 `instatag_score`'s scoring of the new images; with none, it is skipped and nothing follows.
 
-Schedule: `INSTATAG_INGEST_SCHEDULE` (default hourly; `none` for manual runs only).
+Schedule: `INSTATAG_INGEST_SCHEDULE` (default hourly, UTC; `none` for manual runs only). Unpaused
+for the first time, it waits for the next tick.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from instatag import pipeline
+from instatag.params import INGEST, airflow_params
 from instatag.settings import load_settings
 
 SETTINGS = load_settings()
@@ -25,31 +27,21 @@ IMAGES = Asset(pipeline.IMAGES_ASSET)
 
 
 @dag(
-    dag_id="instatag_ingest",
+    dag_id=INGEST,
     schedule=pipeline.schedule(SETTINGS.ingest_schedule),
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["instatag"],
     default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
-    params={
-        "sources": Param(
-            [],
-            type="array",
-            items={"type": "string", "minLength": 1},
-            title="Sources",
-            description="Scrape folders or manifest files to ingest; empty: the configured drop folders "
-            "(INSTATAG_DROP_DIRS).",
-        ),
-    },
+    params=airflow_params(INGEST),
 )
 def instatag_ingest():
     @task
     @pipeline.fail_fast
     def ingest(params=None, dag_run=None) -> dict:
-        pipeline.reject_unknown(dag_run.conf, params)
-        return pipeline.ingest_drops(list(params["sources"]) or None)
+        run = pipeline.run_params(INGEST, dag_run.conf, params)
+        return pipeline.ingest_drops(run["sources"])
 
     @task(outlets=[IMAGES])
     def publish_new_images(report: dict, outlet_events=None) -> int:

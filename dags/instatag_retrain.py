@@ -14,95 +14,60 @@ Retrains the hashtag model on everything ingested so far:
    the new champion's predictions; skipped otherwise;
 6. `report`: plots and an HTML report of the candidate.
 
-Scheduled runs (`INSTATAG_RETRAIN_SCHEDULE`, default daily; `none` for manual runs only) use
-the preset `INSTATAG_RETRAIN_PRESET`. A manual run may override any param; empty values keep
-the preset's. Bad values are refused when the run is triggered.
+Scheduled runs (`INSTATAG_RETRAIN_SCHEDULE`, default daily at 00:00 UTC; `none` for manual runs
+only) use the preset `INSTATAG_RETRAIN_PRESET`; unpaused for the first time, the DAG waits for the
+next tick. A manual run may override any param; empty values keep the preset's. A key that is no
+param, or a bad value, is refused when the run is triggered (HTTP 400, a message in the form).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-from airflow.sdk import Asset, Param, TriggerRule, dag, task
+from airflow.sdk import Asset, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from instatag import pipeline
-from instatag.grouping import MIN_COUNT_PATTERN
+from instatag.params import RETRAIN, TRAIN_FIELDS, airflow_params
 from instatag.settings import load_settings
 
 SETTINGS = load_settings()
 CHAMPION = Asset(pipeline.CHAMPION_ASSET)
 #: a training that takes longer is stopped (and retried once)
 TRAIN_TIMEOUT = timedelta(hours=6)
-#: training params handed to instatag.train (None keeps the preset's value)
-TRAIN_PARAMS = ("arch", "size", "epochs", "freeze_epochs", "lr", "bs", "pretrained")
-
-
-def _optional_int(minimum: int, maximum: int, description: str) -> Param:
-    return Param(None, type=["null", "integer"], minimum=minimum, maximum=maximum, description=description)
-
-
-PARAMS = {
-    "preset": Param(SETTINGS.retrain_preset, type="string", enum=pipeline.presets(), title="Preset",
-                    description="Starting training configuration; the values below override it."),
-    "arch": Param(None, type=["null", "string"], enum=[None, *pipeline.arch_names()], title="Architecture",
-                  description="Network; empty: the preset's."),
-    "size": _optional_int(16, 1024, "Input side in pixels; empty: the preset's."),
-    "epochs": _optional_int(1, 500, "Epochs with the whole network trained; empty: the preset's."),
-    "freeze_epochs": _optional_int(0, 500, "Epochs with the pretrained body frozen; empty: the preset's."),
-    "lr": Param(None, type=["null", "string", "number"], pattern=r"^(auto|[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?)$",
-                exclusiveMinimum=0, exclusiveMaximum=10, title="Learning rate",
-                description="'auto' (lr_find) or a base learning rate such as 1e-3; empty: the preset's."),
-    "bs": _optional_int(2, 4096, "Batch size; empty: the preset's."),
-    "pretrained": Param(None, type=["null", "boolean"], title="Pretrained",
-                        description="Start from ImageNet weights; empty: the preset's."),
-    "groups_file": Param("", type="string", title="Grouping file",
-                         description="Grouping YAML for the vocabulary; empty: INSTATAG_GROUPS_FILE or the "
-                         "packaged one."),
-    "min_count": Param(None, type=["null", "integer", "string"], minimum=1, pattern=MIN_COUNT_PATTERN,
-                       title="min_count",
-                       description="Drop labels on fewer images: a number of images (95) or a share of the "
-                       "images with a candidate label (5%); empty: the grouping file's."),
-    "force_promote": Param(False, type="boolean", title="Force promotion",
-                           description="Make the new model the champion even when it is worse."),
-    "reason": Param("", type="string", title="Reason",
-                    description="Why this run was started: instatag_score sets it when a drop crossed a drift "
-                    "threshold (INSTATAG_RETRAIN_ON_DRIFT); such a run is never skipped by INSTATAG_RETRAIN_WHEN."),
-}
 
 
 @dag(
-    dag_id="instatag_retrain",
+    dag_id=RETRAIN,
     schedule=pipeline.schedule(SETTINGS.retrain_schedule),
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["instatag"],
     default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
-    params=PARAMS,
+    params=airflow_params(RETRAIN, SETTINGS.retrain_preset),
 )
 def instatag_retrain():
     @task
     @pipeline.fail_fast
     def changes(params=None, dag_run=None) -> str:
-        pipeline.reject_unknown(dag_run.conf, params)
-        run, why = pipeline.retrain_check(scheduled=dag_run.run_type == "scheduled", reason=params["reason"])
-        if not run:
+        run = pipeline.run_params(RETRAIN, dag_run.conf, params)  # the first task: refuses a bad conf
+        go, why = pipeline.retrain_check(scheduled=dag_run.run_type == "scheduled", reason=run["reason"] or "")
+        if not go:
             raise AirflowSkipException(why)
         return why
 
     @task
     @pipeline.fail_fast
     def vocabulary(params=None, dag_run=None) -> int:
-        pipeline.reject_unknown(dag_run.conf, params)
-        return pipeline.build_vocabulary(params["groups_file"] or None, params["min_count"])
+        run = pipeline.run_params(RETRAIN, dag_run.conf, params)
+        return pipeline.build_vocabulary(run["groups_file"], run["min_count"])
 
     @task(queue="gpu", pool="gpu", execution_timeout=TRAIN_TIMEOUT, retries=1, retry_delay=timedelta(minutes=5))
     @pipeline.fail_fast
-    def train(vocab_version_id: int, params=None) -> int:
-        return pipeline.train_model(vocab_version_id, preset=params["preset"],
-                                    **{k: params[k] for k in TRAIN_PARAMS})
+    def train(vocab_version_id: int, params=None, dag_run=None) -> int:
+        run = pipeline.run_params(RETRAIN, dag_run.conf, params)
+        return pipeline.train_model(vocab_version_id, preset=run["preset"], **{k: run[k] for k in TRAIN_FIELDS})
 
     @task
     @pipeline.fail_fast
@@ -111,8 +76,9 @@ def instatag_retrain():
 
     @task
     @pipeline.fail_fast
-    def promote(model_version_id: int, params=None) -> dict:
-        return pipeline.promote_model(model_version_id, force=params["force_promote"])
+    def promote(model_version_id: int, params=None, dag_run=None) -> dict:
+        run = pipeline.run_params(RETRAIN, dag_run.conf, params)
+        return pipeline.promote_model(model_version_id, force=run["force_promote"])
 
     @task(outlets=[CHAMPION])
     def rescore(decision: dict, outlet_events=None) -> int:

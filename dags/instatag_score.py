@@ -21,13 +21,14 @@ with the reason in its conf (`retrain_on_drift` is skipped otherwise, and the tr
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from instatag import pipeline
+from instatag.params import RETRAIN, SCORE, airflow_params
 
 IMAGES = Asset(pipeline.IMAGES_ASSET)
 CHAMPION = Asset(pipeline.CHAMPION_ASSET)
@@ -35,31 +36,25 @@ DRIFT = Asset(pipeline.DRIFT_ASSET)
 
 
 @dag(
-    dag_id="instatag_score",
+    dag_id=SCORE,
     schedule=(IMAGES | CHAMPION),
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["instatag"],
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
-    params={
-        "shards": Param(None, type=["null", "integer"], minimum=1, maximum=256, title="Shards",
-                        description="Number of parallel scoring tasks; empty: INSTATAG_SCORE_SHARDS."),
-        "all_images": Param(False, type="boolean", title="All images",
-                            description="Score every image again, replacing the champion's earlier rows."),
-    },
+    params=airflow_params(SCORE),
 )
 def instatag_score():
     @task
     @pipeline.fail_fast
     def plan(params=None, dag_run=None) -> list[dict]:
-        pipeline.reject_unknown(dag_run.conf, params)
+        run = pipeline.run_params(SCORE, dag_run.conf, params)
         champion = pipeline.champion()
         if champion is None:
             raise AirflowSkipException("there is no champion model yet: nothing to score")
-        n = params["shards"] or pipeline.settings().score_shards
-        return pipeline.shard_list(n, model=champion, all_images=params["all_images"])
+        n = run["shards"] or pipeline.settings().score_shards
+        return pipeline.shard_list(n, model=champion, all_images=run["all_images"])
 
     @task
     @pipeline.fail_fast
@@ -92,7 +87,7 @@ def instatag_score():
 
     graded = grade_drops(summary(score.expand_kwargs(plan())))
     drift_alert(graded)
-    TriggerDagRunOperator(task_id="trigger_retrain", trigger_dag_id="instatag_retrain", conf=retrain_on_drift(graded),
+    TriggerDagRunOperator(task_id="trigger_retrain", trigger_dag_id=RETRAIN, conf=retrain_on_drift(graded),
                           openlineage_inject_parent_info=False)
 
 

@@ -6,7 +6,7 @@ classifier; it cuts off the classifier (``cut``), adds its head and splits the p
 the offline weights of ``instatag.weights``. ``build`` goes through the same fastai function
 (``create_vision_model``), so the network rebuilt for inference (``pretrained=False``, then
 ``load_state_dict``) has exactly the training network's layout, and never needs the pretrained
-weights or a pickle.
+weights or a pickle. ``build_plain`` makes the same network without importing fastai, for inference.
 """
 
 from __future__ import annotations
@@ -78,6 +78,41 @@ def build(arch: str, n_out: int, pretrained: bool = False, settings: Settings | 
 
     net = create_vision_model(fastai_arch(arch, settings), n_out, pretrained=pretrained)
     return add_output_bias(net) if output_bias else net
+
+
+def build_plain(arch: str, n_out: int, output_bias: bool = False, ps: float = 0.5):
+    """The network ``build`` makes, from torch, timm and torchvision alone: importing fastai costs a fresh
+    process several seconds, and every scoring task is one (Airflow 3). The same modules under the same
+    names, so a state dict of ``build`` loads strictly and gives bit-identical outputs (tests/test_predict.py
+    compares them). The layout is fastai 2.8's ``create_vision_model`` as ``vision_learner`` calls it: the
+    classifier's children up to its ``cut`` (-2), then ``create_head(nf, n_out, ps=ps)``: concat pooling
+    (max, average), flatten, then BatchNorm1d, Dropout(ps / 2), Linear(2 nf, 512, no bias), ReLU, BatchNorm1d,
+    Dropout(ps), Linear(512, n_out) (with ``output_bias`` a bias); a Dropout with p 0 is left out, as fastai
+    does. ``ps``: the head's dropout the model was trained with (TrainConfig.ps); only the layout depends on
+    it (dropout does nothing at inference)."""
+    import torch
+    from torch import nn
+
+    class AdaptiveConcatPool2d(nn.Module):  # fastai.layers.AdaptiveConcatPool2d(1)
+        def __init__(self):
+            super().__init__()
+            self.ap, self.mp = nn.AdaptiveAvgPool2d(1), nn.AdaptiveMaxPool2d(1)
+
+        def forward(self, x):
+            return torch.cat([self.mp(x), self.ap(x)], 1)
+
+    model = OfflineArch(check(arch), Settings())(pretrained=False)
+    nf = model.num_features if hasattr(model, "num_features") else model.fc.in_features  # timm | torchvision
+    body = nn.Sequential(*list(model.children())[:-2])
+    head = [AdaptiveConcatPool2d(), nn.Flatten()]
+    for n_in, n_next, p, last in ((2 * nf, 512, ps / 2, False), (512, n_out, ps, True)):
+        head.append(nn.BatchNorm1d(n_in))
+        if p:
+            head.append(nn.Dropout(p))
+        head.append(nn.Linear(n_in, n_next, bias=last and output_bias))
+        if not last:
+            head.append(nn.ReLU(inplace=True))
+    return nn.Sequential(body, nn.Sequential(*head))
 
 
 def add_output_bias(net, bias=None):

@@ -25,6 +25,7 @@ STAGE_MODULES = (
     "promote",
     "score",
     "predict",
+    "explain",
     "report",
     "drops",
     "demo",

@@ -39,6 +39,24 @@ class Validation:
     probs: np.ndarray
     #: scores that order each image's labels as the model ranks them (None: by probability)
     ranks: np.ndarray | None = None
+    #: the model's ranking (``instatag.ranking``) and its labels' training-frequency order (indices)
+    ranking: str = "probability"
+    frequency_order: list[int] | None = None
+
+    def ranks_under(self, name: str) -> np.ndarray:
+        """Ranking scores of these probabilities under ranking ``name``, whatever the model's own (the
+        frequency order from model.json, else from ``counts``)."""
+        from . import ranking
+
+        order = self.frequency_order or metrics.frequency_order(self.labels, self.counts)
+        return ranking.rank_scores(self.probs, name, order)
+
+    def by_ranking(self) -> dict[str, dict]:
+        """The top-k metrics (``metrics.RANKED_METRICS``) under every ranking: {ranking: {metric: value}}."""
+        from . import ranking
+
+        return {name: metrics.ranked_metrics(self.y_true, self.ranks_under(name), self.labels, self.counts)
+                for name in ranking.RANKINGS}
 
     @property
     def ids_sha256(self) -> str:
@@ -70,13 +88,18 @@ def newest_candidate(settings) -> int:
     return int(mid)
 
 
-def predict_probs(settings, model_version_id: int, paths: list[Path], batch_size: int = BATCH_SIZE):
-    """(labels in output order, probabilities ``[len(paths), n_labels]``, the model's ranking scores
-    of the same shape) of a stored model."""
+def run_model(settings, model_version_id: int, paths: list[Path], batch_size: int = BATCH_SIZE):
+    """(the stored model's ``inference.Predictor``, its probabilities ``[len(paths), n_labels]``)."""
     from .inference import Predictor
 
     predictor = Predictor.for_version(settings, model_version_id)
-    probs = np.asarray(predictor.predict_paths(paths, batch_size=batch_size))
+    return predictor, np.asarray(predictor.predict_paths(paths, batch_size=batch_size))
+
+
+def predict_probs(settings, model_version_id: int, paths: list[Path], batch_size: int = BATCH_SIZE):
+    """(labels in output order, probabilities ``[len(paths), n_labels]``, the model's ranking scores
+    of the same shape) of a stored model."""
+    predictor, probs = run_model(settings, model_version_id, paths, batch_size)
     return list(predictor.labels), probs, predictor.rank_scores(probs)
 
 
@@ -106,19 +129,21 @@ def validate(settings, model_version_id: int, batch_size: int = BATCH_SIZE) -> V
     """Run a model on the validation split of its own vocabulary version."""
     vocab_id, labels, counts, items, y_true = validation_set(settings, model_version_id)
     paths = [Path(it.resized_path) for it in items]
-    model_labels, probs, ranks = predict_probs(settings, model_version_id, paths, batch_size)
-    if model_labels != labels:
-        raise UserError(f"model version {model_version_id} outputs {len(model_labels)} labels that differ from its "
-                        f"vocabulary version {vocab_id}; the model file does not belong to this database")
+    predictor, probs = run_model(settings, model_version_id, paths, batch_size)
+    if list(predictor.labels) != labels:
+        raise UserError(f"model version {model_version_id} outputs {len(predictor.labels)} labels that differ from "
+                        f"its vocabulary version {vocab_id}; the model file does not belong to this database")
     return Validation(model_version_id, vocab_id, labels, counts, [it.image_id for it in items], paths,
-                      y_true, probs, ranks)
+                      y_true, probs, predictor.rank_scores(probs), predictor.ranking, predictor.frequency_order)
 
 
 def evaluate(settings, model_version_id: int | None = None, batch_size: int = BATCH_SIZE,
              floor: float = metrics.THRESHOLD_FLOOR, validation: Validation | None = None) -> dict:
     """Evaluate a model version (default: the newest candidate); store and return its metrics:
-    {"model": {...}, "baseline": {...}, "n_images", "global_threshold", "threshold_floor",
-    "valid_image_ids_sha256", "vocab_version_id"} (the per-label table goes to ``label_metrics``)."""
+    {"model": {...}, "baseline": {...}, "ranking", "model_by_ranking": {ranking: {top-k metrics}},
+    "n_images", "global_threshold", "threshold_floor", "valid_image_ids_sha256", "vocab_version_id"}
+    (the per-label table goes to ``label_metrics``). ``model`` ranks labels as the model does
+    (``ranking``); ``model_by_ranking`` holds the top-k metrics under both rankings."""
     if model_version_id is None:
         model_version_id = newest_candidate(settings)
     v = validation or validate(settings, model_version_id, batch_size)
@@ -127,6 +152,8 @@ def evaluate(settings, model_version_id: int | None = None, batch_size: int = BA
     summary = {
         "model": res["model"],
         "baseline": res["baseline"],
+        "ranking": v.ranking,
+        "model_by_ranking": v.by_ranking(),
         "n_images": len(v.image_ids),
         "global_threshold": global_t,
         "threshold_floor": floor,
@@ -176,12 +203,21 @@ def _fmt(value) -> str:
 
 
 def format_table(summary: dict) -> str:
-    """Model against the popularity baseline, one metric a line."""
+    """Model against the popularity baseline, one metric a line; then dominant recall under both
+    rankings."""
     lines = [f"{'metric':20} {'model':>7} {'baseline':>9}"]
     for key in SHOWN:
         lines.append(f"{key:20} {_fmt(summary['model'].get(key)):>7} {_fmt(summary['baseline'].get(key)):>9}")
     lines.append(f"on {summary['n_images']} validation images; baseline = the {summary.get('baseline_k', 2)} most "
                  f"frequent training labels; F1 at the tuned thresholds (global {summary['global_threshold']:.2f})")
+    by = summary.get("model_by_ranking") or {}
+    if by:
+        own = summary.get("ranking", "probability")
+        lines.append(f"top-k metrics above: labels ranked {own} (the model's ranking); under each ranking:")
+        lines.append(f"{'ranking':20} " + " ".join(f"{k:>17}" for k in ("dominant_recall@1", "dominant_recall@2")))
+        for name, values in by.items():
+            lines.append(f"{name:20} " + " ".join(f"{_fmt(values.get(k)):>17}"
+                                                  for k in ("dominant_recall@1", "dominant_recall@2")))
     return "\n".join(lines)
 
 

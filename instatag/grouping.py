@@ -38,7 +38,7 @@ _TERM = re.compile(r"^[^\s#]{1,255}$")
 #: min_count as a share: a percentage such as 5% or 2.5%
 _SHARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 #: min_count as typed on a command line or in a DAG run's form: "95" or "5%"
-MIN_COUNT_PATTERN = r"^\s*\d+(\.\d+)?\s*%\s*$|^\s*[0-9]+\s*$"
+MIN_COUNT_PATTERN = r"^\s*\d+(\.\d+)?\s*%\s*$|^\s*0*[1-9][0-9]*\s*$"
 MIN_COUNT_FORMS = "a whole number of images (95) or a share of the images with a candidate label (5%)"
 
 

@@ -129,8 +129,10 @@ def dataloaders(items: Sequence, labels: Sequence[str], config, device: str, val
     x_train, x_valid = pixels(train_idx, side), pixels(valid_idx, config.size)
     mean, std = (torch.tensor(s, device=device).view(1, 3, 1, 1) for s in archs.stats(config.arch))
     normalize = Normalize(mean, std)
-    # the crop first: the fused transform takes its output size and black fill (PadMode.Zeros)
-    crop = AffineCoordTfm(aff_fs=lambda x: crop_mat(x, config.min_scale), size=config.size, pad_mode=PadMode.Zeros)
+    # the crop first: the fused transform takes its output size, black fill (PadMode.Zeros) and align_corners
+    # (False: what torch's affine_grid and grid_sample did when fastai's default None reached them, with a warning)
+    crop = AffineCoordTfm(aff_fs=lambda x: crop_mat(x, config.min_scale), size=config.size, pad_mode=PadMode.Zeros,
+                          align_corners=False)
     augment = setup_aug_tfms([crop, *batch_augmentations(config)])
     MemoryDL = _loader_class()
     train = MemoryDL(x_train, targets(train_idx), bs=config.bs, shuffle=True, drop_last=True, device=device,

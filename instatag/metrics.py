@@ -5,8 +5,8 @@ Inputs everywhere: ``y_true`` is an ``[n_images, n_labels]`` 0/1 (or bool) matri
 order and ``counts`` the training frequency of each label (same order). The exact definitions are
 in ``docs/evaluation.md``; in short:
 
-- *top-k* of an image: its k first-ranked labels (``instatag.ranking``; by default the k labels with the
-  highest probability), ties by output order.
+- *top-k* of an image: its k first-ranked labels (``instatag.ranking``; by default, and under the
+  ``probability`` ranking, the k labels with the highest probability), ties by output order.
 - ``dominant_recall@k``: per image with a true label, D = its k true labels with the highest training
   frequency (all when it has k or fewer; ties by label name), score = |D ∩ top-k| / |D|; the mean.
 - ``precision@k`` / ``recall@k``: per image with a true label, |top-k ∩ true| / k and / |true|; means.
@@ -137,6 +137,22 @@ def per_label(y_true, probs, labels: Sequence[str], thresholds) -> dict[str, dic
     return out
 
 
+#: the metrics that depend on the order of each image's labels (the ranking); the others use the
+#: probabilities alone
+RANKED_METRICS = tuple(f"dominant_recall@{k}" for k in KS) + tuple(
+    name for k in KS for name in (f"precision@{k}", f"recall@{k}"))
+
+
+def ranked_metrics(y_true, ranks, labels: Sequence[str], counts) -> dict:
+    """The top-k metrics (``RANKED_METRICS``) when ``ranks`` (``[n_images, n_labels]`` scores,
+    ``ranking.rank_scores``) order each image's labels, highest first."""
+    y, r = _arrays(y_true, ranks)
+    out: dict = {f"dominant_recall@{k}": dominant_recall_at_k(y, r, labels, counts, k) for k in KS}
+    for k in KS:
+        out[f"precision@{k}"], out[f"recall@{k}"] = precision_recall_at_k(y, r, k)
+    return out
+
+
 def summary(y_true, probs, labels: Sequence[str], counts, thresholds, ranks=None) -> dict:
     """Every summary metric of one set of predictions (the per-label table is ``per_label``).
     ``ranks``: scores that order each image's labels for the top-k metrics (``ranking.rank_scores``);
@@ -145,18 +161,18 @@ def summary(y_true, probs, labels: Sequence[str], counts, thresholds, ranks=None
     r = p if ranks is None else _arrays(y, ranks)[1]
     table = per_label(y, p, labels, thresholds)
     tp, fp, fn = label_counts(y, p, thresholds)
+    top = ranked_metrics(y, r, labels, counts)
     out: dict = {
         "n_images": int(y.any(axis=1).sum()),
         "n_labels": len(labels),
         "n_labels_with_positives": int(y.any(axis=0).sum()),
     }
-    for k in KS:
-        out[f"dominant_recall@{k}"] = dominant_recall_at_k(y, r, labels, counts, k)
+    out.update({f"dominant_recall@{k}": top[f"dominant_recall@{k}"] for k in KS})
     out["map"] = _mean(row["ap"] for row in table.values())
     out["micro_f1"] = _f1(tp.sum(), fp.sum(), fn.sum())
     out["macro_f1"] = _mean(row["f1"] for row in table.values())
     for k in KS:
-        out[f"precision@{k}"], out[f"recall@{k}"] = precision_recall_at_k(y, r, k)
+        out[f"precision@{k}"], out[f"recall@{k}"] = top[f"precision@{k}"], top[f"recall@{k}"]
     return out
 
 

@@ -40,7 +40,8 @@ def _dumps(meta: dict) -> bytes:
     return json.dumps(meta, indent=2, sort_keys=True, default=lambda o: o.tolist()).encode()
 
 
-def _weights_path(path: Path) -> Path:
+def weights_path(path: Path) -> Path:
+    """``model.safetensors`` of ``path``: the model folder or that file itself."""
     path = Path(path)
     return path / WEIGHTS if path.is_dir() else path
 
@@ -62,7 +63,7 @@ def save(directory: Path, state_dict: dict, meta: dict) -> str:
 
 def read_meta(path: Path) -> dict:
     """``model.json`` next to ``path`` (the model folder or its ``model.safetensors``)."""
-    meta_path = _weights_path(path).with_name(META)
+    meta_path = weights_path(path).with_name(META)
     try:
         return json.loads(meta_path.read_text())
     except FileNotFoundError:
@@ -80,7 +81,7 @@ def load(path: Path, expected_sha256: str | None) -> tuple[dict, dict]:
     """
     from safetensors.torch import load as load_bytes
 
-    weights = _weights_path(path)
+    weights = weights_path(path)
     meta = read_meta(weights)
     try:
         data = weights.read_bytes()  # hash and parse the same bytes
@@ -96,7 +97,7 @@ def load(path: Path, expected_sha256: str | None) -> tuple[dict, dict]:
 
 def update_meta(directory: Path, **fields) -> dict:
     """Add or replace fields of ``model.json`` (e.g. thresholds); returns the new metadata."""
-    meta_path = _weights_path(directory).with_name(META)
+    meta_path = weights_path(directory).with_name(META)
     meta = {**read_meta(meta_path), **fields}
     write_atomic(meta_path, _dumps(meta), durable=True)
     return meta

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from .errors import UserError
@@ -67,10 +68,37 @@ def airflow_connection_url(conn_id: str) -> str | None:
     return conn.get_uri()
 
 
-def schedule(value: str) -> str | None:
-    """A DAG schedule from a setting: a cron expression or preset; ``none`` or empty for manual runs only."""
+#: a tick that passed less than this long ago still runs when a scheduled DAG is unpaused for the first
+#: time (the scheduler creates runs a few seconds late); an older one is skipped
+SCHEDULE_GRACE = timedelta(minutes=5)
+
+
+def schedule(value: str):
+    """A DAG's ``schedule`` from a setting (``INSTATAG_*_SCHEDULE``): ``none``, ``manual`` or empty: None
+    (manual runs only); ``@once``/``@continuous`` as they are; any other cron expression or preset
+    (``@daily``, ``0 3 * * *``) an ``airflow.sdk.CronTriggerTimetable`` in UTC, a run at each tick.
+
+    Airflow 3.3 turns a cron string into the same timetable, but with a DAG ``start_date`` the first
+    unpause starts a run for the tick just past (up to a day old for ``@daily``: an unasked retrain with
+    the default preset). The DAGs have no start_date, and ``run_immediately=SCHEDULE_GRACE`` makes a DAG
+    unpaused for the first time wait for its next tick. With ``catchup=False`` (the DAGs'), a DAG that
+    already ran and was paused over some ticks gets one run, for the latest, when unpaused (Airflow's rule).
+    Invalid values: UserError naming the value (an import error of the DAG).
+    """
     value = value.strip()
-    return None if value.lower() in ("", "none", "manual") else value
+    if value.lower() in ("", "none", "manual"):
+        return None
+    if value in ("@once", "@continuous"):
+        return value
+    from airflow.sdk import CronTriggerTimetable
+
+    timetable = CronTriggerTimetable(value, timezone="UTC", run_immediately=SCHEDULE_GRACE)
+    try:
+        timetable.validate()
+    except Exception as exc:  # AirflowTimetableInvalid, with croniter's words
+        raise UserError(f"schedule {value!r} is neither a cron expression nor a preset such as @daily, "
+                        f"nor none: {exc}") from None
+    return timetable
 
 
 def _jsonable(obj):
@@ -105,19 +133,6 @@ def build_vocabulary(groups_file: str | None = None, min_count: int | str | None
     from . import vocab
 
     return int(vocab.build_vocab(settings(), groups_file or None, min_count))
-
-
-def presets() -> list[str]:
-    """The training presets' names (``instatag.train.PRESETS``)."""
-    from .train import PRESETS
-
-    return list(PRESETS)
-
-
-def arch_names() -> list[str]:
-    from . import archs
-
-    return archs.names()
 
 
 def train_config(preset: str = "default", **overrides) -> dict:
@@ -256,8 +271,12 @@ def fail_fast(fn):
     return wrapper
 
 
-def reject_unknown(conf: dict | None, known) -> None:
-    """Refuse a DAG run configuration with keys that are not the DAG's params (a typo would be ignored)."""
-    unknown = sorted(set(conf or {}) - set(known))
-    if unknown:
-        raise UserError(f"unknown parameter(s) {', '.join(unknown)}; this DAG takes {', '.join(sorted(known))}")
+def run_params(dag_id: str, conf: dict | None, params=None) -> dict:
+    """A run's params as the tasks use them, checked by ``instatag.params.check_conf`` (the rule the
+    api-server applies when the run is triggered): ``conf`` is ``dag_run.conf`` (keys that are no
+    params are refused), ``params`` Airflow's merged params (the DAG's defaults). UserError names every
+    problem; under ``fail_fast`` it fails the task at once, so a bad run that got in another way stops
+    at its first task."""
+    from .params import check_conf
+
+    return check_conf(dag_id, conf, params)

@@ -3,8 +3,8 @@
 ``predict_tags`` is the study's ``my_predict_func``: the ``request_number`` first-ranked labels of
 each image, optionally only those at or over their threshold. ``tags_for_scoring`` is what batch
 scoring writes: every label at or over its threshold, and at least ``request_number`` labels.
-Both list labels in the model's ranking (``ranks``, from ``Predictor.rank_scores``; default: most
-probable first, see ``instatag.ranking``).
+Both list labels in the model's ranking (``ranks``, from ``Predictor.rank_scores``; without it, and
+for every model trained with the default ``ranking``: most probable first, see ``instatag.ranking``).
 """
 
 from __future__ import annotations
@@ -142,13 +142,15 @@ def add_cli(sub) -> None:
         "predict",
         help="print the predicted tags of image files (champion model); writes nothing",
         description="Predict the hashtags of ad-hoc image files with the champion model (or --model "
-        "VERSION). Prints the --request-number most probable tags of each file that are at or over "
-        "their tuned threshold. Nothing is written to the database.",
+        "VERSION). Prints the --request-number first-ranked tags of each file that are at or over "
+        "their tuned threshold, most probable first (unless the model was trained with ranking "
+        "dominant_first: then the tag most likely to be the uploader's most frequent one comes first). "
+        "Nothing is written to the database.",
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="image files (JPEG, PNG, ...)")
     p.add_argument("--model", default="champion", help="'champion' (default) or a model version number")
     p.add_argument("--request-number", type=int, default=2, metavar="N", help="tags per image at most (default 2)")
     p.add_argument("--no-thresholds", action="store_true",
-                   help="always print the N most probable tags, whatever their probability")
+                   help="always print the N first-ranked tags, whatever their probability")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.set_defaults(handler=_predict_cmd)

@@ -1,13 +1,14 @@
 """Champion decisions: promote a candidate only when it is not worse than the champion.
 
 ``decide`` compares a candidate with the champion on the same images: the candidate's validation
-split, the champion re-run on it. When the two vocabulary versions differ, both are scored on the
-labels they share, and the labels only one of them has are recorded (the reason names them). Rule
-``no_worse`` (default): promote iff the candidate lost no label the champion predicts and its
-dominant_recall@2 and mAP are each at least the champion's — a candidate with fewer labels is never
-"not worse" on the labels it kept alone; rule ``always``: promote. ``force`` promotes regardless.
-Every decision is a ``promotion_decisions`` row; a promotion retires the old champion (never deletes
-it) in the same transaction, so there is never more than one champion.
+split, the champion re-run on it, both with their labels in the candidate's ranking
+(``instatag.ranking``), so neither wins by its label order alone. When the two vocabulary versions
+differ, both are scored on the labels they share, and the labels only one of them has are recorded
+(the reason names them). Rule ``no_worse`` (default): promote iff the candidate lost no label the
+champion predicts and its dominant_recall@2 and mAP are each at least the champion's — a candidate
+with fewer labels is never "not worse" on the labels it kept alone; rule ``always``: promote.
+``force`` promotes regardless. Every decision is a ``promotion_decisions`` row; a promotion retires
+the old champion (never deletes it) in the same transaction, so there is never more than one champion.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import metrics
+from . import metrics, ranking
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -82,23 +83,29 @@ def compare(settings, candidate, champion: int) -> dict:
         champ_vocab = model_row(conn, champion)["vocab_version_id"]
         cand_t, cand_g = _stored_thresholds(conn, candidate.model_version_id)
         champ_t, champ_g = _stored_thresholds(conn, champion)
-    champ_labels, champ_probs, champ_ranks = predict_probs(settings, champion, candidate.paths)
+    champ_labels, champ_probs, _ = predict_probs(settings, champion, candidate.paths)
     champ_index = {label: j for j, label in enumerate(champ_labels)}
     shared = [label for label in candidate.labels if label in champ_index]
     cols = [candidate.labels.index(label) for label in shared]
-    y, counts = candidate.y_true[:, cols], candidate.counts[cols]
-    cand_ranks = None if candidate.ranks is None else candidate.ranks[:, cols]
-    cand = metrics.evaluate_predictions(y, candidate.probs[:, cols], shared, counts,
-                                        metrics.thresholds_for(shared, cand_t, cand_g), cand_ranks)
     champ_cols = [champ_index[label] for label in shared]
-    champ = metrics.evaluate_predictions(y, champ_probs[:, champ_cols], shared, counts,
-                                         metrics.thresholds_for(shared, champ_t, champ_g), champ_ranks[:, champ_cols])
+    y, counts = candidate.y_true[:, cols], candidate.counts[cols]
+    cand_probs, champ_probs = candidate.probs[:, cols], champ_probs[:, champ_cols]
+    # Both models' labels in the same order (the candidate's ranking, the shared labels' frequencies), so
+    # a champion ranked dominant_first is not preferred over a candidate ranked by probability, or the
+    # reverse, for its order alone.
+    order = metrics.frequency_order(shared, counts)
+    cand = metrics.evaluate_predictions(y, cand_probs, shared, counts, metrics.thresholds_for(shared, cand_t, cand_g),
+                                        ranking.rank_scores(cand_probs, candidate.ranking, order))
+    champ = metrics.evaluate_predictions(y, champ_probs, shared, counts,
+                                         metrics.thresholds_for(shared, champ_t, champ_g),
+                                         ranking.rank_scores(champ_probs, candidate.ranking, order))
     return {
         "candidate": {"id": candidate.model_version_id, "vocab_version_id": candidate.vocab_version_id,
                       "metrics": cand["model"]},
         "champion": {"id": champion, "vocab_version_id": champ_vocab, "metrics": champ["model"]},
         "baseline": cand["baseline"],
         "n_images": int(y.any(axis=1).sum()),
+        "ranking": candidate.ranking,
         "valid_image_ids_sha256": candidate.ids_sha256,
         "vocabulary_changed": champ_vocab != candidate.vocab_version_id,
         "labels_compared": len(shared),

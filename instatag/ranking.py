@@ -2,14 +2,17 @@
 
 Probabilities say how likely each label is on its own; the order decides which tags come first.
 
-- ``probability``: most probable first (the study's ``my_predict_func``).
-- ``dominant_first``: first the label most likely to be the image's *dominant* label (its most
+- ``probability`` (the default of every preset): most probable first (the study's
+  ``my_predict_func``); rank 1 is the tag a person would name first.
+- ``dominant_first`` (an option: ``TrainConfig.ranking``, ``instatag train --set
+  ranking=dominant_first``): first the label most likely to be the image's *dominant* label (its most
   frequent true label, the one ``dominant_recall@1`` asks for), then the others most probable first.
   With per-label probabilities ``p`` and labels in training-frequency order, a label is dominant
   when it is present and no more frequent label is: ``p_l * prod(1 - p_m)`` over the more frequent
   ``m`` (treating labels as independent). A generic label that is on half of an image's likely
   posts outranks a specific one on 70% of them exactly when the generic one is more frequent
-  overall, as uploaders' tags are. docs/evaluation.md shows what each order measured.
+  overall, as uploaders' tags are: it raises dominant_recall@1, but puts a generic tag ("breakfast")
+above a confident specific one ("bibimbap"). docs/evaluation.md shows what each order measured.
 
 Only the order changes: probabilities, thresholds and mAP are the same under both.
 """

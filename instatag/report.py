@@ -8,12 +8,19 @@ no other file, no network, no external CSS or JS. Sections:
   vocabulary version's ``stats``);
 - RandomResizedCrop samples of one image with the run's ``size`` and ``min_scale`` (Figure 3);
 - the first convolution's filters and its activations for one image (Figures 4-5);
-- the lr_find curve with the suggestion marked (Figure 6) and the loss across both phases
-  against images processed (Figure 9), from ``training_runs`` and ``training_epochs``;
-- model against the popularity baseline, and the per-label table (``label_metrics``) with a
+- the lr_find curve with the suggestion marked (Figure 6), the per-epoch tables of the frozen and
+  the unfrozen phase (Figures 7-8: the study printed fastai's tables there; here HTML tables) and
+  the loss across both phases against images processed (Figure 9), from ``training_runs`` and
+  ``training_epochs``;
+- model against the popularity baseline, the top-k metrics under both rankings (probability and
+  dominant_first, from the evaluation), and the per-label table (``label_metrics``) with a
   threshold slider: precision and recall of every label at thresholds 0.05..0.95, counted on the
   validation split, travel in the page as JSON and a few lines of JS pick the slider's column;
-- example validation images with their predicted and their uploader's tags.
+- example validation images with the tags scoring would write for them, in the model's ranking,
+  those under their tuned threshold marked, and their uploader's tags.
+- heatmaps (``instatag.explain``, Grad-CAM): for the ``N_HEATMAP_LABELS`` labels given to most
+  validation images, the image the model is surest of among those given the label (its best) and
+  the one it is surest of among those not given it (its worst: its most confident wrong call).
 
 A part whose data is missing (no lr_find because the learning rate was given, a model not yet
 evaluated, a model file gone) is replaced by a sentence saying why; the rest is still written.
@@ -39,6 +46,8 @@ log = logging.getLogger(__name__)
 #: slider positions: thresholds 0.05, 0.10, ..., 0.95
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 N_EXAMPLES = 12
+#: labels shown in the heatmaps section (those given to most validation images)
+N_HEATMAP_LABELS = 4
 N_CROPS = 8
 N_CHANNELS = 32
 #: at most this many validation images are run through the model for the slider and the examples
@@ -84,6 +93,17 @@ class Validation:
 
 
 @dataclass
+class EpochTable:
+    """Figures 7-8: one training phase's epochs, as fastai prints them."""
+
+    key: str
+    title: str
+    columns: list[str]  # the metric names, after epoch, train_loss, valid_loss
+    rows: list[dict]  # epoch (from 1, across both phases), train_loss, valid_loss, metrics, images_seen, seconds
+    note: str = ""
+
+
+@dataclass
 class Context:
     """Everything the template shows."""
 
@@ -92,9 +112,15 @@ class Context:
     figures: dict[str, Figure] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     summary: list[tuple[str, float | None, float | None]] = field(default_factory=list)
+    #: (metric, {ranking: value}) for the top-k metrics under each ranking
+    by_ranking: list[tuple[str, dict]] = field(default_factory=list)
+    #: the model's own ranking (instatag.ranking)
+    ranking: str = "probability"
+    epoch_tables: list[EpochTable] = field(default_factory=list)
     label_rows: list[dict] = field(default_factory=list)
     curves: dict | None = None
     examples: list[dict] = field(default_factory=list)
+    heatmaps: list[dict] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- model choice
@@ -191,6 +217,7 @@ def label_figures(vocab: dict | None, vocab_labels: list[tuple[str, int]],
                   scrape: frozenset[str] = frozenset()) -> list[Figure]:
     """Figures 1-2 from the vocabulary version's frequency tables."""
     from . import plots
+    from .webapp import plural
 
     f1 = Figure("fig1", "Hashtags before lemmatizing and grouping")
     f2 = Figure("fig2", "Labels after lemmatizing and grouping")
@@ -198,15 +225,15 @@ def label_figures(vocab: dict | None, vocab_labels: list[tuple[str, int]],
     labels = stats.get("labels") or dict(vocab_labels)
     if stats.get("raw_tags"):
         f1.png = plots.raw_tag_distribution(stats["raw_tags"], stats.get("lemmas") or {}, labels, scrape)
-        f1.note = (f"{vocab['n_raw_tags']:,} distinct hashtags became {vocab['n_lemmas']:,} lemmas (WordNet) and "
-                   f"{vocab['n_labels']:,} labels (the grouping file, rare labels dropped).")
+        f1.note = (f"{plural(vocab['n_raw_tags'], 'distinct hashtag')} became {plural(vocab['n_lemmas'], 'lemma')} "
+                   f"(WordNet) and {plural(vocab['n_labels'], 'label')} (the grouping file, rare labels dropped).")
     else:
         f1.note = "The vocabulary version stores no hashtag frequency table."
     if labels:
         f2.png = plots.label_distribution(labels, stats.get("train_counts"), stats.get("valid_counts"))
         rare = stats.get("dropped_rare") or {}
-        f2.note = (f"{len(labels)} labels; {len(rare)} candidate labels on too few images were dropped."
-                   if rare else f"{len(labels)} labels.")
+        f2.note = (f"{plural(len(labels), 'label')}; {plural(len(rare), 'candidate label')} on too few images "
+                   f"{'was' if len(rare) == 1 else 'were'} dropped." if rare else f"{plural(len(labels), 'label')}.")
     else:
         f2.note = "The vocabulary version has no label."
     return [f1, f2]
@@ -297,6 +324,24 @@ def lr_find_figure(model: dict) -> Figure:
     return fig
 
 
+def epoch_tables(epochs: list[dict]) -> list[EpochTable]:
+    """Figures 7-8: the epochs of the frozen phase, then of the unfrozen one (``training_epochs``);
+    a phase the run did not have gets a note instead of rows."""
+    names = {"frozen": "Epochs with the pretrained body frozen", "unfrozen": "Epochs with every layer training"}
+    out = []
+    for key, phase in (("fig7", "frozen"), ("fig8", "unfrozen")):
+        rows = [e for e in epochs if e.get("phase") == phase]
+        columns = sorted({name for e in rows for name in (e.get("metrics") or {})})
+        table = EpochTable(key, names[phase], columns, [
+            {"epoch": e["epoch"] + 1, "train_loss": e.get("train_loss"), "valid_loss": e.get("valid_loss"),
+             "metrics": e.get("metrics") or {}, "images_seen": e.get("images_seen"), "seconds": e.get("seconds")}
+            for e in rows])
+        if not rows:
+            table.note = f"This run had no {phase} epoch." if epochs else "This run recorded no epochs."
+        out.append(table)
+    return out
+
+
 def loss_figure(epochs: list[dict]) -> Figure:
     from . import plots
 
@@ -324,6 +369,15 @@ def summary_rows(metrics: dict | None) -> list[tuple[str, float | None, float | 
     return [(k, metrics["model"].get(k), (metrics.get("baseline") or {}).get(k)) for k in SUMMARY_METRICS]
 
 
+def ranking_rows(metrics: dict | None) -> list[tuple[str, dict]]:
+    """(metric, {ranking: value}) of the top-k metrics under both rankings (``model_by_ranking`` of
+    the evaluation); empty for a model evaluated before it was stored."""
+    from .metrics import RANKED_METRICS
+
+    by = (metrics or {}).get("model_by_ranking") or {}
+    return [(k, {name: values.get(k) for name, values in by.items()}) for k in RANKED_METRICS] if by else []
+
+
 def threshold_curves(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
     """Per label, true positives, false positives and false negatives at every slider threshold."""
     from . import metrics
@@ -348,8 +402,10 @@ def computed_label_rows(v: Validation, counts, thresholds) -> list[dict]:
 
 
 def examples(conn, v: Validation, thresholds, n: int = N_EXAMPLES) -> list[dict]:
-    """``n`` validation images spread over the split, with predicted tags (as scoring writes them)
-    and the uploader's labels and hashtags."""
+    """``n`` validation images spread over the split, with predicted tags (as scoring writes them:
+    every label at or over its threshold, at least the two first-ranked, in the model's ranking) and
+    the uploader's labels and hashtags. Each predicted tag is a dict: label, p, given (by the
+    uploader), threshold (the label's tuned one) and over (``p >= threshold``)."""
     from .predict import tags_for_scoring
 
     if not v.image_ids:
@@ -358,17 +414,61 @@ def examples(conn, v: Validation, thresholds, n: int = N_EXAMPLES) -> list[dict]
     predicted = tags_for_scoring(v.probs[picks], v.labels, thresholds,
                                  ranks=None if v.ranks is None else v.ranks[picks])
     hashtags = _hashtags(conn, [v.image_ids[i] for i in picks])
+    row = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(v.labels),))
+    cut = dict(zip(v.labels, row.tolist(), strict=True))
     out = []
     for i, tags in zip(picks, predicted, strict=True):
         truth = set(v.truth[i])
         out.append({
             "image_id": v.image_ids[i],
             "src": "data:image/jpeg;base64," + base64.b64encode(v.paths[i].read_bytes()).decode(),
-            "predicted": [(label, p, label in truth) for label, p in tags],
+            "predicted": [{"label": label, "p": p, "given": label in truth, "threshold": cut[label],
+                           "over": p >= cut[label]} for label, p in tags],
             "truth": sorted(truth),
             "hashtags": hashtags.get(v.image_ids[i], []),
         })
     return out
+
+
+def heatmaps(predictor, v: Validation, n_labels: int = N_HEATMAP_LABELS) -> list[dict]:
+    """For the ``n_labels`` labels given to most validation images (ties: label order), the best and worst
+    validation image with their Grad-CAM heatmaps: best, the highest-probability image among those given
+    the label; worst, the highest-probability image among those not given it (the model's most confident
+    wrong call). Each entry: label, support (images given it) and ``cases``, a list of dicts with kind
+    ("best" / "worst"), image_id, p, crop and heatmap (PNG data URIs of the model's input crop and the
+    overlay). A label every image has, or none has, lacks the missing case."""
+    from PIL import Image
+
+    from . import explain
+
+    if v.probs is None or not v.image_ids:
+        return []
+    support = v.y_true.sum(axis=0)
+    order = sorted((j for j in range(len(v.labels)) if support[j] > 0), key=lambda j: (-support[j], j))
+    out = []
+    for j in order[:n_labels]:
+        cases = []
+        for kind, mask in (("best", v.y_true[:, j] > 0), ("worst", v.y_true[:, j] == 0)):
+            if not mask.any():
+                continue
+            i = int(np.flatnonzero(mask)[np.argmax(v.probs[mask, j])])
+            with Image.open(v.paths[i]) as img:
+                heat = explain.explain(predictor, img, v.labels[j])
+            cases.append({"kind": kind, "image_id": v.image_ids[i], "p": heat.probability,
+                          "crop": _png_uri(heat.crop), "heatmap": "data:image/png;base64,"
+                          + base64.b64encode(heat.png()).decode()})
+        out.append({"label": v.labels[j], "support": int(support[j]), "cases": cases})
+    return out
+
+
+def _png_uri(array: np.ndarray) -> str:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 # --------------------------------------------------------------------------- the report
@@ -415,7 +515,11 @@ def build_report(settings, model_version_id: int | None = None) -> Path:
                     Figure("fig5", "The first layer's activations", note=why)]
     figures += [lr_find_figure(model), loss_figure(epochs)]
     ctx.figures = {f.key: f for f in figures}
+    ctx.epoch_tables = epoch_tables(epochs)
     ctx.summary = summary_rows(model.get("metrics"))
+    ctx.by_ranking = ranking_rows(model.get("metrics"))
+    ctx.ranking = ((model.get("metrics") or {}).get("ranking") or (model.get("params") or {}).get("ranking")
+                   or "probability")
 
     if predictor is not None and valid is not None and valid.image_ids:
         if list(predictor.labels) != valid.labels:
@@ -423,6 +527,7 @@ def build_report(settings, model_version_id: int | None = None) -> Path:
         else:
             valid.probs = predictor.predict_paths(valid.paths)
             valid.ranks = predictor.rank_scores(valid.probs)
+            ctx.ranking = predictor.ranking
             thresholds = predictor.threshold_row()
             if thresholds is None:
                 thresholds = np.full(len(valid.labels), 0.5)
@@ -435,6 +540,7 @@ def build_report(settings, model_version_id: int | None = None) -> Path:
                                        "computed here, on the same validation split.")
             with engine.connect() as conn:
                 ctx.examples = examples(conn, valid, thresholds)
+            ctx.heatmaps = heatmaps(predictor, valid)
     ctx.label_rows = label_rows
     return write(settings, mid, ctx, valid)
 

@@ -83,6 +83,8 @@ images = Table(
     Column("resized_path", Text, nullable=False),
     Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+#: the tag browser's unfiltered page, newest post first
+Index("ix_images_taken_at", images.c.taken_at, images.c.id)
 
 posts = Table(
     "posts",
@@ -106,6 +108,8 @@ posts = Table(
     #: the ingest run (drop) that added the post; NULL for posts ingested before runs were recorded
     Column("ingest_run_id", ForeignKey("ingest_runs.id", ondelete="SET NULL"), index=True),
 )
+#: a post's predicted tags by its name (view predicted_tags)
+Index("ix_posts_post", posts.c.post)
 
 post_hashtags = Table(
     "post_hashtags",

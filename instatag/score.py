@@ -12,7 +12,8 @@ every image of the shard and replaces the model's earlier rows for them (after a
 Every label's probability of each image goes to ``image_probabilities`` too (``drops.store_probabilities``,
 chunk by chunk before the shard's tags), for grading drops without running the model again.
 Each image gets every label at or over its tuned threshold, and at least ``request_number``
-labels, in the model's ranking (rank 1 = first; ``instatag.ranking``).
+labels, in the model's ranking (rank 1 = first: the most probable label, unless the model was trained
+with ranking ``dominant_first``; ``instatag.ranking``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 
 from .errors import UserError
-from .progress import progress
+from .progress import Meter
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +133,18 @@ def score(settings, model: str | int = "champion", new: bool = True, shard: tupl
         if thresholds is None:
             raise UserError(f"model version {model_id} has no tuned thresholds: run `instatag evaluate {model_id}`")
         timings["load"] = time.monotonic() - mark
+        log.info("shard %d/%d: %d images to score with model version %d (loaded in %.1fs)", *shard, len(present),
+                 model_id, timings["load"])
     mark = time.monotonic()
     image_ids: list[int] = []
     tags: list = []
     step = batch_size * CHUNK_BATCHES
-    chunks = [present[k:k + step] for k in range(0, len(present), step)]
-    for chunk in progress(chunks, desc=f"scoring shard {shard[0]}/{shard[1]} ({len(present)} images)", unit="chunk"):
-        probs = predictor.predict_paths([path for _, path in chunk], batch_size=batch_size)
-        store_probabilities(settings, model_id, [image_id for image_id, _ in chunk], probs)  # for drops.grade
-        image_ids += [image_id for image_id, _ in chunk]
-        tags += tags_for_scoring(probs, predictor.labels, thresholds, request_number, predictor.rank_scores(probs))
+    with Meter(f"scoring shard {shard[0]}/{shard[1]}", len(present), unit="images") as meter:
+        for chunk in (present[k:k + step] for k in range(0, len(present), step)):
+            probs = predictor.predict_paths([path for _, path in chunk], batch_size=batch_size, meter=meter)
+            store_probabilities(settings, model_id, [image_id for image_id, _ in chunk], probs)  # for drops.grade
+            image_ids += [image_id for image_id, _ in chunk]
+            tags += tags_for_scoring(probs, predictor.labels, thresholds, request_number, predictor.rank_scores(probs))
     timings["predict"] = time.monotonic() - mark
     mark = time.monotonic()
     n_rows = write(settings, model_id, image_ids, rows_for(image_ids, tags), replace=not new)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archs, ranking
+from . import archs, progress, ranking
 from .errors import UserError
 from .settings import Settings
 
@@ -70,8 +70,9 @@ class TrainConfig:
     #: the body's learning rate in the unfrozen phase is lr / lr_mult (fastai's default 100)
     lr_mult: float = 100.0
     lr_find_iters: int = 100
-    #: how the model orders an image's labels (instatag.ranking): "probability" or "dominant_first"
-    ranking: str = "dominant_first"
+    #: how the model orders an image's labels (instatag.ranking): "probability" (most probable first, the
+    #: default everywhere) or "dominant_first" (the label most likely to be the uploader's most frequent first)
+    ranking: str = "probability"
     #: predictions average each image with its mirror image (twice the inference work)
     flip_tta: bool = True
     #: give the head's last layer biases (fastai's has none) starting at each label's log-odds in the
@@ -93,14 +94,14 @@ class TrainConfig:
         ranking.check(self.ranking)
         if isinstance(self.lr, str) and self.lr != "auto":
             raise UserError(f"lr must be 'auto' or a number, not {self.lr!r}")
-        if not isinstance(self.lr, str) and not (0 < float(self.lr) < 10):
-            raise UserError(f"lr must be in (0, 10), not {self.lr}")
-        checks = [(self.size >= 16, "size must be at least 16"), (self.epochs >= 0, "epochs must be 0 or more"),
-                  (self.freeze_epochs >= 0, "freeze_epochs must be 0 or more"),
-                  (self.epochs + self.freeze_epochs >= 1, "train at least one epoch (epochs + freeze_epochs)"),
+        if not isinstance(self.lr, str) and not (LR_RANGE[0] < float(self.lr) < LR_RANGE[1]):
+            raise UserError(f"lr must be in ({LR_RANGE[0]}, {LR_RANGE[1]}), not {self.lr}")
+        for name, (lo, hi) in LIMITS.items():
+            if not lo <= getattr(self, name) <= hi:
+                raise UserError(f"{name} must be from {lo} to {hi}, not {getattr(self, name)}")
+        checks = [(self.epochs + self.freeze_epochs >= 1, "train at least one epoch (epochs + freeze_epochs)"),
                   (self.pretrained or not self.freeze_epochs or self.epochs,
                    "without pretrained weights, unfrozen epochs are needed (--epochs)"),
-                  (self.bs >= 2, "bs must be at least 2"),
                   (0 < self.valid_pct < 1, "valid_pct must be between 0 and 1"),
                   (0 < self.min_scale <= 1, "min_scale must be in (0, 1]"),
                   (self.loss in ("bce", "focal"), "loss must be bce or focal"),
@@ -123,6 +124,13 @@ class TrainConfig:
                             f"{', '.join(f.name for f in dataclasses.fields(self))}")
         return dataclasses.replace(self, **changes)
 
+
+#: the range (inclusive) of each whole-number field a training may ask for; ``TrainConfig.validate``
+#: enforces it, and the retrain DAG's params (``instatag.params``) take their limits from it
+LIMITS: dict[str, tuple[int, int]] = {"size": (16, 1024), "epochs": (0, 500), "freeze_epochs": (0, 500),
+                                      "bs": (2, 4096)}
+#: a numeric ``lr`` lies strictly between these
+LR_RANGE = (0, 10)
 
 PRESETS: dict[str, TrainConfig] = {
     # the study this project automates: resnet18 at 64 px, lr_find, fine_tune(15, freeze_epochs=15)
@@ -337,10 +345,69 @@ def _epoch_callback(sink: Callable[[EpochRecord], None], total_epochs: int):
     return EpochSink()
 
 
+def batch_log(total_epochs: int | None = None, lr_find_iters: int | None = None, every_s: float | None = None,
+              clock: Callable[[], float] = time.monotonic):
+    """A fastai Callback logging progress inside epochs, at most one line every ``every_s`` seconds of
+    ``clock`` (default ``progress.EVERY_S``), for logs without a terminal, where fastai's bars show
+    nothing (Airflow task logs):
+
+    - training: ``epoch 3/9 unfrozen: batch 40/150, 212 images/s, loss 0.3124`` (epochs numbered across
+      fits, out of ``total_epochs``; the loss is the Recorder's smoothed one, as fastai's bar shows it);
+    - validation: ``epoch 3/9 unfrozen: validation batch 10/38, 530 images/s``;
+    - with ``lr_find_iters``, for ``lr_find``: ``lr_find: batch 40/100, 180 images/s, loss 0.4123 at lr 1.2e-04``.
+
+    Images per second count the images since the previous line; the clock restarts at each training and
+    validation loop."""
+    from fastai.callback.core import Callback
+    from fastai.learner import Recorder
+    from fastai.torch_core import find_bs
+
+    class BatchLog(Callback):
+        order = Recorder.order + 1  # after the Recorder has updated the smoothed loss
+        epoch_no = 0
+
+        def before_fit(self):
+            self.phase = "frozen" if getattr(self.learn.opt, "frozen_idx", 0) > 0 else "unfrozen"
+
+        def before_train(self):
+            self.ticker = progress.Ticker(every_s, clock)
+
+        def before_validate(self):
+            self.ticker = progress.Ticker(every_s, clock)
+
+        def after_batch(self):
+            rate = self.ticker.tick(find_bs(self.learn.yb))
+            if rate is None:
+                return
+            if lr_find_iters:
+                log.info("lr_find: batch %d/%d, %s images/s, loss %.4f at lr %.1e", self.learn.train_iter,
+                         lr_find_iters, progress.rate_text(rate), float(self.learn.smooth_loss),
+                         self.opt.hypers[-1]["lr"])
+            elif self.training:
+                log.info("epoch %d/%d %s: batch %d/%d, %s images/s, loss %.4f", self.epoch_no + 1, total_epochs,
+                         self.phase, self.learn.iter + 1, self.learn.n_iter, progress.rate_text(rate),
+                         float(self.learn.smooth_loss))
+            else:
+                log.info("epoch %d/%d %s: validation batch %d/%d, %s images/s", self.epoch_no + 1, total_epochs,
+                         self.phase, self.learn.iter + 1, self.learn.n_iter, progress.rate_text(rate))
+
+        def after_epoch(self):
+            self.epoch_no += 1
+
+    return BatchLog()
+
+
 def _lr_find(learn, config: TrainConfig) -> tuple[float, dict]:
+    import warnings
+
     from fastai.callback.schedule import valley
 
-    suggested = learn.lr_find(num_it=config.lr_find_iters, show_plot=False, suggest_funcs=(valley,))
+    cbs = [] if sys.stderr.isatty() else [batch_log(lr_find_iters=config.lr_find_iters)]
+    with warnings.catch_warnings(), learn.added_cbs(cbs):
+        # lr_find reloads the weights it started from with fastai.learner.load_model, which names numpy.core
+        # (deprecated since numpy 2) for torch.load's safe globals; fastai's to fix, harmless
+        warnings.filterwarnings("ignore", r"numpy\.core is deprecated", DeprecationWarning, r"fastai\.learner")
+        suggested = learn.lr_find(num_it=config.lr_find_iters, show_plot=False, suggest_funcs=(valley,))
     lrs = [float(x) for x in learn.recorder.lrs]
     losses = [_num(x) for x in learn.recorder.losses]
     lr = _num(suggested.valley)
@@ -351,12 +418,29 @@ def _lr_find(learn, config: TrainConfig) -> tuple[float, dict]:
     return lr, curve
 
 
+def import_fastai() -> None:
+    """Import the fastai modules training uses, without the deprecation warnings fastai 2.8 raises on its
+    first import with this project's torch and pandas (not ours to fix; filtered by message, category and
+    the module raising them, for this import only)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # fastai.layers compiles a few activations with torch.jit.script, deprecated since torch 2.9
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit\._script")
+        # fastai.tabular.core (imported by fastai.basics) sets pandas' mode.chained_assignment, a no-op since pandas 3
+        warnings.filterwarnings("ignore", r"The 'mode\.chained_assignment' option is deprecated", DeprecationWarning,
+                                r"fastai\.tabular\.core")
+        import fastai.callback.channelslast  # noqa: F401 - patches Learner.to_channelslast
+        import fastai.callback.schedule  # noqa: F401 - patches Learner.fine_tune, fit_one_cycle, lr_find
+        import fastai.vision.learner  # noqa: F401
+
+
 def learner(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: Settings, path: Path):
     """The seeded fastai Learner (frozen when pretrained), its DataLoaders over ``items``, on the configured
     device; ``path`` holds lr_find's temporary files."""
-    import fastai.callback.channelslast  # noqa: F401 - patches Learner.to_channelslast
-    import fastai.callback.schedule  # noqa: F401 - patches Learner.fine_tune, fit_one_cycle, lr_find
     import torch
+
+    import_fastai()
     from fastai.callback.progress import ProgressCallback
     from fastai.metrics import accuracy_multi
     from fastai.torch_core import set_seed
@@ -373,7 +457,7 @@ def learner(items: Sequence, labels: Sequence[str], config: TrainConfig, setting
                            n_out=len(labels), loss_func=_loss_func(config), ps=config.ps,
                            metrics=[accuracy_multi, precision_at_1], path=path, wd=config.wd,
                            opt_func=_opt_func(device))
-    if not sys.stderr.isatty():  # Airflow logs: one line per epoch (EpochSink), no bars
+    if not sys.stderr.isatty():  # Airflow logs: lines every few seconds (batch_log) and per epoch (EpochSink)
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *_: None
     if config.prior_bias:
@@ -424,7 +508,10 @@ def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: S
                 on_lr_find(curve)
         else:
             base_lr = float(config.lr)
-        learn.add_cb(_epoch_callback(record, config.freeze_epochs + config.epochs))
+        total_epochs = config.freeze_epochs + config.epochs
+        learn.add_cb(_epoch_callback(record, total_epochs))
+        if not sys.stderr.isatty():
+            learn.add_cb(batch_log(total_epochs))
         if config.freeze_epochs and config.epochs:
             learn.fine_tune(config.epochs, base_lr, freeze_epochs=config.freeze_epochs, lr_mult=config.lr_mult)
         elif config.freeze_epochs:  # fine_tune's first phase alone: the pretrained body stays as it is

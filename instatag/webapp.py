@@ -5,10 +5,11 @@ Airflow's api-server under ``/instatag`` with a navigation entry. Every route re
 logged in to Airflow (the JWT in the ``Authorization`` header or the ``_token`` cookie, checked
 by Airflow's own ``get_user`` dependency) who may see the Airflow UI.
 
-Files are served only from two places, and never from a path given in the request:
-thumbnails from the resized image store (looked up by image id in the database) and report
+Files are served only from three places, and never from a path given in the request:
+thumbnails from the resized image store (looked up by image id in the database), report
 files from ``reports/<model_version_id>/`` (a plain file name; anything resolving elsewhere,
-symlinks included, is refused).
+symlinks included, is refused), and Grad-CAM heatmaps from the cache of ``instatag.explain``
+(by model version, image id and a label of that model).
 
 Pages are small server-rendered HTML without external assets. The browser's queries run on the
 ``(model_version_id, label, probability)`` index of ``predictions``.
@@ -20,6 +21,7 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -65,9 +67,9 @@ def airflow_auth() -> Callable:
 @dataclass(frozen=True)
 class Card:
     image_id: int
-    post: str
-    tags: list[tuple[str, float]]
-
+    post: str  # the image's first post
+    tags: list[tuple[str, float]]  # most probable first
+    posted_at: datetime | None = None  # the time of that post
 
 @dataclass(frozen=True)
 class Page:
@@ -80,6 +82,19 @@ class Page:
     total: int | None  # matching images; counted only when filtering by tag (an index range)
 
 
+def model_exists(conn, model_version_id: int) -> bool:
+    return conn.execute(select(t.model_versions.c.id).where(t.model_versions.c.id == model_version_id)
+                        ).first() is not None
+
+
+def model_ranking(conn, model_version_id: int) -> str:
+    """The ranking a model version was trained with (``instatag.ranking``; ``params`` of
+    ``model_versions``), "probability" for models from before rankings."""
+    params = conn.execute(select(t.model_versions.c.params).where(t.model_versions.c.id == model_version_id)
+                          ).scalar()
+    return (params or {}).get("ranking") or "probability"
+
+
 def default_model(conn) -> int | None:
     """The champion, else the newest model version with predictions, else None."""
     champion = conn.execute(select(t.model_versions.c.id).where(t.model_versions.c.status == "champion")).scalar()
@@ -90,7 +105,8 @@ def default_model(conn) -> int | None:
 
 
 def model_labels(conn, model_version_id: int) -> list[tuple[str, int]]:
-    """(label, images carrying it) of the model's vocabulary, alphabetical."""
+    """(label, images whose uploaders gave it, in the vocabulary version the model was trained on) of
+    the model's vocabulary, alphabetical."""
     vocab = select(t.model_versions.c.vocab_version_id).where(t.model_versions.c.id == model_version_id)
     rows = conn.execute(
         select(t.vocab_labels.c.label, t.vocab_labels.c.count)
@@ -101,7 +117,9 @@ def model_labels(conn, model_version_id: int) -> list[tuple[str, int]]:
 
 
 def browse_statement(model_version_id: int, tag: str, min_p: float, limit: int, offset: int):
-    """Image ids of one page, newest first, or by probability of ``tag`` (highest first) when given."""
+    """Image ids of one page: by probability of ``tag`` (highest first) when given, else newest post
+    first (``images.taken_at``, the time of the image's first post; images without one last, then by
+    id), on the index ``ix_images_taken_at``."""
     p = t.predictions.c
     if tag:
         return (
@@ -113,8 +131,8 @@ def browse_statement(model_version_id: int, tag: str, min_p: float, limit: int, 
         )
     scored = exists().where(p.model_version_id == model_version_id, p.image_id == t.images.c.id,
                             p.probability >= min_p)
-    newest = t.images.c.id.desc()
-    return select(t.images.c.id.label("image_id")).where(scored).order_by(newest).limit(limit).offset(offset)
+    newest = (t.images.c.taken_at.desc().nulls_last(), t.images.c.id.desc())
+    return select(t.images.c.id.label("image_id")).where(scored).order_by(*newest).limit(limit).offset(offset)
 
 
 def count_statement(model_version_id: int, tag: str, min_p: float):
@@ -125,24 +143,27 @@ def count_statement(model_version_id: int, tag: str, min_p: float):
 
 def browse(conn, model_version_id: int, tag: str = "", min_p: float = 0.0, page: int = 1,
            per_page: int = PER_PAGE) -> Page:
-    """One page of the tag browser: images with all their predicted tags, most probable first."""
+    """One page of the tag browser: images with all their predicted tags, most probable first
+    (whatever the model's ranking: ``predictions.rank`` only breaks ties)."""
     offset = (page - 1) * per_page
     ids = [r.image_id for r in conn.execute(browse_statement(model_version_id, tag, min_p, per_page + 1, offset))]
     has_next, ids = len(ids) > per_page, ids[:per_page]
     tags: dict[int, list[tuple[str, float]]] = {i: [] for i in ids}
-    posts: dict[int, str] = {}
+    posts: dict[int, tuple[str, datetime | None]] = {}
     if ids:
         p = t.predictions.c
         rows = conn.execute(
             select(p.image_id, p.label, p.probability)
             .where(p.model_version_id == model_version_id, p.image_id.in_(ids))
-            .order_by(p.image_id, p.rank)
+            .order_by(p.image_id, p.probability.desc(), p.rank)
         )
         for r in rows:
             tags[r.image_id].append((r.label, r.probability))
-        posts = dict(conn.execute(select(t.images.c.id, t.images.c.post).where(t.images.c.id.in_(ids))).tuples().all())
+        im = t.images.c
+        posts = {r.id: (r.post, r.taken_at) for r in conn.execute(
+            select(im.id, im.post, im.taken_at).where(im.id.in_(ids)))}
     total = conn.execute(count_statement(model_version_id, tag, min_p)).scalar() if tag else None
-    cards = [Card(i, posts.get(i, ""), tags[i]) for i in ids]
+    cards = [Card(i, posts.get(i, ("", None))[0], tags[i], posts.get(i, ("", None))[1]) for i in ids]
     return Page(model_version_id, tag, min_p, page, cards, has_next, total)
 
 
@@ -190,6 +211,11 @@ def report_file(settings: Settings, model_version_id: int, filename: str) -> Pat
 
 
 # --------------------------------------------------------------------------- rendering
+def plural(n: int, noun: str) -> str:
+    """``1 label``, ``2 labels``, ``1,024 labels``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 @functools.cache
 def templates():
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -198,6 +224,7 @@ def templates():
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}"
     env.filters["day"] = lambda v: "" if v is None else v.strftime("%Y-%m-%d %H:%M")
+    env.filters["plural"] = plural
     return env
 
 
@@ -211,9 +238,15 @@ def _links(request: Request):
     return url
 
 
-def _html(request: Request, template: str, **context) -> HTMLResponse:
+def _html(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
     body = templates().get_template(template).render(url=_links(request), **context)
-    return HTMLResponse(body, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+    return HTMLResponse(body, status_code=status_code,
+                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+
+
+def _not_found(request: Request, title: str, message: str, command: str = "") -> HTMLResponse:
+    """A 404 page in the app's layout, with a way back to the model versions."""
+    return _html(request, "notfound.html", status_code=404, title=title, message=message, command=command)
 
 
 # --------------------------------------------------------------------------- the app
@@ -238,11 +271,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _html(request, "models.html", rows=rows, metric_names=MODEL_METRICS)
 
     @app.get("/models/{model_version_id}/report", name="report")
-    def report(model_version_id: int):
+    def report(request: Request, model_version_id: int, conn=Depends(connect)):
+        if not model_exists(conn, model_version_id):
+            return _not_found(request, "No such model version",
+                              f"There is no model version {model_version_id}.")
         path = report_file(settings, model_version_id, "report.html")
         if path is None:
-            raise HTTPException(404, f"model version {model_version_id} has no report yet: "
-                                     f"run `instatag report {model_version_id}`")
+            return _not_found(request, "No report yet", f"Model version {model_version_id} has no report yet.",
+                              f"instatag report {model_version_id}")
         return FileResponse(path, media_type="text/html",
                             headers={"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff"})
 
@@ -267,8 +303,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model: int | None = Query(None, ge=1, description="model version (default: the champion)"),
         conn=Depends(connect),
     ):
+        if model is not None and not model_exists(conn, model):
+            return _not_found(request, "No such model version", f"There is no model version {model}.")
         model = model or default_model(conn)
         labels = model_labels(conn, model) if model else []
+        vocab = conn.execute(select(t.model_versions.c.vocab_version_id).where(t.model_versions.c.id == model)
+                             ).scalar() if model else None
         message = ""
         if model is None:
             message = "No predictions yet: train, evaluate and score a model first."
@@ -279,7 +319,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             result = browse(conn, model, tag, min_p, page)
         return _html(request, "browse.html", page=result, labels=labels, tag=tag, min_p=min_p, model=model,
-                     message=message)
+                     message=message, vocab=vocab, ranking=model_ranking(conn, model) if model else "probability")
 
     @app.get("/thumb/{image_id}", name="thumb")
     def thumb(image_id: int, conn=Depends(connect)):
@@ -287,6 +327,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if path is None:
             raise HTTPException(404, "no such image")
         return FileResponse(path, media_type="image/jpeg",
+                            headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/heatmap/{image_id}", name="heatmap")
+    def heatmap(
+        image_id: int,
+        label: str = Query(..., min_length=1, max_length=255, description="the label to explain"),
+        model: int = Query(..., ge=1, description="model version"),
+        conn=Depends(connect),
+    ):
+        """The Grad-CAM overlay (PNG, the model's input size) of ``label`` over an image's centre crop
+        (``instatag.explain``): computed on the first request, then served from its cache."""
+        from . import explain
+        from .errors import UserError
+
+        if not model_exists(conn, model):
+            raise HTTPException(404, f"there is no model version {model}")
+        if label not in {lab for lab, _ in model_labels(conn, model)}:
+            raise HTTPException(404, f"{label!r} is not a label of model version {model}")
+        path = thumbnail_path(settings, conn, image_id)
+        sha = conn.execute(select(t.images.c.sha256).where(t.images.c.id == image_id)).scalar()
+        if path is None or sha is None:
+            raise HTTPException(404, "no such image")
+        try:
+            png = explain.cached_png(settings, model, path, sha, label)
+        except UserError as exc:
+            raise HTTPException(503, f"no heatmap: {exc}") from None
+        return FileResponse(png, media_type="image/png",
                             headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"})
 
     @app.get("/drops", response_class=HTMLResponse, name="drops")

@@ -3,22 +3,30 @@
 
 DROP VIEW IF EXISTS predicted_tags;
 
--- The current champion model's predicted tags, one row per image and label.
+-- The current champion model's predicted tags, one row per post and label: an image posted more
+-- than once (a re-post) has its tags under each post's name, so `WHERE post = '...'` finds any
+-- post. Count images with count(DISTINCT image_id). rank 1 is the model's first tag (by
+-- probability unless the model was trained with ranking dominant_first). Two posts of one image
+-- with the same name (the same drop ingested from two folders) give one row.
 CREATE VIEW predicted_tags AS
 SELECT p.image_id,
-       i.post,
+       ps.post,
        p.label,
        p.probability,
        p.rank,
        p.model_version_id AS model_version,
-       p.scored_at
+       p.scored_at,
+       ps.taken_at AS posted_at
 FROM predictions p
 JOIN model_versions m ON m.id = p.model_version_id AND m.status = 'champion'
-JOIN images i ON i.id = p.image_id;
+JOIN posts ps ON ps.image_id = p.image_id
+WHERE NOT EXISTS (SELECT 1 FROM posts same
+                  WHERE same.image_id = ps.image_id AND same.post = ps.post AND same.id < ps.id);
 
 DROP VIEW IF EXISTS uploader_labels;
 
--- The labels uploaders gave each image, in the newest vocabulary version.
+-- The labels uploaders gave each image, in the newest vocabulary version (post: the image's
+-- first post).
 CREATE VIEW uploader_labels AS
 SELECT il.image_id,
        i.post,

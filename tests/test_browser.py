@@ -267,3 +267,27 @@ def test_report_slider_updates_precision_and_recall(browser, api_server, data):
     assert browser.find_element(By.ID, "threshold-value").text == "0.05"
     assert shown() == expected(0)
     assert "all labels together" in browser.find_element(By.ID, "micro").text
+
+
+def test_a_tags_heatmap_shows_over_its_photo(browser, api_server, data):
+    """Clicking a predicted tag swaps the card's photo for that tag's Grad-CAM heatmap (computed by the
+    api-server, cached under heatmaps/<model version>/); clicking it again brings the photo back."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    settings, mid = data
+    wait = WebDriverWait(browser, 120)
+    browser.get(f"{api_server}/instatag/browse?model={mid}")
+    card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#results .card")))
+    img, chip = card.find_element(By.TAG_NAME, "img"), card.find_element(By.CSS_SELECTOR, ".chip[data-label]")
+    photo, label = img.get_attribute("src"), chip.get_attribute("data-label")
+    chip.click()
+    wait.until(lambda d: "/heatmap/" in img.get_attribute("src") and "loading" not in card.get_attribute("class"))
+    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) == 32
+    assert f"label={label}" in img.get_attribute("src") and "why" in chip.get_attribute("class")
+    assert not card.find_elements(By.CLASS_NAME, "why-error")
+    assert list((settings.data_dir / "heatmaps" / str(mid)).glob(f"*_{label}.png"))
+    chip.click()
+    wait.until(lambda d: img.get_attribute("src") == photo)
+    assert "why" not in chip.get_attribute("class")

@@ -57,6 +57,44 @@ def test_evaluate_stores_metrics_thresholds_and_is_idempotent(settings, tiny_mod
     assert len(_label_rows(settings, mid)) == len(LABELS)
 
 
+def test_evaluate_stores_dominant_recall_under_both_rankings(sqlite_settings, tiny_model_dir, tmp_path):  # noqa: F811
+    """Whatever the model's own ranking, the evaluation stores the top-k metrics under probability
+    order and under dominant_first; the headline metrics follow the model's ranking."""
+    from instatag import ranking
+
+    s = sqlite_settings
+    images = add_images(s, 24)
+    vocab = add_vocab(s, images)
+    by_probability = add_model(s, vocab, tiny_model_dir)  # no ranking in model.json: by probability
+    v = evaluate.validate(s, by_probability)
+    summary = evaluate.evaluate(s, by_probability, validation=v)
+    order = metrics.frequency_order(LABELS, v.counts)
+    expected = {name: metrics.ranked_metrics(v.y_true, ranking.rank_scores(v.probs, name, order), LABELS, v.counts)
+                for name in ranking.RANKINGS}
+    assert summary["ranking"] == "probability" and summary["model_by_ranking"] == expected
+    assert {k: summary["model"][k] for k in metrics.RANKED_METRICS} == expected["probability"]
+    assert expected["probability"] != expected["dominant_first"]  # the orders differ on these images
+
+    other = tmp_path / "dominant-first"
+    shutil.copytree(tiny_model_dir, other)
+    modelfile.update_meta(other, ranking="dominant_first", frequency_order=[LABELS[j] for j in order])
+    dominant = add_model(s, vocab, other)
+    summary = evaluate.evaluate(s, dominant)
+    assert summary["ranking"] == "dominant_first" and summary["model_by_ranking"] == expected
+    assert {k: summary["model"][k] for k in metrics.RANKED_METRICS} == expected["dominant_first"]
+    table = evaluate.format_table(summary)
+    assert "labels ranked dominant_first (the model's ranking)" in table
+    for name in ranking.RANKINGS:
+        line = next(line for line in table.splitlines() if line.startswith(name + " "))
+        assert all(f"{expected[name][k]:.3f}" in line for k in ("dominant_recall@1", "dominant_recall@2"))
+
+    # promotion compares both models in the candidate's ranking: the same weights ranked otherwise tie
+    promote.promote(s, dominant, reason="test")
+    d = promote.decide(s, by_probability)
+    assert d.comparison["ranking"] == "probability" and d.decision == "promoted", d.reason
+    assert d.comparison["candidate"]["metrics"] == d.comparison["champion"]["metrics"]
+
+
 def test_evaluate_errors(settings, tiny_model_dir):  # noqa: F811
     with pytest.raises(UserError, match="no candidate model"):
         evaluate.evaluate(settings)

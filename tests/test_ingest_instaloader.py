@@ -342,10 +342,10 @@ def test_the_next_vocabulary_uses_the_edited_hashtags(sqlite_settings, tmp_path)
     (drop / "2026-11-03_14-00-00_UTC.jpg").write_bytes(photo(75))
     (drop / "2026-11-03_14-00-00_UTC.txt").write_text("#cake #recipe\n")
     ingest(sqlite_settings, [drop])
-    first = build(sqlite_settings, groups)
+    first = build(sqlite_settings, groups, check=False)  # one photo: too few to train on
     edit_like_instaloader(drop / "2026-11-03_14-00-00_UTC.txt", "#soup #recipe")
     ingest(sqlite_settings, [drop])
-    second = build(sqlite_settings, groups)
+    second = build(sqlite_settings, groups, check=False)  # one photo: too few to train on
     assert not second.reused and second.version_id != first.version_id
     from instatag.labels import LabelPipeline
 

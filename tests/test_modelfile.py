@@ -134,3 +134,90 @@ def test_preprocessing_is_the_centre_square(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"<html>")
     with pytest.raises(UserError, match="not a readable image"):
         load_array(tmp_path / "bad.jpg", 16)
+
+
+# --------------------------------------------------------------------------- inference without fastai
+@pytest.mark.parametrize("arch", archs.names())
+@pytest.mark.parametrize(("output_bias", "ps"), [(False, 0.5), (True, 0.0)])
+def test_plain_network_is_fastai_s_bit_for_bit(arch, output_bias, ps):
+    """build_plain (inference, no fastai import) has the layout of fastai's create_vision_model as
+    vision_learner builds it (ps 0: no Dropout layers), and the same outputs, bit for bit."""
+    import torch
+    from fastai.vision.learner import create_vision_model
+
+    torch.manual_seed(0)
+    ref = create_vision_model(archs.fastai_arch(arch), 4, pretrained=False, ps=ps)
+    if output_bias:
+        archs.add_output_bias(ref, torch.randn(4))
+    plain = archs.build_plain(arch, 4, output_bias=output_bias, ps=ps)
+    state = ref.state_dict()
+    assert [(k, v.shape) for k, v in plain.state_dict().items()] == [(k, v.shape) for k, v in state.items()]
+    plain.load_state_dict(state, strict=True)
+    x = torch.randn(3, 3, 48, 48)
+    with torch.inference_mode():
+        assert torch.equal(plain.eval()(x), ref.eval()(x))
+
+
+@pytest.mark.slow
+def test_predictor_loads_without_importing_fastai(saved):
+    import subprocess
+    import sys
+
+    folder, sha, _ = saved
+    script = (f"import sys; from instatag.inference import Predictor; "
+              f"Predictor.from_files({str(folder)!r}, {sha!r}, device='cpu'); "
+              "assert 'fastai' not in sys.modules, 'fastai imported'")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- one load per process
+def test_cache_reuses_a_model_until_its_files_change(saved, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from instatag import inference
+
+    folder, sha, _ = saved
+    copy = tmp_path / "m"
+    shutil.copytree(folder, copy)
+    loads = []
+    real_load = modelfile.load
+    monkeypatch.setattr(modelfile, "load", lambda *a: loads.append(a) or real_load(*a))
+    inference.clear_cache()
+    first = Predictor.from_files(copy, sha, device="cpu")
+    assert Predictor.from_files(copy / modelfile.WEIGHTS, sha, device="cpu") is first and len(loads) == 1  # no re-hash
+    # new thresholds in model.json (evaluate): loaded again, seen
+    modelfile.update_meta(copy, global_threshold=0.4)
+    second = Predictor.from_files(copy, sha, device="cpu")
+    assert second is not first and second.threshold_row().tolist() == [0.4] * 3 and len(loads) == 2
+    assert Predictor.from_files(copy, sha, device="cpu") is second
+    # a flipped bit, same size, mtime put back: still noticed (the ctime moved), and refused
+    weights = copy / modelfile.WEIGHTS
+    st = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    with open(weights, "r+b") as fh:
+        fh.write(bytes(data))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(modelfile.HashMismatch):
+        Predictor.from_files(copy, sha, device="cpu")
+    # another model in place of the file, with its own hash: that one, never the old one
+    other = tmp_path / "other"
+    import torch
+
+    torch.manual_seed(1)
+    mean, std = archs.stats("resnet18")
+    other_sha = modelfile.save(other, archs.build("resnet18", 2).state_dict(), {
+        "arch": "resnet18", "size": 32, "mean": mean, "std": std, "labels": ["x", "y"]})
+    shutil.copyfile(other / modelfile.WEIGHTS, weights)
+    shutil.copyfile(other / modelfile.META, copy / modelfile.META)
+    assert Predictor.from_files(copy, other_sha, device="cpu").labels == ["x", "y"]
+    with pytest.raises(modelfile.HashMismatch):
+        Predictor.from_files(copy, sha, device="cpu")
+    # a fresh start verifies again
+    n = len(loads)
+    inference.clear_cache()
+    Predictor.from_files(copy, other_sha, device="cpu")
+    assert len(loads) == n + 1
+    inference.clear_cache()

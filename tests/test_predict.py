@@ -93,6 +93,30 @@ def test_predict_cli_prints_tags_and_writes_nothing(sqlite_settings, tiny_model_
     assert "no such file" in capsys.readouterr().err
 
 
+def test_predict_lists_the_most_probable_tag_first_unless_the_model_ranks_dominant_first(
+        sqlite_settings, tiny_model_dir):  # noqa: F811
+    """model.json as train writes it by default (ranking probability): tags most probable first; a model
+    trained with ranking dominant_first lists the likely dominant label first."""
+    from instatag import modelfile, ranking
+    from instatag.inference import Predictor
+
+    s = sqlite_settings
+    mid, _ = make_champion(s, tiny_model_dir, n=12)
+    folder = s.data_dir / "models" / str(mid)
+    labels = modelfile.read_meta(folder)["labels"]
+    modelfile.update_meta(folder, ranking="probability", frequency_order=labels[::-1])
+    files = sorted((s.data_dir / "store" / "resized").rglob("*.jpg"))
+    _, tags = predict.predict_files(s, files, request_number=len(labels), use_thresholds=False)
+    for row in tags:
+        assert [p for _, p in row] == sorted((p for _, p in row), reverse=True)
+    modelfile.update_meta(folder, ranking="dominant_first")
+    _, ranked = predict.predict_files(s, files, request_number=len(labels), use_thresholds=False)
+    probs = Predictor.for_version(s, mid).predict_images([predict.load_image(f) for f in files])
+    dominant = ranking.dominant_probs(probs, [labels.index(lab) for lab in labels[::-1]]).argmax(axis=1)
+    assert [row[0][0] for row in ranked] == [labels[j] for j in dominant]
+    assert [row[0][0] for row in ranked] != [row[0][0] for row in tags]  # the orders differ here
+
+
 def test_an_ad_hoc_file_gets_the_probabilities_of_its_ingested_copy(sqlite_settings, tiny_model_dir, tmp_path):  # noqa: F811
     from PIL import Image
 

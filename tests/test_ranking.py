@@ -67,3 +67,11 @@ def test_tags_follow_the_ranking():
     assert predict.predict_tags(p, LABELS, 2, ranks=ranks) == [[("generic", 0.5), ("dish", 0.7)]]
     assert predict.tags_for_scoring(p, LABELS, 0.55, 1, ranks=ranks) == [[("generic", 0.5), ("dish", 0.7),
                                                                           ("side", 0.6)]]
+
+
+def test_every_preset_ranks_by_probability_and_dominant_first_is_an_option():
+    from instatag import train
+
+    assert train.TrainConfig().ranking == "probability"
+    assert {name: c.ranking for name, c in train.PRESETS.items()} == dict.fromkeys(train.PRESETS, "probability")
+    assert train.config_from("default", ranking="dominant_first").ranking == "dominant_first"

@@ -21,7 +21,7 @@ from instatag import schema as t
 from instatag.errors import UserError
 from instatag.settings import load_settings
 
-SECTIONS = ("metrics", "labels", "augmentation", "first-layer", "training", "per-label", "examples")
+SECTIONS = ("metrics", "labels", "augmentation", "first-layer", "training", "per-label", "examples", "heatmaps")
 
 
 def assert_real_png(data: bytes, min_colours: int = 16) -> Image.Image:
@@ -100,6 +100,7 @@ def test_report_html_is_self_contained_with_every_section(trained):
         assert base64.b64decode(embedded) == (path.parent / name).read_bytes()
     assert "Not evaluated" not in html and "did not use lr_find" not in html
     assert 'id="threshold"' in html and 'id="label-table"' in html and 'id="example-grid"' in html
+    assert 'id="heatmap-grid"' in html and 'alt="heatmap of ' in html
     assert "★ champion" in html and "valley suggestion" in html
 
 
@@ -124,6 +125,32 @@ def test_report_table_and_slider_data_agree_with_the_evaluation(trained):
     # the examples show the uploader's hashtags, never the scrape's search tag
     grid = html[html.index('id="example-grid"'):]
     assert "#recipe " not in grid and grid.count('class="example"') == min(report.N_EXAMPLES, metrics["n_images"])
+
+
+@pytest.mark.slow
+def test_report_shows_epochs_both_rankings_and_tags_most_probable_first(trained):
+    """The default preset ranks by probability: the examples list tags most probable first; the page
+    has both rankings' top-k metrics and the per-epoch tables of the run (Figures 7-8)."""
+    settings, mid, path = trained
+    html = path.read_text()
+    with db.get_engine(settings).connect() as conn:
+        metrics = conn.execute(select(t.model_versions.c.metrics).where(t.model_versions.c.id == mid)).scalar()
+        phases = conn.execute(select(t.training_epochs.c.phase)).scalars().all()
+    assert metrics["ranking"] == "probability" and set(metrics["model_by_ranking"]) == {"probability", "dominant_first"}
+    table = html[html.index('id="by-ranking"'):html.index("</table>", html.index('id="by-ranking"'))]
+    assert "probability (this model)" in table
+    for name, values in metrics["model_by_ranking"].items():
+        assert f"{100 * values['dominant_recall@1']:.1f}%" in table, name
+    for key, phase in (("fig7", "frozen"), ("fig8", "unfrozen")):
+        part = html[html.index(f'id="{key}"'):html.index("</figure>", html.index(f'id="{key}"'))]
+        assert part.count("<tr><td") == phases.count(phase) >= 1
+    grid = html[html.index('id="example-grid"'):]
+    for chips in re.findall(r'<div class="chips">(.*?)</div>', grid):
+        probs = [float(p) for p in re.findall(r"probability ([0-9.]+), threshold", chips)]
+        assert probs == sorted(probs, reverse=True)
+        for cls, p, th in re.findall(r'class="chip [a-z]+( under)?" title="[^:]+: probability ([0-9.]+), '
+                                     r'threshold ([0-9.]+)', chips):
+            assert (cls == " under") == (float(p) < float(th)) or abs(float(p) - float(th)) < 0.006
 
 
 @pytest.mark.slow
@@ -221,3 +248,98 @@ def test_plots_from_plain_data():
     rows = [{"images_seen": 10 * (i + 1), "phase": "frozen" if i < 2 else "unfrozen", "train_loss": 1 / (i + 1),
              "valid_loss": None if i == 0 else 1.1 / (i + 1)} for i in range(4)]
     assert_real_png(plots.loss_curves(rows), min_colours=8)
+
+
+# --------------------------------------------------------------------------- the page's parts, without a model
+def test_examples_mark_the_tags_under_their_threshold(sqlite_settings, tmp_path):
+    """The example chips are the tags scoring writes (every tag at or over its threshold, at least two,
+    in the model's ranking); a chip is marked under its threshold exactly when its probability is."""
+    photo = tmp_path / "a.jpg"
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(photo)
+    labels = ["cake", "pie", "soup", "salad"]
+    probs = np.array([[0.30, 0.95, 0.20, 0.60], [0.10, 0.20, 0.15, 0.05]])
+    v = report.Validation(labels, [1, 2], [photo, photo], [("pie",), ("soup",)],
+                          np.array([[0, 1, 0, 0], [0, 0, 1, 0]], dtype=bool), probs, n_total=2)
+    thresholds = np.array([0.25, 0.5, 0.5, 0.7])
+    with db.get_engine(sqlite_settings).connect() as conn:
+        first, second = report.examples(conn, v, thresholds)
+    assert [(t["label"], t["over"], t["given"]) for t in first["predicted"]] == [
+        ("pie", True, True), ("salad", False, False), ("cake", True, False)]
+    assert [(t["label"], t["over"]) for t in second["predicted"]] == [("pie", False), ("soup", False)]
+    assert all(t["threshold"] == thresholds[labels.index(t["label"])] for t in first["predicted"])
+
+
+def test_report_page_numbers_figures_and_shows_epochs_rankings_and_plurals(sqlite_settings, tmp_path):
+    from datetime import UTC, datetime
+
+    photo = tmp_path / "a.jpg"
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(photo)
+    v = report.Validation(["cake", "pie"], [1], [photo], [("pie",)], np.array([[0, 1]], dtype=bool),
+                          np.array([[0.4, 0.9]]), n_total=1)
+    with db.get_engine(sqlite_settings).connect() as conn:
+        shown = report.examples(conn, v, np.array([0.5, 0.5]))
+    by = {"probability": {"dominant_recall@1": 0.84, "dominant_recall@2": 0.9},
+          "dominant_first": {"dominant_recall@1": 0.78, "dominant_recall@2": 0.91}}
+    metrics = {"model": {"dominant_recall@1": 0.78}, "baseline": {}, "n_images": 1, "ranking": "dominant_first",
+               "model_by_ranking": by}
+    model = {"id": 3, "status": "candidate", "arch": "resnet18", "vocab_version_id": 1, "params": {},
+             "metrics": metrics, "created_at": datetime(2026, 11, 1, tzinfo=UTC), "promoted_at": None}
+    epochs = [{"epoch": i, "phase": "frozen" if i < 2 else "unfrozen", "train_loss": 0.5 - i / 10,
+               "valid_loss": 0.45 - i / 20, "metrics": {"accuracy_multi": 0.9}, "images_seen": 240 * (i + 1),
+               "seconds": 65.0} for i in range(5)]
+    ctx = report.Context(model=model, vocab={"n_labels": 1, "n_images": 1}, examples=shown,
+                         figures={f.key: f for f in [report.Figure(k, k, note="none") for k in report.FIGURES]},
+                         summary=report.summary_rows(metrics), by_ranking=report.ranking_rows(metrics),
+                         ranking="dominant_first", epoch_tables=report.epoch_tables(epochs))
+    html = report.write(sqlite_settings, 3, ctx, None).read_text()
+    assert "1 label from 1 image<" in html and "On 1 validation image." in html
+    assert "Figures 7 and 8 were fastai's per-epoch tables" in html
+    fig7 = html[html.index('id="fig7"'):html.index("</figure>", html.index('id="fig7"'))]
+    fig8 = html[html.index('id="fig8"'):html.index("</figure>", html.index('id="fig8"'))]
+    assert "Figure 7. Epochs with the pretrained body frozen" in fig7 and fig7.count("<tr><td") == 2
+    assert "Figure 8. Epochs with every layer training" in fig8 and fig8.count("<tr><td") == 3
+    assert "0.3000" in fig8 and "720" in fig8 and "1:05" in fig8 and "accuracy_multi" in fig8
+    table = html[html.index('id="by-ranking"'):html.index("</table>", html.index('id="by-ranking"'))]
+    assert "dominant_first (this model)" in table and "84.0%" in table and "78.0%" in table
+    assert '<span class="chip hit"' in html and '<span class="chip miss under"' in html  # pie over, cake under
+    assert "threshold 0.50 (under it)" in html
+    assert report.epoch_tables([])[0].note == "This run recorded no epochs."
+    assert report.epoch_tables(epochs[:2])[1].note == "This run had no unfrozen epoch."
+
+
+def test_label_figures_say_label_in_the_singular(tmp_path):
+    vocab = {"n_raw_tags": 1, "n_lemmas": 1, "n_labels": 1,
+             "stats": {"raw_tags": {"cake": 3}, "lemmas": {"cake": 3}, "labels": {"cake": 3}}}
+    f1, f2 = report.label_figures(vocab, [("cake", 3)])
+    assert f1.note.startswith("1 distinct hashtag became 1 lemma (WordNet) and 1 label ")
+    assert f2.note == "1 label."
+
+
+def test_heatmaps_show_each_labels_best_and_most_confident_wrong_image(tiny_model_dir, tmp_path):  # noqa: F811
+    """Per label (most given first): best = the most probable image given the label, worst = the most
+    probable one not given it; the probability shown is the one the model scored for that image."""
+    from instatag.inference import Predictor
+
+    predictor = Predictor.from_files(tiny_model_dir, device="cpu")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(paths[-1])
+    y = np.zeros((6, len(LABELS)), dtype=bool)
+    y[:4, 1] = True  # label 1: given to 4 images
+    y[:2, 0] = True  # label 0: given to 2
+    probs = predictor.predict_paths(paths)
+    v = report.Validation(list(LABELS), list(range(10, 16)), paths, [()] * 6, y, probs, n_total=6)
+    shown = report.heatmaps(predictor, v, n_labels=3)
+    assert [h["label"] for h in shown] == [LABELS[1], LABELS[0]]  # labels nobody was given are left out
+    for h in shown:
+        j = LABELS.index(h["label"])
+        assert h["support"] == int(y[:, j].sum())
+        best, worst = h["cases"]
+        assert (best["kind"], worst["kind"]) == ("best", "worst")
+        pos, neg = np.flatnonzero(y[:, j]), np.flatnonzero(~y[:, j])
+        assert best["image_id"] == 10 + pos[np.argmax(probs[pos, j])]
+        assert worst["image_id"] == 10 + neg[np.argmax(probs[neg, j])]
+        assert best["p"] == pytest.approx(probs[best["image_id"] - 10, j], abs=1e-5)
+        assert best["heatmap"].startswith("data:image/png;base64,") and best["crop"].startswith("data:image/png")

@@ -14,13 +14,21 @@ from instatag import schema as t
 
 
 def _image(conn, sha="a" * 64, post="2026-11-01_06-01-38_UTC"):
-    return conn.execute(
+    """An image and its first post, as ingest writes them."""
+    image_id = conn.execute(
         insert(t.images).values(
             sha256=sha, post=post, source_path=f"/drop/{post}.jpg", format="JPEG", width=10, height=8,
             original_path=f"store/originals/{sha}.jpg", resized_path=f"store/resized/{sha}.jpg",
             taken_at=datetime(2026, 11, 1, tzinfo=UTC), caption="#cake",
         )
     ).inserted_primary_key[0]
+    _post(conn, image_id, post, f"/drop/{post}.jpg", datetime(2026, 11, 1, tzinfo=UTC))
+    return image_id
+
+
+def _post(conn, image_id, post, source_path, taken_at=None):
+    return conn.execute(insert(t.posts).values(image_id=image_id, post=post, source_path=source_path,
+                                               taken_at=taken_at)).inserted_primary_key[0]
 
 
 def _model(conn, vocab_id, status):
@@ -92,6 +100,73 @@ def test_round_trip_and_predicted_tags_shows_only_the_champion(settings):
     assert stored.caption == "#cake" and stored.taken_at.replace(tzinfo=UTC).year == 2026
 
 
+def test_a_repost_finds_its_predicted_tags_by_its_own_name(settings):
+    """predicted_tags has one row per post and label: a re-post's name finds the image's tags, the
+    same drop ingested from two folders (two posts of one name) gives no duplicate rows, and the
+    example queries still count images."""
+    engine = db.get_engine(settings)
+    with engine.begin() as conn:
+        img = _image(conn)  # first posted as 2026-11-01_06-01-38_UTC
+        _post(conn, img, "2026-11-20_09-00-00_UTC", "/drop-2/2026-11-20_09-00-00_UTC.jpg",
+              datetime(2026, 11, 20, 9, tzinfo=UTC))
+        _post(conn, img, "2026-11-20_09-00-00_UTC", "/drop-copy/2026-11-20_09-00-00_UTC.jpg")
+        other = _image(conn, sha="b" * 64, post="2026-11-02_07-00-00_UTC")
+        champion = _model(conn, _vocab(conn), "champion")
+        conn.execute(insert(t.predictions), [
+            {"model_version_id": champion, "image_id": img, "label": "cake", "probability": 0.9, "rank": 1},
+            {"model_version_id": champion, "image_id": img, "label": "pie", "probability": 0.4, "rank": 2},
+            {"model_version_id": champion, "image_id": other, "label": "cake", "probability": 0.7, "rank": 1},
+        ])
+    with engine.connect() as conn:
+        by_name = conn.execute(text("select image_id, label, rank, posted_at from predicted_tags "
+                                    "where post = :post order by rank"), {"post": "2026-11-20_09-00-00_UTC"}).all()
+        first = conn.execute(text("select label from predicted_tags where post = '2026-11-01_06-01-38_UTC' "
+                                  "order by rank")).scalars().all()
+        rows = conn.execute(text("select count(*) from predicted_tags")).scalar()
+        images = conn.execute(text("select count(distinct image_id) from predicted_tags")).scalar()
+        from instatag.db import SQL_DIR
+
+        query = (SQL_DIR / "examples" / "tag_cooccurrence.sql").read_text()
+        pairs = conn.execute(text(query)).all()
+        query = (SQL_DIR / "examples" / "top_tags_since.sql").read_text()
+        top = {r.label: (r.images, r.posts) for r in conn.execute(text(query), {"since": "2000-01-01"})}
+        query = (SQL_DIR / "examples" / "tags_of_post.sql").read_text()
+        of_post = conn.execute(text(query), {"post": "2026-11-20_09-00-00_UTC"}).all()
+    assert [(r.image_id, r.label, r.rank) for r in by_name] == [(img, "cake", 1), (img, "pie", 2)]
+    assert str(by_name[0].posted_at).startswith("2026-11-20 09:00")
+    assert first == ["cake", "pie"]
+    assert rows == 5 and images == 2  # 2 posts of the re-posted image x 2 tags, 1 x 1
+    assert [tuple(r) for r in pairs] == [("cake", "pie", 1)]
+    assert top == {"cake": (2, 3), "pie": (1, 2)}
+    assert [(r.rank, r.label) for r in of_post] == [(1, "cake"), (2, "pie")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_query_by_post_name_reads_the_post_index(backend, request):
+    """``WHERE post = ...`` on predicted_tags starts from ix_posts_post, not from every prediction."""
+    s = request.getfixturevalue("sqlite_settings" if backend == "sqlite" else "pg_settings")
+    engine = db.get_engine(s)
+    with engine.begin() as conn:
+        champion = _model(conn, _vocab(conn), "champion")
+        n = 3000
+        conn.execute(insert(t.images), [
+            {"sha256": f"{i:064x}", "post": f"post-{i}", "source_path": f"/d/{i}.jpg", "format": "JPEG", "width": 1,
+             "height": 1, "original_path": "o", "resized_path": "r"} for i in range(n)])
+        ids = conn.execute(select(t.images.c.id).order_by(t.images.c.id)).scalars().all()
+        conn.execute(insert(t.posts), [{"image_id": i, "post": f"post-{k}", "source_path": f"/d/{k}.jpg"}
+                                       for k, i in enumerate(ids)])
+        conn.execute(insert(t.predictions), [
+            {"model_version_id": champion, "image_id": i, "label": label, "probability": 0.5, "rank": r}
+            for i in ids for r, label in enumerate(("cake", "pie"), 1)])
+        if backend == "postgres":
+            conn.execute(text("ANALYZE"))
+    explain = "EXPLAIN QUERY PLAN " if backend == "sqlite" else "EXPLAIN "
+    with engine.connect() as conn:
+        plan = " ".join(str(r[-1]) for r in conn.execute(
+            text(explain + "select label from predicted_tags where post = 'post-7'")))
+    assert "ix_posts_post" in plan, plan
+
+
 def test_unique_content_hash_is_enforced(settings):
     from sqlalchemy.exc import IntegrityError
 
@@ -105,7 +180,7 @@ def test_unique_content_hash_is_enforced(settings):
 def test_example_queries_run(settings):
     from instatag.db import SQL_DIR
 
-    params = {"since": "2000-01-01", "tag": "cake", "min_probability": 0.5}
+    params = {"since": "2000-01-01", "tag": "cake", "min_probability": 0.5, "post": "2026-11-01_06-01-38_UTC"}
     with db.get_engine(settings).connect() as conn:
         for path in sorted((SQL_DIR / "examples").glob("*.sql")):
             conn.execute(text(path.read_text()), {k: v for k, v in params.items() if f":{k}" in path.read_text()})

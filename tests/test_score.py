@@ -66,6 +66,8 @@ def add_images(settings, n: int = 24, seed: int = 0, labelled: bool = True) -> l
             image_id = conn.execute(insert(t.images).values(
                 sha256=sha, post=f"post-{seed}-{k}", source_path=f"/drop/{seed}-{k}.jpg", format="JPEG", width=48,
                 height=48, original_path=rel, resized_path=rel)).inserted_primary_key[0]
+            conn.execute(insert(t.posts).values(image_id=image_id, post=f"post-{seed}-{k}",
+                                                source_path=f"/drop/{seed}-{before + k}.jpg"))
             out.append((image_id, sha, DISH_LABELS[dish.name] if labelled else ()))
     return out
 
@@ -151,6 +153,67 @@ def test_score_writes_ranked_tags_over_threshold_and_at_least_n(settings, tiny_m
     assert view == len(rows)
 
 
+def test_rank_1_is_the_most_probable_tag_unless_the_model_ranks_dominant_first(sqlite_settings, tiny_model_dir):
+    """What train writes by default (ranking probability): rank 1 in predictions and predicted_tags is
+    the most probable tag. A model trained with ranking dominant_first keeps that order."""
+    from instatag import metrics, ranking
+
+    s = sqlite_settings
+    mid, images = make_champion(s, tiny_model_dir)
+    folder = s.data_dir / "models" / str(mid)
+    counts = {label: sum(label in lab for _, _, lab in images) for label in LABELS}
+    order = [LABELS[j] for j in metrics.frequency_order(LABELS, [counts[lab] for lab in LABELS])]
+    modelfile.update_meta(folder, ranking="probability", frequency_order=order)
+    score.score(s)
+    with db.get_engine(s).connect() as conn:
+        first = dict(conn.execute(text("SELECT image_id, label FROM predicted_tags WHERE rank = 1")).all())
+        best = dict(conn.execute(text(
+            "SELECT image_id, label FROM predicted_tags t WHERE probability = "
+            "(SELECT max(probability) FROM predicted_tags u WHERE u.image_id = t.image_id)")).all())
+    assert len(first) == len(images) and first == best
+
+    modelfile.update_meta(folder, ranking="dominant_first")
+    score.score(s, new=False)
+    from instatag.inference import Predictor
+
+    predictor = Predictor.for_version(s, mid)
+    probs = predictor.predict_paths([s.data_dir / resized_path(sha) for _, sha, _ in images])
+    dominant = ranking.dominant_probs(probs, [LABELS.index(lab) for lab in order]).argmax(axis=1)
+    with db.get_engine(s).connect() as conn:
+        first = dict(conn.execute(text("SELECT image_id, label FROM predicted_tags WHERE rank = 1")).all())
+    assert first == {image_id: LABELS[j] for (image_id, _, _), j in zip(images, dominant, strict=True)}
+    assert first != best  # the two orders differ on these images
+
+
+def test_a_reposts_own_name_finds_its_predicted_tags(settings, tiny_model_dir, tmp_path):
+    """The road a user takes: ingest a drop where one photo was posted twice, score, and ask
+    predicted_tags for the re-post by its name."""
+    from instatag import ingest, promote
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    buf = io.BytesIO()
+    draw(next(d for d in DISHES if d.name == "tomato_soup"), random.Random(5), size=48).save(buf, "JPEG")
+    first, repost = "2026-11-01_06-00-00_UTC", "2026-11-20_09-30-00_UTC"
+    for stamp in (first, repost):
+        (drop / f"{stamp}.jpg").write_bytes(buf.getvalue())
+        (drop / f"{stamp}.txt").write_text("#soup #tomato")
+    report = ingest.ingest(settings, [drop], workers=1)
+    assert (report.accepted, report.reposts) == (1, 1)
+    with db.get_engine(settings).connect() as conn:
+        image_id, sha = conn.execute(select(t.images.c.id, t.images.c.sha256)).one()
+    mid = add_model(settings, add_vocab(settings, [(image_id, sha, ("soup", "tomato"))]), tiny_model_dir,
+                    valid_pct=0.999999)
+    evaluate.evaluate(settings, mid)
+    promote.promote(settings, mid, reason="test")
+    score.score(settings)
+    with db.get_engine(settings).connect() as conn:
+        tags = {post: conn.execute(text("SELECT image_id, label, rank FROM predicted_tags WHERE post = :post "
+                                        "ORDER BY rank"), {"post": post}).all() for post in (first, repost)}
+    assert len(tags[repost]) >= 2 and tags[repost] == tags[first]
+    assert {r.image_id for r in tags[repost]} == {image_id}
+
+
 def test_rerun_new_is_a_no_op_and_all_replaces_without_duplicates(settings, tiny_model_dir):
     mid, images = make_champion(settings, tiny_model_dir)
     first = score.score(settings)
@@ -177,6 +240,33 @@ def test_shards_partition_the_images(settings, tiny_model_dir):
     assert sum(score.score(settings, shard=(k, 3)).n_images for k in range(3)) == len(ids)
     assert {r.image_id for r in prediction_rows(settings)} == set(ids)
     assert all(not score.shard_images(settings, mid, (k, 3), new=True) for k in range(3))
+
+
+def test_shards_load_the_model_once_and_log_progress(sqlite_settings, tiny_model_dir, caplog, monkeypatch):
+    """Shards in one process share the model loaded (and verified) once; the log shows each shard's
+    images scored so far at most every progress.EVERY_S seconds (here 0: after every batch)."""
+    import logging
+
+    from instatag import progress
+    from instatag.inference import Predictor
+
+    s = sqlite_settings
+    mid, images = make_champion(s, tiny_model_dir)  # evaluate loads the model, then writes its thresholds
+    loads = []
+    real_load = modelfile.load
+    monkeypatch.setattr(modelfile, "load", lambda *a: loads.append(a) or real_load(*a))
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
+    caplog.set_level(logging.INFO, "instatag")
+    reports = [score.score(s, shard=(k, 2), batch_size=4) for k in range(2)]
+    assert len(loads) == 1  # model.json changed since evaluate's load: once again, then reused
+    assert Predictor.for_version(s, mid) is Predictor.for_version(s, mid) and len(loads) == 1
+    for k, report in enumerate(reports):
+        n = report.n_images
+        assert n == sum(i % 2 == k for i, _, _ in images) == 12
+        lines = [m for m in caplog.messages if m.startswith(f"scoring shard {k}/2: ")]
+        assert [m.split(",")[0] for m in lines] == [f"scoring shard {k}/2: {j}/{n} images" for j in (4, 8, 12)] + [
+            f"scoring shard {k}/2: done"]
+        assert f"shard {k}/2: {n} images to score with model version {mid} (loaded in " in caplog.text
 
 
 @pytest.mark.parametrize("mode_all", [False, True], ids=["new", "all"])

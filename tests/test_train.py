@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import random
 
 import numpy as np
@@ -112,10 +113,12 @@ def test_fit_records_both_phases(items, tmp_path):
     # the default ranking and mirror-image averaging travel in model.json
     counts = {label: sum(label in it.labels for it in items) for label in LABELS}
     assert result.meta["frequency_order"] == sorted(LABELS, key=lambda lab: (-counts[lab], lab))
-    assert result.meta["ranking"] == predictor.ranking == "dominant_first" and predictor.tta
+    assert result.meta["ranking"] == predictor.ranking == "probability" and predictor.tta
     np.testing.assert_array_equal(probs, predictor.predict_paths(paths, tta=True))
     assert not np.allclose(probs, predictor.predict_paths(paths, tta=False))
-    assert (predictor.rank_scores(probs).argmax(axis=1) == np.argmax(ranking.dominant_probs(
+    np.testing.assert_array_equal(predictor.rank_scores(probs), probs)  # rank 1: the most probable label
+    # dominant_first stays an option, from the frequency order in model.json
+    assert (predictor.rank_scores(probs, "dominant_first").argmax(axis=1) == np.argmax(ranking.dominant_probs(
         probs, [LABELS.index(lab) for lab in result.meta["frequency_order"]]), axis=1)).all()
 
 
@@ -363,3 +366,78 @@ def test_prior_bias_starts_at_the_label_log_odds_and_round_trips(items, tmp_path
     sha = modelfile.save(tmp_path / "m", result.state_dict, result.meta)
     probs = Predictor.from_files(tmp_path / "m", sha, device="cpu").predict_paths([it.resized_path for it in items])
     assert probs.shape == (len(items), len(LABELS))
+
+
+# --------------------------------------------------------------------------- what the task log shows
+class FakeClock:
+    """Seconds that advance by ``step`` at every reading."""
+
+    def __init__(self, step: float):
+        self.t, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+def test_batch_log_lines_under_a_fake_clock(caplog, tmp_path):
+    """A line at most every 10 s of the clock (here every third batch of 16 images: 48 images in 12 s),
+    for training and validation batches, epochs numbered across fits; and for lr_find."""
+    import re
+
+    tr.import_fastai()
+    from fastai.test_utils import synth_learner
+
+    caplog.set_level(logging.INFO, "instatag.train")
+    learn = synth_learner(n_trn=7, n_val=3, path=tmp_path)  # batches of 16
+    learn.logger = lambda *_: None
+    log_cb = tr.batch_log(total_epochs=3, every_s=10, clock=FakeClock(4))
+    learn.fit(1, cbs=[log_cb])
+    learn.fit(1, cbs=[log_cb])  # fine_tune's second phase: the numbering goes on
+    lines = [re.sub(r"loss \d+\.\d{4}$", "loss L", m) for m in caplog.messages]
+    assert lines == [f"epoch {e}/3 unfrozen: {what}" for e in (1, 2) for what in (
+        "batch 3/7, 4.0 images/s, loss L", "batch 6/7, 4.0 images/s, loss L", "validation batch 3/3, 4.0 images/s")]
+    caplog.clear()
+    with learn.added_cbs(tr.batch_log(lr_find_iters=7, every_s=10, clock=FakeClock(4))):
+        learn.lr_find(end_lr=1e-3, num_it=7, show_plot=False, suggest_funcs=None)
+    assert [re.sub(r"loss \d+\.\d{4} at lr \d\.\de-0\d$", "loss L at lr R", m) for m in caplog.messages] == [
+        f"lr_find: batch {b}/7, 4.0 images/s, loss L at lr R" for b in (3, 6)]
+
+
+def _run_quietly(script: str, tmp_path) -> str:
+    """Run ``script`` in a fresh Python that turns every warning into an error; its stderr."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tr.__file__).parents[1]), str(Path(__file__).parent)])}
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
+@pytest.mark.slow
+def test_a_train_run_raises_no_warning(tmp_path):
+    """Both data paths, lr_find and fine_tune, from the first fastai import on (a fresh process), with every
+    warning an error: none of ours, and fastai's import-time and lr_find deprecations filtered where raised."""
+    script = f"""
+import hashlib, logging
+from pathlib import Path
+logging.basicConfig(level=logging.INFO)
+import torch
+torch.set_num_threads(1)
+from instatag import train as tr
+from instatag.labels import Item
+from test_train import LABELS, TINY, _photos
+items = []
+for k, (data, labels) in enumerate(_photos(24)):
+    path = Path({str(tmp_path)!r}) / f"{{k}}.jpg"
+    path.write_bytes(data)
+    items.append(Item(k + 1, hashlib.sha256(data).hexdigest(), path, tuple(sorted(labels, key=LABELS.index))))
+tr.fit(items, LABELS, tr.TrainConfig(**{{**TINY, "lr": "auto", "lr_find_iters": 10}}))
+tr.fit(items, LABELS, tr.TrainConfig(**{{**TINY, "data_path": "memory"}}))
+"""
+    err = _run_quietly(script, tmp_path)
+    assert err.count("instatag.train:epoch 2/2 unfrozen: train_loss") == 2 and "lr_find: valley" in err

@@ -150,6 +150,63 @@ def test_browse_newest_first_with_all_predicted_tags(filled):
     assert 'id="next"' not in html
 
 
+def test_browse_chips_are_most_probable_first_and_say_the_rank_rule(settings):
+    """A model ranked dominant_first stored rank 1 on a less probable tag: the browser still shows the
+    most probable tag first, and says how predicted_tags ranks."""
+    with db.get_engine(settings).begin() as conn:
+        mid = make_model(conn, make_vocab(conn), "champion")
+        conn.execute(t.model_versions.update().where(t.model_versions.c.id == mid)
+                     .values(params={"ranking": "dominant_first"}))
+        (image,) = make_images(settings, conn, 1)
+        conn.execute(insert(t.predictions), [
+            {"model_version_id": mid, "image_id": image, "label": "cake", "probability": 0.34, "rank": 1},
+            {"model_version_id": mid, "image_id": image, "label": "pie", "probability": 0.99, "rank": 2},
+            {"model_version_id": mid, "image_id": image, "label": "soup", "probability": 0.51, "rank": 3}])
+    html = client_for(settings).get("/browse").text
+    assert html.index("pie 99%") < html.index("soup 51%") < html.index("cake 34%")
+    assert "most probable first" in html and "dominant_first" in html
+    with db.get_engine(settings).begin() as conn:
+        conn.execute(t.model_versions.update().values(params={"ranking": "probability"}))
+    assert "dominant_first" not in client_for(settings).get("/browse").text
+
+
+def test_browse_newest_means_post_time(settings):
+    """Unfiltered, the newest post comes first (images.taken_at, the image's first post), not the
+    newest ingested; images without a post time come last."""
+    with db.get_engine(settings).begin() as conn:
+        mid = make_model(conn, make_vocab(conn), "champion")
+        ids = make_images(settings, conn, 4)
+        posted = {ids[0]: datetime(2026, 11, 20, tzinfo=UTC), ids[1]: None,
+                  ids[2]: datetime(2026, 11, 1, tzinfo=UTC), ids[3]: datetime(2026, 11, 10, tzinfo=UTC)}
+        for image_id, when in posted.items():
+            conn.execute(t.images.update().where(t.images.c.id == image_id).values(taken_at=when))
+        predict_all(conn, mid, ids)
+    html = client_for(settings).get("/browse").text
+    shown = [int(part.split('"')[0]) for part in html.split('src="/thumb/')[1:]]
+    assert shown == [ids[0], ids[3], ids[2], ids[1]]
+    assert "newest post first" in html and "posted 2026-11-20 00:00" in html
+
+
+def test_browse_label_counts_say_what_they_count(filled):
+    settings, champ, _, _ = filled
+    html = client_for(settings).get("/browse").text
+    assert "images whose uploaders gave it, vocabulary version" in html
+    assert '<option value="cake" >cake (10 images tagged by uploaders)</option>' in html
+
+
+def test_a_missing_model_version_is_a_404_page(filled):
+    settings, champ, old, _ = filled
+    client = client_for(settings)
+    for path in ("/models/999/report", "/browse?model=999"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.headers["content-type"].startswith("text/html"), path
+        assert "There is no model version 999." in r.text and "no report yet" not in r.text
+        assert 'href="/"' in r.text  # back to the model versions
+    r = client.get(f"/models/{old}/report")  # exists, without a report
+    assert r.status_code == 404 and f"Model version {old} has no report yet" in r.text
+    assert f"instatag report {old}" in r.text
+
+
 def test_browse_filters_by_tag_and_probability(filled):
     settings, champ, _, _ = filled
     with db.get_engine(settings).connect() as conn:
@@ -158,7 +215,7 @@ def test_browse_filters_by_tag_and_probability(filled):
             "and probability >= 0.5 order by probability desc, image_id desc"), {"m": champ}).all()
     assert expected
     html = client_for(settings).get("/browse", params={"tag": "soup", "min_p": 0.5}).text
-    assert f"{len(expected)} image" in html
+    assert f"{len(expected)} image{'s' * (len(expected) != 1)} predicted with “soup”" in html
     shown = [int(part.split('"')[0]) for part in html.split('src="/thumb/')[1:]]
     assert shown == [image_id for image_id, _ in expected]
     assert html.count("chip hit") == len(expected)
@@ -324,6 +381,11 @@ def test_only_the_index_serves_filtered_pages(sqlite_settings):
         assert probs == sorted(probs, reverse=True) and min(probs) >= 0.3
         newest = webapp.browse(conn, mid, "", 0.0, page=1, per_page=48)
         assert [c.image_id for c in newest.cards] == ids[::-1][:48]
+        # unfiltered: SQLite walks the images newest post first on their index, no sort of every image
+        compiled = webapp.browse_statement(mid, "", 0.0, 49, 480).compile(engine,
+                                                                          compile_kwargs={"literal_binds": True})
+        plan = " ".join(str(r[-1]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
+        assert "ix_images_taken_at" in plan and "TEMP B-TREE" not in plan, plan
 
 
 @pytest.mark.slow

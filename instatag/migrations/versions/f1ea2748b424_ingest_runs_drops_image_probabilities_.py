@@ -5,7 +5,7 @@ image_probabilities: every label's probability per model and image (written by s
 drop_evaluations: a drop graded by a model (fresh-label metrics, drift figures, flags).
 
 Revision ID: f1ea2748b424
-Revises: 37ad776cf0f9
+Revises: 8c1f4e2a9b37
 Create Date: 2026-11-29 18:30:06.716715
 """
 from alembic import op
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 
 revision = 'f1ea2748b424'
-down_revision = '37ad776cf0f9'
+down_revision = '8c1f4e2a9b37'
 branch_labels = None
 depends_on = None
 
