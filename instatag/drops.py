@@ -529,7 +529,7 @@ def drop_rows(conn, model_version_id: int | None = None) -> list[dict]:
     if model_version_id is not None:
         on = and_(on, de.c.model_version_id == model_version_id)
     q = (select(r.c.id, r.c.started_at, r.c.finished_at, r.c.status, r.c.n_posts, r.c.n_images.label("n_new_images"),
-                r.c.sources, de)
+                r.c.sources, *(c for c in de.c if c.name != "n_posts"))
          .select_from(r.outerjoin(de, on)).where(r.c.n_posts > 0)
          .order_by(r.c.id, de.c.model_version_id))
     from . import promote
