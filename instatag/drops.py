@@ -462,7 +462,11 @@ def grade_pending(settings) -> list[dict]:
     if not ready:
         log.info("drops: nothing new to grade for model version %d", champion)
         return []
+    mark = time.monotonic()
     ref = Reference.for_model(settings, champion)
+    ref.pipeline.require_wordnet()
+    log.info("drops: model version %d's reference loaded in %.1f s (WordNet included, once per process)",
+             champion, time.monotonic() - mark)
     return [grade(settings, run, champion, ref) for run in ready]
 
 
