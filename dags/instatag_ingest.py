@@ -48,7 +48,7 @@ def instatag_ingest():
         n = pipeline.new_images(report)
         if not n:
             raise AirflowSkipException("no new images: the Asset is not updated")
-        outlet_events[IMAGES].extra = {"new_images": n}
+        outlet_events[IMAGES].extra = {"new_images": n, "ingest_run_id": report.get("ingest_run_id")}
         return n
 
     publish_new_images(ingest())

@@ -2,6 +2,10 @@
 
 Retrains the hashtag model on everything ingested so far:
 
+0. `changes`: with `INSTATAG_RETRAIN_WHEN=changed`, a scheduled run is skipped (with the reason)
+   unless, since the champion's vocabulary, `INSTATAG_RETRAIN_MIN_NEW_LABELLED` new photos carry
+   one of its labels or a drop was flagged (docs/drops.md); manual runs and runs started by
+   `instatag_score` on drift (`reason` in the conf) always run;
 1. `vocabulary`: build the grouped label vocabulary (or reuse the identical newest version);
 2. `train`: fine-tune the CNN: queue `gpu`, pool `gpu` (one slot: one training at a time);
 3. `evaluate`: metrics on the validation split, against the popularity baseline;
@@ -46,8 +50,17 @@ TRAIN_TIMEOUT = timedelta(hours=6)
 def instatag_retrain():
     @task
     @pipeline.fail_fast
-    def vocabulary(params=None, dag_run=None) -> int:
+    def changes(params=None, dag_run=None) -> str:
         run = pipeline.run_params(RETRAIN, dag_run.conf, params)  # the first task: refuses a bad conf
+        go, why = pipeline.retrain_check(scheduled=dag_run.run_type == "scheduled", reason=run["reason"] or "")
+        if not go:
+            raise AirflowSkipException(why)
+        return why
+
+    @task
+    @pipeline.fail_fast
+    def vocabulary(params=None, dag_run=None) -> int:
+        run = pipeline.run_params(RETRAIN, dag_run.conf, params)
         return pipeline.build_vocabulary(run["groups_file"], run["min_count"])
 
     @task(queue="gpu", pool="gpu", execution_timeout=TRAIN_TIMEOUT, retries=1, retry_delay=timedelta(minutes=5))
@@ -74,12 +87,14 @@ def instatag_retrain():
         outlet_events[CHAMPION].extra = {"model_version_id": decision["candidate_id"]}
         return decision["candidate_id"]
 
-    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)  # not when `changes` skipped the run
     @pipeline.fail_fast
     def report(model_version_id: int) -> str:
         return pipeline.make_report(model_version_id)
 
-    model = train(vocabulary())
+    vocab = vocabulary()
+    changes() >> vocab
+    model = train(vocab)
     decision = promote(model)
     evaluate(model) >> decision
     rescore(decision) >> report(model)

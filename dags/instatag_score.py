@@ -9,20 +9,30 @@ champion (skipping everything when there is none yet) and splits the images into
 (dynamic task mapping), one task per shard, each committing its rows atomically. Each shard
 scores the images the champion has not scored yet — after a promotion, all of them — so a
 re-run adds nothing twice. A manual run may rescore everything (`all_images`).
+
+Then every new drop grades the champion (docs/drops.md): `grade_drops` grades each drop (ingest
+run) whose new photos the champion has now scored, on the labels their own hashtags give, and
+checks it for drift (tag mix, new hashtags, predictions, image size and brightness); each figure
+that crosses its `INSTATAG_DRIFT_*` threshold is a warning in its log. `drift_alert` then updates
+the Asset `instatag_drift` with the reasons in its `extra` (skipped when nothing crossed a
+threshold), and with `INSTATAG_RETRAIN_ON_DRIFT` on, `trigger_retrain` starts `instatag_retrain`
+with the reason in its conf (`retrain_on_drift` is skipped otherwise, and the trigger with it).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Asset, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from instatag import pipeline
-from instatag.params import SCORE, airflow_params
+from instatag.params import RETRAIN, SCORE, airflow_params
 
 IMAGES = Asset(pipeline.IMAGES_ASSET)
 CHAMPION = Asset(pipeline.CHAMPION_ASSET)
+DRIFT = Asset(pipeline.DRIFT_ASSET)
 
 
 @dag(
@@ -55,7 +65,30 @@ def instatag_score():
     def summary(reports: list[dict]) -> dict:
         return pipeline.sum_scores(list(reports))
 
-    summary(score.expand_kwargs(plan()))
+    @task
+    @pipeline.fail_fast
+    def grade_drops(totals: dict) -> list[dict]:
+        return pipeline.grade_drops()
+
+    @task(outlets=[DRIFT])
+    def drift_alert(graded: list[dict], outlet_events=None) -> list[str]:
+        reasons = pipeline.drift_reasons(graded)
+        if not reasons:
+            raise AirflowSkipException(f"{len(graded)} drop(s) graded, none crossed a threshold")
+        outlet_events[DRIFT].extra = {"reasons": reasons, "drops": [g["ingest_run_id"] for g in graded if g["flagged"]]}
+        return reasons
+
+    @task
+    def retrain_on_drift(graded: list[dict]) -> dict:
+        conf = pipeline.retrain_request(graded)
+        if conf is None:
+            raise AirflowSkipException("no drop crossed a threshold, or INSTATAG_RETRAIN_ON_DRIFT is off")
+        return conf
+
+    graded = grade_drops(summary(score.expand_kwargs(plan())))
+    drift_alert(graded)
+    TriggerDagRunOperator(task_id="trigger_retrain", trigger_dag_id=RETRAIN, conf=retrain_on_drift(graded),
+                          openlineage_inject_parent_info=False)
 
 
 instatag_score()

@@ -28,6 +28,7 @@ STAGE_MODULES = (
     "explain",
     "report",
     "feedback",
+    "drops",
     "demo",
 )
 

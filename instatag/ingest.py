@@ -26,7 +26,7 @@ import lzma
 import os
 import re
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache, partial
@@ -158,7 +158,8 @@ class IngestReport:
     """What a run did. ``accepted``: new images; ``reposts``: new posts of an image already
     stored; ``duplicates``: post files ingested before (same path); ``rejected``: files per reason;
     ``skipped``: instaloader files that belong to no post, per kind (``SKIPPED``); ``notes``:
-    what was noticed about accepted posts, per kind (``NOTES``)."""
+    what was noticed about accepted posts, per kind (``NOTES``); ``ingest_run_id``: the run's row in
+    ``ingest_runs`` (the drop; its new posts carry the id)."""
 
     accepted: int = 0
     reposts: int = 0
@@ -167,6 +168,7 @@ class IngestReport:
     skipped: dict[str, int] = field(default_factory=dict)
     notes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    ingest_run_id: int | None = None
 
     @property
     def n_rejected(self) -> int:
@@ -187,7 +189,8 @@ class IngestReport:
     def as_dict(self) -> dict:
         return {"accepted": self.accepted, "reposts": self.reposts, "duplicates": self.duplicates,
                 "rejected": dict(sorted(self.rejected.items())), "skipped": dict(sorted(self.skipped.items())),
-                "notes": dict(sorted(self.notes.items())), "seconds": round(self.seconds, 3)}
+                "notes": dict(sorted(self.notes.items())), "seconds": round(self.seconds, 3),
+                "ingest_run_id": self.ingest_run_id}
 
 
 def _text(s: str) -> str:
@@ -774,11 +777,12 @@ def _batch_table():
                  Column("first_of_image", Boolean), prefixes=["TEMPORARY"])
 
 
-def _insert_images_and_posts(conn, good: list[Outcome], paths: list[str]) -> tuple[int, dict[str, int]]:
+def _insert_images_and_posts(conn, good: list[Outcome], paths: list[str],
+                             ingest_run_id: int | None = None) -> tuple[int, dict[str, int]]:
     """Copy the accepted posts into the batch table; from it one INSERT ... SELECT adds the new
-    images, one the new posts (``ON CONFLICT DO NOTHING`` both). Returns (images added,
-    {source_path: post id} of the posts added)."""
-    from sqlalchemy import select, true
+    images, one the new posts of run ``ingest_run_id`` (``ON CONFLICT DO NOTHING`` both). Returns
+    (images added, {source_path: post id} of the posts added)."""
+    from sqlalchemy import literal, select, true
 
     from . import db
     from .schema import images, posts
@@ -797,11 +801,12 @@ def _insert_images_and_posts(conn, good: list[Outcome], paths: list[str]) -> tup
                   .order_by(batch.c.sha256))  # one lock order in every process: no deadlock
     stmt = _insert(conn, images).from_select(_IMAGE_COLUMNS, new_images)
     inserted = len(conn.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]).returning(images.c.id)).all())
-    new_posts = (select(images.c.id, *(batch.c[name] for name in _POST_COLUMNS[1:]))
+    new_posts = (select(images.c.id, *(batch.c[name] for name in _POST_COLUMNS[1:]),
+                        literal(ingest_run_id, posts.c.ingest_run_id.type))
                  .join_from(batch, images, images.c.sha256 == batch.c.sha256)
                  .where(true())  # SQLite parses INSERT ... SELECT ... ON CONFLICT only with a WHERE
                  .order_by(batch.c.source_path))
-    stmt = _insert(conn, posts).from_select(_POST_COLUMNS, new_posts)
+    stmt = _insert(conn, posts).from_select((*_POST_COLUMNS, "ingest_run_id"), new_posts)
     new = dict(conn.execute(stmt.on_conflict_do_nothing(index_elements=["source_path"])
                             .returning(posts.c.source_path, posts.c.id)).all())
     batch.drop(conn)
@@ -819,7 +824,7 @@ def write_batch(conn, outcomes: list[Outcome], problems: list[Problem], report: 
     good = [o for o in outcomes if o.stored and not o.problems]
     if good:
         paths = [_text(o.file.image) for o in good]
-        inserted, new = _insert_images_and_posts(conn, good, paths)
+        inserted, new = _insert_images_and_posts(conn, good, paths, report.ingest_run_id)
         report.accepted += inserted
         report.reposts += len(new) - inserted
         report.duplicates += len(good) - len(new)
@@ -989,7 +994,21 @@ def ingest(settings: Settings, sources: list[Path] | None = None, workers: int |
     engine = db.get_engine(settings)
     if not inspect(engine).has_table("posts"):
         raise UserError("the database has no instatag tables: run `instatag db upgrade` first")
-    report = IngestReport()
+    report = IngestReport(ingest_run_id=start_run(engine, sources))
+    try:
+        _ingest(settings, engine, sources, workers, report)
+    except BaseException:
+        with suppress(Exception):  # the database may be what failed: the original error is the one to see
+            finish_run(engine, report, "failed")
+        raise
+    report.seconds = time.monotonic() - start
+    finish_run(engine, report, "succeeded")
+    log.info("%s", report.summary())
+    return report
+
+
+def _ingest(settings: Settings, engine, sources: list[Path], workers: int | None, report: IngestReport) -> None:
+    """The run itself: new posts, then the captions edited since; counts go to ``report``."""
     found, problems = discover(sources, report.skipped)
     done = _already_ingested(engine, found)
     todo = [f for f in found if _text(f.image) not in done]
@@ -1018,12 +1037,37 @@ def ingest(settings: Settings, sources: list[Path] | None = None, workers: int |
         log.info("ingest: reading the captions of %d posts ingested before again: their caption file changed "
                  "(or was not recorded yet)", len(edited))
         update_captions(engine, edited, scrape, settings.owner_comment_tags, report)
-    report.seconds = time.monotonic() - start
     if copied and settings.store_originals == "link":
         log.info("ingest: %d originals copied into the store, not hard-linked: their folders are on another "
                  "filesystem than the data dir, or links are not allowed there", copied)
-    log.info("%s", report.summary())
-    return report
+
+
+def start_run(engine, sources: list[Path]) -> int:
+    """A new ``ingest_runs`` row (status running, started now by this process's clock, UTC); its id.
+    ``started_by``: the Airflow DAG run (``AIRFLOW_CTX_DAG_RUN_ID``) when inside a task, else "cli"."""
+    from sqlalchemy import insert
+
+    from .schema import ingest_runs
+
+    with engine.begin() as conn:
+        return int(conn.execute(insert(ingest_runs).values(
+            started_at=datetime.now(UTC), status="running", sources=[_text(str(s)) for s in sources],
+            started_by=os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", "cli")[:255], n_posts=0, n_images=0,
+        )).inserted_primary_key[0])
+
+
+def finish_run(engine, report: IngestReport, status: str) -> None:
+    """Record the end of run ``report.ingest_run_id``: status, time, its new posts and images, the report."""
+    from sqlalchemy import func, select, update
+
+    from .schema import ingest_runs, posts
+
+    run = report.ingest_run_id
+    with engine.begin() as conn:
+        n_posts = conn.execute(select(func.count()).select_from(posts).where(posts.c.ingest_run_id == run)).scalar()
+        conn.execute(update(ingest_runs).where(ingest_runs.c.id == run).values(
+            status=status, finished_at=datetime.now(UTC), n_posts=n_posts, n_images=report.accepted,
+            report=report.as_dict()))
 
 
 # --------------------------------------------------------------------------- CLI

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 IMAGES_ASSET = "instatag_images"
 #: Airflow Asset the retrain DAG updates when it promoted a new champion; the scoring DAG runs on it
 CHAMPION_ASSET = "instatag_champion"
+#: Airflow Asset the scoring DAG updates when a graded drop crossed a threshold (the reasons in ``extra``)
+DRIFT_ASSET = "instatag_drift"
 #: Airflow connection id for the instatag database (``AIRFLOW_CONN_INSTATAG_DB`` or one made in the UI)
 CONN_ID = "instatag_db"
 
@@ -218,6 +220,37 @@ def make_report(model_version_id: int) -> str:
     from . import report
 
     return str(report.build_report(settings(), model_version_id))
+
+
+def grade_drops() -> list[dict]:
+    """Grade the drops the champion has scored and not graded yet (``drops.grade_pending``): fresh-label
+    metrics and drift, stored in ``drop_evaluations``; flagged figures are logged as warnings."""
+    from . import drops
+
+    return drops.grade_pending(settings())
+
+
+def drift_reasons(graded: list[dict]) -> list[str]:
+    """'drop N (model version M): reason' for every threshold the graded drops crossed."""
+    from . import drops
+
+    return drops.reasons_of(graded)
+
+
+def retrain_request(graded: list[dict]) -> dict | None:
+    """The conf of an ``instatag_retrain`` run when a graded drop was flagged and
+    ``INSTATAG_RETRAIN_ON_DRIFT`` is on (``{"reason": ...}``); None otherwise."""
+    reasons = drift_reasons(graded)
+    if not reasons or not settings().retrain_on_drift:
+        return None
+    return {"reason": "; ".join(reasons)}
+
+
+def retrain_check(scheduled: bool, reason: str = "") -> tuple[bool, str]:
+    """(run?, why) of a retrain run (``drops.retrain_check``; ``INSTATAG_RETRAIN_WHEN``)."""
+    from . import drops
+
+    return drops.retrain_check(settings(), scheduled=scheduled, reason=reason)
 
 
 # --------------------------------------------------------------------------- Airflow task glue

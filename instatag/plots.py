@@ -246,3 +246,90 @@ def loss_curves(epochs: Sequence[Mapping]) -> bytes:
     ax.legend()
     ax.set_title("Figure 9. Loss across both training phases", fontsize=11, fontweight="bold", pad=16)
     return _png(fig)
+
+
+# --------------------------------------------------------------------------- Drops (instatag.drops)
+def _drop_axis(ax, rows: Sequence[Mapping]) -> np.ndarray:
+    """x positions of the graded drops, labelled with their id and day."""
+    x = np.arange(len(rows))
+    ax.set_xticks(x, [f"{r['id']}\n{r['started_at']:%m-%d}" for r in rows], fontsize=7)
+    ax.set_xlabel("drop (ingest run) and day")
+    ax.grid(alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return x
+
+
+def _nothing(fig, ax, text: str) -> bytes:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color=GREY)
+    ax.set_axis_off()
+    return _png(fig)
+
+
+def drop_quality(rows: Sequence[Mapping]) -> bytes:
+    """The champion on each drop's fresh labels: dominant_recall@2 and mAP per drop (one line per model)
+    beside its validation figure (dashed) and the popularity baseline (grey). ``rows``:
+    ``drops.drop_rows``; drops not graded are left out."""
+    rows = [r for r in rows if r.get("model_version_id") is not None]
+    fig = _figure(9, 3.8)
+    if not rows:
+        return _nothing(fig, fig.subplots(), "no graded drop yet")
+    axes = fig.subplots(1, 2, sharex=True)
+    colors = [BLUE, ORANGE, GREEN, RED, "#9467bd", "#8c564b"]
+    for ax, key, title in ((axes[0], "dominant_recall_2", "dominant_recall@2"), (axes[1], "map", "mAP")):
+        x = _drop_axis(ax, rows)
+        for k, model in enumerate(sorted({r["model_version_id"] for r in rows})):
+            mine = np.array([r["model_version_id"] == model for r in rows])
+            color = colors[k % len(colors)]
+            fresh = np.array([np.nan if r[key] is None else r[key] for r in rows], dtype=float)
+            ax.plot(x[mine], fresh[mine], "-o", color=color, lw=2, ms=4, label=f"model {model}, fresh labels")
+            valid = [r[f"valid_{key}"] for r in rows
+                     if r["model_version_id"] == model and r[f"valid_{key}"] is not None]
+            if valid:
+                ax.hlines(valid[0], x[mine].min() - 0.3, x[mine].max() + 0.3, colors=color, linestyles="--", lw=1,
+                          label=f"model {model}, validation")
+            flagged = mine & np.array([bool(r["flagged"]) for r in rows])
+            ax.plot(x[flagged], fresh[flagged], "o", mfc="none", mec=RED, ms=10, mew=1.5)
+        if key == "dominant_recall_2":
+            base = np.array([np.nan if r["baseline_dominant_recall_2"] is None else r["baseline_dominant_recall_2"]
+                             for r in rows], dtype=float)
+            ax.plot(x, base, "-", color=GREY, lw=1, label="popularity baseline")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{title} on each drop's fresh labels", fontsize=10)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("The champion on every new drop (red rings: drops flagged)", fontsize=11, fontweight="bold")
+    return _png(fig)
+
+
+#: (figure name, title) of the drift panels, as instatag.drift names them
+DRIFT_PANELS = (("tag_mix", "tag mix (PSI)"), ("new_tags", "new hashtag (share rise)"),
+                ("top1_labels", "top-1 labels (PSI)"), ("max_probability", "max probability (KS D)"),
+                ("no_label", "no label over threshold (share rise)"), ("image_size", "image size (KS D)"),
+                ("brightness", "brightness (KS D)"), ("quality", "dominant_recall@2 fall"))
+
+
+def drop_drift(rows: Sequence[Mapping]) -> bytes:
+    """Each drift figure per drop with its threshold (dashed); flagged drops in red. ``rows``:
+    ``drops.drop_rows`` (their ``figures``)."""
+    rows = [r for r in rows if r.get("model_version_id") is not None]
+    fig = _figure(11, 5.6)
+    if not rows:
+        return _nothing(fig, fig.subplots(), "no graded drop yet")
+    axes = fig.subplots(2, 4, sharex=True).ravel()
+    for ax, (name, title) in zip(axes, DRIFT_PANELS, strict=True):
+        x = _drop_axis(ax, rows)
+        figs = [r["figures"].get(name) or {} for r in rows]
+        y = np.array([np.nan if f.get("value") is None else f["value"] for f in figs], dtype=float)
+        flagged = np.array([bool(f.get("flagged")) for f in figs])
+        ax.plot(x, y, "-o", color=BLUE, lw=1.5, ms=3)
+        ax.plot(x[flagged], y[flagged], "o", color=RED, ms=6)
+        thresholds = [f["threshold"] for f in figs if f.get("threshold") is not None]
+        if thresholds:
+            ax.axhline(thresholds[-1], color=RED, ls="--", lw=1)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+        if ax not in axes[4:]:
+            ax.set_xlabel("")
+    fig.suptitle("Drift of every drop against the champion's data (dashed: threshold; red: flagged)", fontsize=11,
+                 fontweight="bold")
+    return _png(fig)

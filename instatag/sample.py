@@ -67,20 +67,31 @@ def make_scrape(
     seed: int = 0,
     start: datetime = datetime(2026, 11, 1, 6, 0, tzinfo=UTC),
     with_metadata: float = 0.5,
+    dishes: tuple[str, ...] | None = None,
+    trend: tuple[str, float] | None = None,
 ) -> list[tuple[str, str]]:
-    """Write ``n_posts`` posts into ``folder``; returns (post stem, dish name) pairs."""
+    """Write ``n_posts`` posts into ``folder``; returns (post stem, dish name) pairs.
+
+    ``dishes``: only these dishes (names of ``DISHES``; default all six, the first six posts one of
+    each); ``trend``: (hashtag, share): that hashtag on about that share of the posts. Both make the
+    shifted drops of drift tests."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     t = start
+    menu = DISHES if dishes is None else tuple(d for d in DISHES if d.name in dishes)
+    if not menu:
+        raise ValueError(f"no dish among {dishes}; the dishes are {', '.join(d.name for d in DISHES)}")
     for i in range(n_posts):
-        dish = DISHES[i % len(DISHES)] if i < len(DISHES) else rng.choice(DISHES)
+        dish = menu[i % len(menu)] if i < len(menu) else rng.choice(menu)
         t += timedelta(seconds=rng.randint(30, 900))
         stem = t.strftime("%Y-%m-%d_%H-%M-%S_UTC")
         tags = [rng.choice(SCRAPE)]
         if rng.random() > 0.15:  # some posts carry no usable tag
             tags += rng.sample(dish.tags, rng.randint(1, 3))
         tags += rng.sample(GENERIC, rng.randint(0, 2))
+        if trend and rng.random() < trend[1]:
+            tags.append(trend[0])
         rng.shuffle(tags)
         caption = f"{rng.choice(['So good', 'Dinner tonight', 'Try this'])} . . . " + " ".join(tags)
         draw(dish, rng).save(folder / f"{stem}.jpg", quality=90)

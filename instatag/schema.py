@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -43,6 +44,27 @@ def _now():
 
 
 # --------------------------------------------------------------------------- ingest
+#: one run of ``instatag ingest`` (or of the ingest DAG's task): a *drop*; its new posts carry its id
+ingest_runs = Table(
+    "ingest_runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    #: set from the ingesting process's clock (UTC): a drop is fresh for every vocabulary version created
+    #: before it started (docs/drops.md)
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    #: running | succeeded | failed (running with the process gone: interrupted)
+    Column("status", String(16), nullable=False),
+    #: the folders and manifests it read
+    Column("sources", JSON, nullable=False),
+    #: the Airflow DAG run that ran it (AIRFLOW_CTX_DAG_RUN_ID), else "cli"
+    Column("started_by", String(255)),
+    #: new posts and new images it added; its IngestReport as JSON
+    Column("n_posts", Integer, nullable=False, default=0),
+    Column("n_images", Integer, nullable=False, default=0),
+    Column("report", JSON),
+)
+
 images = Table(
     "images",
     metadata,
@@ -83,6 +105,8 @@ posts = Table(
     Column("caption_file_size", BigInteger),
     Column("caption_file_mtime_ns", BigInteger),
     Column("caption_file_ctime_ns", BigInteger),
+    #: the ingest run (drop) that added the post; NULL for posts ingested before runs were recorded
+    Column("ingest_run_id", ForeignKey("ingest_runs.id", ondelete="SET NULL"), index=True),
 )
 #: a post's predicted tags by its name (view predicted_tags)
 Index("ix_posts_post", posts.c.post)
@@ -261,3 +285,46 @@ label_corrections = Table(
 )
 Index("ix_label_corrections_image_label", label_corrections.c.image_id, label_corrections.c.label,
       label_corrections.c.id)
+
+
+#: every label's probability as the model gave it (scoring writes it beside ``predictions``, which keeps
+#: only the tags): what grading a drop and its drift figures read (instatag.drops)
+image_probabilities = Table(
+    "image_probabilities",
+    metadata,
+    Column("model_version_id", ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True),
+    Column("image_id", ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    #: float32 little-endian, one per label in the model's output order (model.json ``labels``)
+    Column("probs", LargeBinary, nullable=False),
+    Column("scored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# --------------------------------------------------------------------------- drops
+#: a drop graded by a model: the fresh-label evaluation of its new photos and its drift figures
+drop_evaluations = Table(
+    "drop_evaluations",
+    metadata,
+    Column("ingest_run_id", ForeignKey("ingest_runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("model_version_id", ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True),
+    Column("graded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    #: the drop's new posts; its new photos the model scored; those with a label in the model's vocabulary
+    Column("n_posts", Integer, nullable=False),
+    Column("n_images", Integer, nullable=False),
+    Column("n_labelled", Integer, nullable=False),
+    #: distinct hashtags of the drop that no post of the model's vocabulary version carried
+    Column("n_new_tags", Integer, nullable=False),
+    #: dominant_recall@2 on the fresh labels; the model's own on its validation split; the popularity
+    #: baseline's on the fresh labels; mAP on the fresh labels and on the validation split
+    Column("dominant_recall_2", Float),
+    Column("valid_dominant_recall_2", Float),
+    Column("baseline_dominant_recall_2", Float),
+    Column("map", Float),
+    Column("valid_map", Float),
+    #: whether a figure crossed its threshold, and which ("; "-separated)
+    Column("flagged", Boolean, nullable=False),
+    Column("reasons", Text),
+    #: {"model", "baseline"} summaries on the fresh labels (instatag.metrics) and "validation"
+    Column("metrics", JSON, nullable=False),
+    #: every drift figure with its test, p-value, threshold and flag (instatag.drift)
+    Column("drift", JSON, nullable=False),
+)

@@ -9,6 +9,8 @@ and the primary key (model, image, label) with ON CONFLICT DO NOTHING rules out 
 
 ``new`` (default) scores the shard's images without a prediction from the model; ``all`` scores
 every image of the shard and replaces the model's earlier rows for them (after a promotion).
+Every label's probability of each image goes to ``image_probabilities`` too (``drops.store_probabilities``,
+chunk by chunk before the shard's tags), for grading drops without running the model again.
 Each image gets every label at or over its tuned threshold, and at least ``request_number``
 labels, in the model's ranking (rank 1 = first: the most probable label, unless the model was trained
 with ranking ``dominant_first``; ``instatag.ranking``).
@@ -109,6 +111,7 @@ def _chunks(it: Iterable, size: int) -> Iterator[list]:
 def score(settings, model: str | int = "champion", new: bool = True, shard: tuple[int, int] = (0, 1),
           request_number: int = 2, batch_size: int = BATCH_SIZE) -> ScoreReport:
     """Predict and store the tags of one shard's images (see the module docstring)."""
+    from .drops import store_probabilities
     from .inference import Predictor
     from .predict import resolve_model, tags_for_scoring
 
@@ -139,6 +142,7 @@ def score(settings, model: str | int = "champion", new: bool = True, shard: tupl
     with Meter(f"scoring shard {shard[0]}/{shard[1]}", len(present), unit="images") as meter:
         for chunk in (present[k:k + step] for k in range(0, len(present), step)):
             probs = predictor.predict_paths([path for _, path in chunk], batch_size=batch_size, meter=meter)
+            store_probabilities(settings, model_id, [image_id for image_id, _ in chunk], probs)  # for drops.grade
             image_ids += [image_id for image_id, _ in chunk]
             tags += tags_for_scoring(probs, predictor.labels, thresholds, request_number, predictor.rank_scores(probs))
     timings["predict"] = time.monotonic() - mark

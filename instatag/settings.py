@@ -75,6 +75,32 @@ class Settings:
     #: The images the promotion rule compares on: ``uploader`` (the validation split, uploaders' labels) or
     #: ``verified`` (its images people corrected, once there are evaluate.MIN_VERIFIED_IMAGES; else uploader).
     promotion_set: str = "uploader"
+    #: ``always``: every scheduled retrain runs; ``changed``: a scheduled retrain runs only when, since
+    #: the champion's vocabulary was built, at least ``retrain_min_new_labelled`` new photos carry one of
+    #: its labels or a drop was flagged (manual and drift-started runs always run).
+    retrain_when: str = "always"
+    #: New photos with a label in the champion's vocabulary that make a scheduled retrain worth it
+    #: (``retrain_when = changed``).
+    retrain_min_new_labelled: int = 100
+    #: Start ``instatag_retrain`` (with the reason in its conf) when a drop is flagged.
+    retrain_on_drift: bool = False
+    #: Photos a drop needs (labelled photos, for the quality figure) before a figure is flagged.
+    drift_min_images: int = 30
+    #: Significance level of every drift test: a figure is flagged only when its p-value is below it.
+    drift_p_value: float = 0.01
+    #: Population stability index of the tag mix and of the top-1 labels at which a drop is flagged
+    #: (by convention under 0.1 stable, over 0.25 a large shift).
+    drift_psi: float = 0.2
+    #: Kolmogorov-Smirnov D (0-1) of the highest probability, image size and brightness at which a drop is flagged.
+    drift_ks: float = 0.2
+    #: Rise of the share of photos with no label over its threshold (0-1) at which a drop is flagged.
+    drift_no_label: float = 0.15
+    #: Rise of the share of photos carrying a hashtag the champion's vocabulary does not know (0-1) at
+    #: which a drop is flagged.
+    drift_new_tag_share: float = 0.1
+    #: Fall of the fresh-label dominant_recall@2 below the champion's validation figure (0-1) at which a
+    #: drop is flagged.
+    drift_quality_drop: float = 0.1
 
     # ------------------------------------------------------------------ derived paths
     @property
@@ -134,6 +160,8 @@ def _coerce(name: str, typ, raw):
             return Path(raw)
         if typ in ("int", int):
             return int(raw)
+        if typ in ("float", float):
+            return float(raw)
         if typ in ("bool", bool):
             if isinstance(raw, bool):
                 return raw
@@ -185,6 +213,14 @@ def load_settings(env: dict[str, str] | None = None, **overrides) -> Settings:
         raise SettingsError(f"INSTATAG_PROMOTION_RULE must be no_worse or always, not {s.promotion_rule!r}")
     if s.promotion_set not in ("uploader", "verified"):
         raise SettingsError(f"INSTATAG_PROMOTION_SET must be uploader or verified, not {s.promotion_set!r}")
+    if s.retrain_when not in ("always", "changed"):
+        raise SettingsError(f"INSTATAG_RETRAIN_WHEN must be always or changed, not {s.retrain_when!r}")
+    for name in ("drift_p_value", "drift_ks", "drift_no_label", "drift_new_tag_share", "drift_quality_drop"):
+        if not 0 < getattr(s, name) <= 1:
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be over 0 and at most 1, not {getattr(s, name)}")
+    if s.drift_psi <= 0 or s.drift_min_images < 0 or s.retrain_min_new_labelled < 0:
+        raise SettingsError("INSTATAG_DRIFT_PSI must be over 0; INSTATAG_DRIFT_MIN_IMAGES and "
+                            "INSTATAG_RETRAIN_MIN_NEW_LABELLED at least 0")
     return s
 
 

@@ -523,5 +523,26 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
         return FileResponse(png, media_type="image/png",
                             headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"})
 
+    @app.get("/drops", response_class=HTMLResponse, name="drops")
+    def drops_page(request: Request, conn=Depends(connect)):
+        return _html(request, "drops.html", **drops_context(conn))
+
     return app
+
+
+def drops_context(conn) -> dict:
+    """The Drops page: one row per drop and model that graded it (``drops.drop_rows``), and the time
+    series as base64 PNGs (``plots.drop_quality``, ``plots.drop_drift``) once a drop is graded."""
+    import base64
+
+    from . import drops, plots
+
+    rows = drops.drop_rows(conn)
+    graded = [r for r in rows if r.get("model_version_id") is not None]
+    charts = []
+    if graded:
+        charts = [("The champion on each drop's fresh labels", plots.drop_quality(rows)),
+                  ("Drift figures per drop", plots.drop_drift(rows))]
+    return {"rows": list(reversed(rows)), "figure_names": drops.FIGURES,
+            "plots": [(title, base64.b64encode(png).decode()) for title, png in charts]}
 

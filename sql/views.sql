@@ -50,3 +50,29 @@ SELECT c.image_id,
 FROM label_corrections c
 WHERE NOT EXISTS (SELECT 1 FROM label_corrections later
                   WHERE later.image_id = c.image_id AND later.label = c.label AND later.id > c.id);
+
+DROP VIEW IF EXISTS drop_quality;
+
+-- One row per drop (an ingest run that added posts) and model that graded it: the champion's
+-- dominant_recall@2 and mAP on the labels the drop's new posts brought, beside its validation
+-- figures and the popularity baseline, and the drift flags (docs/drops.md). A drop not graded
+-- yet has one row with NULL figures.
+CREATE VIEW drop_quality AS
+SELECT r.id AS drop_id,
+       r.started_at AS ingested_at,
+       r.n_posts AS posts,
+       r.n_images AS new_photos,
+       e.n_labelled AS labelled,
+       e.n_new_tags AS new_tags,
+       e.model_version_id AS model_version,
+       e.dominant_recall_2,
+       e.valid_dominant_recall_2,
+       e.baseline_dominant_recall_2,
+       e.map,
+       e.valid_map,
+       e.flagged,
+       e.reasons,
+       e.graded_at
+FROM ingest_runs r
+LEFT JOIN drop_evaluations e ON e.ingest_run_id = r.id
+WHERE r.n_posts > 0;

@@ -78,7 +78,7 @@ def test_retrain_dag(dagbag):
     dag = dagbag.dags["instatag_retrain"]
     # the default of INSTATAG_RETRAIN_SCHEDULE, @daily
     assert _cron(dag) == ("CronTriggerTimetable", "0 0 * * *", "UTC", timedelta(minutes=5))
-    chain = ["vocabulary", "train", "evaluate", "promote", "rescore", "report"]
+    chain = ["changes", "vocabulary", "train", "evaluate", "promote", "rescore", "report"]
     assert {t.task_id for t in dag.tasks} == set(chain)
     for up, down in zip(chain, chain[1:], strict=False):
         assert up in dag.get_task(down).upstream_task_ids, (up, down)
@@ -89,9 +89,10 @@ def test_retrain_dag(dagbag):
     assert {t.queue for t in dag.tasks if t.task_id != "train"} == {"default"}
     assert {t.pool for t in dag.tasks if t.task_id != "train"} == {"default_pool"}
     assert [a.name for a in dag.get_task("rescore").outlets] == ["instatag_champion"]
-    assert dag.get_task("report").trigger_rule == "none_failed"
+    assert dag.get_task("report").trigger_rule == "none_failed_min_one_success"  # not when `changes` skipped
     assert set(dag.params) == {"preset", "arch", "size", "epochs", "freeze_epochs", "lr", "bs", "pretrained",
-                               "groups_file", "min_count", "force_promote"}
+                               "groups_file", "min_count", "force_promote", "reason"}
+    assert dag.params["reason"] is None
     assert dag.params["preset"] == "default"
     assert dag.params["force_promote"] is False
 
@@ -226,11 +227,20 @@ def test_score_dag(dagbag):
     condition = dag.timetable.asset_condition  # runs when either Asset is updated
     assert type(condition).__name__ == "AssetAny"
     assert sorted(a.name for a in condition.objects) == ["instatag_champion", "instatag_images"]
-    assert {t.task_id for t in dag.tasks} == {"plan", "score", "summary"}
+    assert {t.task_id for t in dag.tasks} == {"plan", "score", "summary", "grade_drops", "drift_alert",
+                                              "retrain_on_drift", "trigger_retrain"}
     score = dag.get_task("score")
     assert type(score).__name__.endswith("MappedOperator")  # one task per shard, expanded at run time
     assert score.upstream_task_ids == {"plan"}
     assert dag.get_task("summary").upstream_task_ids == {"score"}
+    assert dag.get_task("grade_drops").upstream_task_ids == {"summary"}
+    assert dag.get_task("drift_alert").upstream_task_ids == {"grade_drops"}
+    assert [a.name for a in dag.get_task("drift_alert").outlets] == ["instatag_drift"]
+    assert dag.get_task("retrain_on_drift").upstream_task_ids == {"grade_drops"}
+    trigger = dag.get_task("trigger_retrain")
+    assert type(trigger).__name__ == "TriggerDagRunOperator" and trigger.trigger_dag_id == "instatag_retrain"
+    assert trigger.upstream_task_ids == {"retrain_on_drift"}  # its conf is that task's result
+    assert trigger.openlineage_inject_parent_info is False  # the retrain DAG refuses unknown conf keys
     _valid(dag, {"shards": 8, "all_images": True})
     _invalid(dag, {"shards": 0}, "shards")
     _invalid(dag, {"shards": 257}, "shards")
@@ -273,3 +283,80 @@ def _invalid(dag, conf: dict, name: str) -> None:
 
     with pytest.raises(ParamValidationError, match=f"Invalid input for param {name}:"):
         _valid(dag, conf)
+
+
+# --------------------------------------------------------------------------- drops: what the tasks skip
+def _drops_env(monkeypatch, settings, **extra: str) -> None:
+    for name in [n for n in os.environ if n.startswith(("INSTATAG_", "AIRFLOW_CTX_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("INSTATAG_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("INSTATAG_DATA_DIR", str(settings.data_dir))
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+
+
+def _champion_without_news(settings) -> int:
+    from sqlalchemy import insert
+
+    from instatag import db
+    from instatag import schema as t
+
+    with db.get_engine(settings).begin() as conn:
+        vid = conn.execute(insert(t.vocab_versions).values(
+            config={"grouping": {}}, config_sha256="c" * 64, n_posts=1, n_images=1, n_unlabelled=0, n_raw_tags=1,
+            n_lemmas=1, n_labels=1, stats={})).inserted_primary_key[0]
+        return conn.execute(insert(t.model_versions).values(
+            vocab_version_id=vid, arch="resnet18", params={}, artifact_path="m", sha256="0" * 64,
+            status="champion")).inserted_primary_key[0]
+
+
+def test_retrain_changes_skips_a_scheduled_run_when_nothing_changed(dagbag, sqlite_settings, monkeypatch):
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    dag = dagbag.dags["instatag_retrain"]
+    changes = dag.get_task("changes").python_callable
+    params = {name: p.value for name, p in dag.params.items()}
+    _drops_env(monkeypatch, sqlite_settings, INSTATAG_RETRAIN_WHEN="changed")
+    champion = _champion_without_news(sqlite_settings)
+    scheduled = SimpleNamespace(conf={}, run_type="scheduled")
+    with pytest.raises(AirflowSkipException, match=f"nothing changed since model version {champion}'s vocabulary"):
+        changes(params=params, dag_run=scheduled)
+    assert changes(params=params, dag_run=SimpleNamespace(conf={}, run_type="manual")) == "a manual run always runs"
+    reason = "drop 3 (model version 1): tag mix against the training data: PSI 2.6"
+    started = changes(params={**params, "reason": reason}, dag_run=SimpleNamespace(conf={"reason": reason},
+                                                                                  run_type="manual"))
+    assert started == f"started because: {reason}"
+    monkeypatch.setenv("INSTATAG_RETRAIN_WHEN", "always")
+    assert changes(params=params, dag_run=scheduled) == "INSTATAG_RETRAIN_WHEN is always"
+
+
+def test_score_dag_alerts_and_asks_for_a_retrain_only_on_drift(dagbag, sqlite_settings, monkeypatch):
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    dag = dagbag.dags["instatag_score"]
+    alert = dag.get_task("drift_alert").python_callable
+    retrain = dag.get_task("retrain_on_drift").python_callable
+    quiet = [{"ingest_run_id": 2, "model_version_id": 1, "flagged": False, "reasons": []}]
+    flagged = quiet + [{"ingest_run_id": 3, "model_version_id": 1, "flagged": True,
+                        "reasons": ["tag mix against the training data: PSI 2.645 >= 0.2"]}]
+    _drops_env(monkeypatch, sqlite_settings)
+    events = defaultdict(SimpleNamespace)
+    with pytest.raises(AirflowSkipException, match="1 drop\\(s\\) graded, none crossed a threshold"):
+        alert(quiet, outlet_events=events)
+    reasons = alert(flagged, outlet_events=events)
+    assert reasons == ["drop 3 (model version 1): tag mix against the training data: PSI 2.645 >= 0.2"]
+    (event,) = events.values()
+    assert event.extra == {"reasons": reasons, "drops": [3]}
+    with pytest.raises(AirflowSkipException, match="INSTATAG_RETRAIN_ON_DRIFT is off"):
+        retrain(flagged)
+    monkeypatch.setenv("INSTATAG_RETRAIN_ON_DRIFT", "true")
+    assert retrain(flagged) == {"reason": reasons[0]}
+    with pytest.raises(AirflowSkipException):
+        retrain(quiet)
+    grade = dag.get_task("grade_drops").python_callable
+    assert grade({"n_images": 0}) == []  # no champion: nothing to grade

@@ -30,7 +30,7 @@ def test_settings_table_lists_every_setting():
 
 PLACEHOLDERS = [(r"\\\|", "|"), (r"default\|study", "study"), (r"\[\.\.\.\]", ""), (r"FILE\.\.\.", "photo.jpg"),
                 (r"TAG\.\.\.", "cake"), (r"SOURCE \.\.\.", "drop"), (r"MODEL_VERSION|VERSION", "1"), (r"I/N", "0/2"),
-                (r"FILE", "groups.yaml"), (r"[\[\]]", "")]
+                (r"DROP", "3"), (r"FILE", "groups.yaml"), (r"[\[\]]", "")]
 
 
 @pytest.mark.parametrize("line", sorted({ln for ln in _code_lines() if ln.startswith("instatag ")}))
