@@ -10,6 +10,11 @@ Retrains the hashtag model on everything ingested so far:
    the new champion's predictions; skipped otherwise;
 6. `report`: plots and an HTML report of the candidate.
 
+With the param `suggest` on, the task `suggest` (beside the others, needing none of them) also
+measures grouping suggestions for the same grouping file (`instatag vocab suggest`) and stores the
+report, shown on the instatag page's Suggestions tab; nothing is applied: a person accepts them there
+(or with `instatag vocab suggest --accept ... --write FILE`) and passes the file as `groups_file`.
+
 Scheduled runs (`INSTATAG_RETRAIN_SCHEDULE`, default daily; `none` for manual runs only) use
 the preset `INSTATAG_RETRAIN_PRESET`. A manual run may override any param; empty values keep
 the preset's. Bad values are refused when the run is triggered.
@@ -61,6 +66,9 @@ PARAMS = {
                        "images with a candidate label (5%); empty: the grouping file's."),
     "force_promote": Param(False, type="boolean", title="Force promotion",
                            description="Make the new model the champion even when it is worse."),
+    "suggest": Param(False, type="boolean", title="Suggest a grouping",
+                     description="Also measure grouping suggestions for the grouping file (drops, groups, "
+                     "min_count, with evidence); shown on the instatag page, never applied."),
 }
 
 
@@ -110,6 +118,14 @@ def instatag_retrain():
     def report(model_version_id: int) -> str:
         return pipeline.make_report(model_version_id)
 
+    @task
+    @pipeline.fail_fast
+    def suggest(params=None) -> dict:
+        if not params["suggest"]:
+            raise AirflowSkipException("the param suggest is off")
+        return pipeline.suggest_vocabulary(params["groups_file"] or None)
+
+    suggest()
     model = train(vocabulary())
     decision = promote(model)
     evaluate(model) >> decision
