@@ -480,7 +480,7 @@ class Report:
     suggestions: list[Suggestion]
     #: per probed label of the grouping with the W suggestions applied: probe and co-occurrence figures
     labels: dict
-    #: per label of the grouping with every suggestion but M applied: images, probe AP, the AP expected at that frequency
+    #: per label of the grouping with all but M applied: images, probe AP, the AP expected at that frequency
     curve: list
     #: the grouping with every suggestion accepted, and its label count
     suggested: dict
@@ -687,7 +687,14 @@ def _json(value):
 def report_files(settings) -> list[Path]:
     """Stored reports, newest first."""
     folder = reports_dir(settings)
-    return sorted(folder.glob("suggest-*.json"), reverse=True) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+
+    def order(path: Path):  # suggest-<stamp>.json, then suggest-<stamp>-2.json ... in the same second
+        _, stamp, *n = path.stem.split("-")
+        return stamp, int(n[0]) if n and n[0].isdigit() else 1
+
+    return sorted(folder.glob("suggest-*.json"), key=order, reverse=True)
 
 
 def load_report(path: str | Path) -> Report:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from instatag import cli, probe, suggest
 from instatag.errors import UserError
 from instatag.grouping import dump_grouping, grouping_from_dict, load_grouping
 from instatag.sample import Dish, draw
+from instatag.settings import load_settings
 
 #: four dishes a probe tells apart by their pixels; the cake's photos carry #dessert or #sweet or both
 DISHES = (
@@ -56,14 +58,25 @@ def scrape(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture
-def ingested(sqlite_settings, scrape, tmp_path):
-    from instatag import ingest
+@pytest.fixture(scope="module")
+def corpus_dir(scrape, tmp_path_factory) -> Path:
+    """A data dir (SQLite) with the scrape ingested, once per module; tests change copies of it."""
+    from instatag import db, ingest
 
-    ingest.ingest(sqlite_settings, [scrape], workers=1)
-    groups = tmp_path / "scrape_only.yaml"
-    groups.write_text(SCRAPE_ONLY)
-    return sqlite_settings, groups
+    data = tmp_path_factory.mktemp("suggest_data") / "var"
+    settings = load_settings(env={}, data_dir=data)
+    db.upgrade(settings)
+    ingest.ingest(settings, [scrape], workers=1)
+    (data / "scrape_only.yaml").write_text(SCRAPE_ONLY)
+    return data
+
+
+@pytest.fixture
+def ingested(corpus_dir, tmp_path):
+    """(settings, scrape-tags-only grouping file) on a copy of the ingested data dir."""
+    data = tmp_path / "var"
+    shutil.copytree(corpus_dir, data)
+    return load_settings(env={}, data_dir=data), data / "scrape_only.yaml"
 
 
 def pixel_features(settings):
@@ -83,10 +96,11 @@ def pixel_features(settings):
     return featurize
 
 
-@pytest.fixture
-def report(ingested):
-    settings, groups = ingested
-    return suggest.suggest(settings, groups, featurize=pixel_features(settings))
+@pytest.fixture(scope="module")
+def report(corpus_dir):
+    """The suggestions for the scrape-tags-only grouping (measuring writes nothing to the data dir)."""
+    settings = load_settings(env={}, data_dir=corpus_dir)
+    return suggest.suggest(settings, corpus_dir / "scrape_only.yaml", featurize=pixel_features(settings))
 
 
 # --------------------------------------------------------------------------- the probe
@@ -316,6 +330,52 @@ def test_the_retrain_dags_suggest_task_stores_a_report_and_applies_nothing(inges
     assert out["labels_now"] == 9
     assert vocab.versions(settings) == before  # nothing applied
     assert groups.read_text() == SCRAPE_ONLY
+
+
+# --------------------------------------------------------------------------- the Airflow UI's page
+def test_the_suggestions_page_lists_the_evidence_with_thumbnails_and_writes_the_accepted_file(ingested, tmp_path):
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from instatag import webapp
+
+    settings, groups = ingested
+    app = webapp.create_app(settings)
+    app.dependency_overrides[webapp.airflow_auth()] = lambda: "tester"
+    client = TestClient(app)
+    html = client.get("/suggestions").text
+    assert "No suggestions yet: run <code>instatag vocab suggest</code>" in html
+    assert 'class="current">Suggestions</a>' in html
+
+    report = suggest.suggest(settings, groups, featurize=pixel_features(settings))
+    name = suggest.save_report(settings, report).name
+    html = client.get("/suggestions").text
+    assert f'name="report" value="{name}"' in html
+    for s in report.suggestions:
+        assert f'name="accept" value="{s.id}" checked' in html
+    row = re.search(r'<tr class="drop" id="s-D1">(.*?)</tr>', html, re.S)[1]
+    assert "drop yolo" in row and "no better" in row
+    thumbs = re.findall(r'<img src="/thumb/(\d+)" alt="yolo: image', row)
+    assert len(thumbs) == suggest.EXAMPLES and client.get(f"/thumb/{thumbs[0]}").status_code == 200
+    assert re.search(r'<tr class="group" id="s-G1">.*?<img src="/thumb/\d+" alt="sweet: image', html, re.S)
+    assert '<table id="curve">' in html and "expected AP" in html
+
+    r = client.get("/suggestions/grouping.yaml", params={"report": name, "accept": ["D1", "G1"]})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/yaml")
+    assert "attachment" in r.headers["content-disposition"]
+    path = tmp_path / "from_ui.yaml"
+    path.write_text(r.text)
+    loaded = load_grouping(path)
+    assert loaded.drop == ("yolo",) and loaded.groups == {"dessert": ("dessert", "sweet")}
+    assert loaded.min_count == 1  # M1 not ticked: the file's own
+    assert client.get("/suggestions/grouping.yaml", params={"accept": "Z1"}).status_code == 400
+    assert client.get("/suggestions/grouping.yaml", params={"report": "../instatag.db"}).status_code == 404
+    assert "No suggestions yet" in client.get("/suggestions", params={"report": "nope.json"}).text
+    # an earlier report stays reachable
+    suggest.save_report(settings, report)
+    html = client.get("/suggestions").text
+    assert f'<a href="/suggestions?report={name}">{name}</a>' in html
 
 
 # --------------------------------------------------------------------------- through the real backbone
