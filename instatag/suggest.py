@@ -176,8 +176,6 @@ class Probed:
     labels: list[str]
     ids: list[int]
     Y: np.ndarray
-    X: np.ndarray
-    folds: np.ndarray
     scores: np.ndarray
     evidence: list  # probe.LabelProbe per label
     seconds: float
@@ -196,7 +194,7 @@ def run_probe(t: Tally, corpus: Corpus, featurize, min_images: int = PROBE_MIN) 
     folds = probe.folds_of([corpus.shas[i] for i in ids])
     scores = probe.out_of_fold_scores(X, Y, folds)
     evidence = probe.label_evidence(Y, scores, probe.RandomDraws(len(ids)))
-    return Probed(labels, ids, Y, X, folds, scores, evidence, time.monotonic() - start)
+    return Probed(labels, ids, Y, scores, evidence, time.monotonic() - start)
 
 
 # --------------------------------------------------------------------------- W: keep a tag whole
@@ -283,8 +281,28 @@ def _entries(label: str, units: dict[str, list[str]], base: Grouping) -> tuple[l
 # --------------------------------------------------------------------------- G: groups
 def groups(pr: Probed, kept: list[str], units: dict[str, list[str]], base: Grouping, corpus: Corpus,
            counts: dict[str, int], relations) -> list[Suggestion]:
-    from sklearn.cluster import AgglomerativeClustering
+    """Group suggestions among the ``kept`` labels (those not proposed as drops)."""
+    pairs = pair_evidence(pr, kept, units, relations)
+    index = {label: j for j, label in enumerate(pr.labels)}
+    out = []
+    for members in _complete_linkage(pairs, kept):
+        name = _group_name(members, pairs, counts, base)
+        evidence = [pairs.get((a, b)) or pairs[(b, a)] for i, a in enumerate(members) for b in members[i + 1:]]
+        n = int(pr.Y[:, [index[m] for m in members]].any(axis=1).sum())
+        why = "; ".join(_pair_reason(v) for v in evidence[:3]) + ("; ..." if len(evidence) > 3 else "")
+        out.append(Suggestion(
+            "", "group", f"group {name}: {', '.join(members)}", f"{', '.join(members)} ({n} images): {why}",
+            {"name": name, "labels": members, "images": n, "pairs": evidence},
+            {"group": name, "members": sorted({e for m in members for e in units.get(m, [m])}),
+             "remove_groups": [m for m in members if m in base.groups]},
+            {m: _examples(pr.ids, corpus.shas, pr.Y[:, index[m]]) for m in members}))
+    out.sort(key=lambda s: (-s.evidence["images"], s.evidence["name"]))
+    return out
 
+
+def pair_evidence(pr: Probed, kept: list[str], units: dict[str, list[str]], relations) -> dict:
+    """(a, b) -> the evidence of two labels related in meaning that co-occur above chance or whose probe
+    scores correlate; ``same_photos`` says whether they qualify for a group."""
     from . import probe
 
     index = {label: j for j, label in enumerate(pr.labels)}
@@ -302,15 +320,24 @@ def groups(pr: Probed, kept: list[str], units: dict[str, list[str]], base: Group
             rel = _unit_relation(relations, units, a, b)
             if rel is None:
                 continue
-            both_visual = pr.evidence[index[a]].p_value < VISUAL_P and pr.evidence[index[b]].p_value < VISUAL_P
+            visual = pr.evidence[index[a]].p_value < VISUAL_P and pr.evidence[index[b]].p_value < VISUAL_P
             auc = probe.pair_discrimination(pr.scores[:, index[a]], pr.scores[:, index[b]], ya, yb) \
-                if both_visual else None
+                if visual else None
             same = auc < SAME_PHOTO_AUC if auc is not None else co.overlap >= SAME_PHOTO_OVERLAP and co.npmi > 0
             pairs[(a, b)] = {"a": a, "b": b, "relation": rel.kind, "via": rel.via, "broader": rel.broader,
                              "meaning": rel.describe(a, b), "auc": auc, "only_a": co.only_a, "only_b": co.only_b,
                              "both": co.both, "jaccard": co.jaccard, "overlap": co.overlap, "npmi": co.npmi,
                              "score_correlation": float(corr[a_i, b_i]), "same_photos": bool(same)}
-    linked = sorted({x for (a, b), v in pairs.items() if v["same_photos"] for x in (a, b)}, key=kept.index)
+    return pairs
+
+
+def _complete_linkage(pairs: dict, order: list[str]) -> list[list[str]]:
+    """Clusters of two or more labels in which every two qualify (``same_photos``): scikit-learn's
+    agglomerative clustering with complete linkage on a distance of 1 between labels that do not
+    qualify and, between those that do, half how well the probe tells them apart (0 when not at all)."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    linked = sorted({x for (a, b), v in pairs.items() if v["same_photos"] for x in (a, b)}, key=order.index)
     if len(linked) < 2:
         return []
     dist = np.ones((len(linked), len(linked)))
@@ -318,40 +345,19 @@ def groups(pr: Probed, kept: list[str], units: dict[str, list[str]], base: Group
     for (a, b), v in pairs.items():
         if v["same_photos"]:
             i, j = linked.index(a), linked.index(b)
-            dist[i, j] = dist[j, i] = 0.5 * min(1.0, 2 * abs((v["auc"] if v["auc"] is not None else 0.5) - 0.5))
+            dist[i, j] = dist[j, i] = 0.5 * min(1.0, 2 * abs((0.5 if v["auc"] is None else v["auc"]) - 0.5))
     clusters = AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="complete",
                                        distance_threshold=1.0).fit_predict(dist)
-    out = []
-    for c in sorted(set(clusters)):
-        members = [x for x, k in zip(linked, clusters, strict=True) if k == c]
-        if len(members) < 2:
-            continue
-        name = _group_name(members, pairs, counts, base)
-        evidence = [pairs[(a, b) if (a, b) in pairs else (b, a)]
-                    for i, a in enumerate(members) for b in members[i + 1:]]
-        entries = sorted({e for m in members for e in units.get(m, [m])})
-        ids, _ = _matrix_ids(pr, members)
-        why = "; ".join(_pair_reason(v) for v in evidence[:3]) + ("; ..." if len(evidence) > 3 else "")
-        out.append(Suggestion(
-            "", "group", f"group {name}: {', '.join(members)}", f"{', '.join(members)} ({len(ids)} images): {why}",
-            {"name": name, "labels": members, "images": len(ids), "pairs": evidence},
-            {"group": name, "members": entries, "remove_groups": [m for m in members if m in base.groups]},
-            {m: _examples(pr.ids, corpus.shas, pr.Y[:, index[m]]) for m in members}))
-    out.sort(key=lambda s: (-s.evidence["images"], s.evidence["name"]))
-    return out
-
-
-def _matrix_ids(pr: Probed, labels: list[str]):
-    cols = [pr.labels.index(x) for x in labels]
-    mask = pr.Y[:, cols].any(axis=1)
-    return [i for i, m in zip(pr.ids, mask, strict=True) if m], mask
+    out = [[x for x, k in zip(linked, clusters, strict=True) if k == c] for c in sorted(set(clusters))]
+    return [c for c in out if len(c) > 1]
 
 
 def _pair_reason(v: dict) -> str:
     same = (f"the probe cannot tell them apart (AUC {v['auc']:.2f} on {v['only_a']}/{v['only_b']} photos "
             f"with only one)" if v["auc"] is not None else
             f"{v['overlap']:.0%} of the rarer one's photos carry both")
-    return f"{v['meaning']}, {same}, co-occurrence NPMI {v['npmi']:+.2f}"
+    posts = "never on the same photo" if not v["both"] else f"co-occurrence NPMI {v['npmi']:+.2f}"
+    return f"{v['meaning']}, {same}, {posts}"
 
 
 def _unit_relation(relations, units: dict[str, list[str]], a: str, b: str):
@@ -649,12 +655,15 @@ def grouping_text(report: Report, ids) -> str:
     chosen = accepted(report, ids)
     base = grouping_from_dict(report.base, source=report.groups_file)
     grouping, notes = apply_changes(base, chosen)
-    header = (f"Grouping written by `instatag vocab suggest` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from\n"
-              f"{report.groups_file}: its entries (not its comments) plus the accepted suggestions\n"
-              f"{', '.join(s.id for s in chosen) or '(none)'} of the report of {report.created_at}"
-              + (f" ({Path(report.path).name})" if report.path else "") + ", each commented with its\n"
-              "id and evidence. Use it with `instatag vocab build --groups FILE` or the retrain DAG's\n"
-              "groups_file param (docs/grouping.md, Suggestions).")
+    import textwrap
+
+    header = textwrap.fill(
+        f"Grouping written by `instatag vocab suggest` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC from "
+        f"{report.groups_file}: its entries (not its comments) plus the accepted suggestions "
+        f"{', '.join(s.id for s in chosen) or '(none)'} of the report of {report.created_at}"
+        + (f" ({Path(report.path).name})" if report.path else "") + ", each commented with its id and "
+        "evidence. Use it with `instatag vocab build --groups FILE` or the retrain DAG's groups_file param "
+        "(docs/grouping.md, Suggestions).", width=100, break_on_hyphens=False)
     return dump_grouping(grouping, notes, header)
 
 
