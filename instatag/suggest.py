@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 #: labels on fewer images are not probed, nor suggested (min_count decides them)
 PROBE_MIN = 10
+#: the probe measures at most this many images (those first by content hash: a fixed random sample);
+#: the figures are settled long before, and the random rankings and photo sets stay in memory
+MAX_IMAGES = 20_000
 #: the probe's AP alone proposes a drop only for labels on at least this many images
 PROBE_POWER = 30
 #: significance of "no better than chance" and "as flat as random photos"
@@ -186,6 +189,9 @@ def run_probe(t: Tally, corpus: Corpus, featurize, min_images: int = PROBE_MIN) 
 
     labels = sorted((x for x, n in t.counts.items() if n >= min_images), key=lambda x: (-t.counts[x], x))
     ids, Y = _matrix(t, labels)
+    if len(ids) > MAX_IMAGES:
+        keep = sorted(range(len(ids)), key=lambda r: corpus.shas[ids[r]])[:MAX_IMAGES]
+        ids, Y = [ids[r] for r in sorted(keep)], Y[sorted(keep)]
     if len(ids) < 2 * probe.N_FOLDS or len(labels) < 2:
         raise UserError(f"too little to measure: {len(ids)} images and {len(labels)} labels on at least "
                         f"{min_images} images each; ingest more posts")
@@ -307,27 +313,30 @@ def pair_evidence(pr: Probed, kept: list[str], units: dict[str, list[str]], rela
 
     index = {label: j for j, label in enumerate(pr.labels)}
     kept = [x for x in kept if x in index]
+    cols = [index[x] for x in kept]
+    Y = pr.Y[:, cols].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.nan_to_num(np.corrcoef(pr.scores[:, [index[x] for x in kept]].T))
+        corr = np.nan_to_num(np.corrcoef(pr.scores[:, cols].T))
+        p = Y.mean(axis=0)
+        joint = (Y.T @ Y) / len(Y)
+        above_chance = joint > np.outer(p, p)  # co-occur more than independent labels would (NPMI > 0)
+    candidates = np.argwhere(np.triu(above_chance | (corr >= SCORE_CORRELATION), k=1))
     pairs: dict[tuple[str, str], dict] = {}
-    for a_i, a in enumerate(kept):
-        for b_i in range(a_i + 1, len(kept)):
-            b = kept[b_i]
-            ya, yb = pr.Y[:, index[a]], pr.Y[:, index[b]]
-            co = probe.cooccurrence(ya, yb)
-            if co.npmi <= 0 and corr[a_i, b_i] < SCORE_CORRELATION:
-                continue  # neither on the same posts nor on the same kind of photo
-            rel = _unit_relation(relations, units, a, b)
-            if rel is None:
-                continue
-            visual = pr.evidence[index[a]].p_value < VISUAL_P and pr.evidence[index[b]].p_value < VISUAL_P
-            auc = probe.pair_discrimination(pr.scores[:, index[a]], pr.scores[:, index[b]], ya, yb) \
-                if visual else None
-            same = auc < SAME_PHOTO_AUC if auc is not None else co.overlap >= SAME_PHOTO_OVERLAP and co.npmi > 0
-            pairs[(a, b)] = {"a": a, "b": b, "relation": rel.kind, "via": rel.via, "broader": rel.broader,
-                             "meaning": rel.describe(a, b), "auc": auc, "only_a": co.only_a, "only_b": co.only_b,
-                             "both": co.both, "jaccard": co.jaccard, "overlap": co.overlap, "npmi": co.npmi,
-                             "score_correlation": float(corr[a_i, b_i]), "same_photos": bool(same)}
+    for a_i, b_i in candidates:  # the others are neither on the same posts nor on the same kind of photo
+        a, b = kept[a_i], kept[b_i]
+        ya, yb = pr.Y[:, index[a]], pr.Y[:, index[b]]
+        co = probe.cooccurrence(ya, yb)
+        rel = _unit_relation(relations, units, a, b)
+        if rel is None:
+            continue
+        visual = pr.evidence[index[a]].p_value < VISUAL_P and pr.evidence[index[b]].p_value < VISUAL_P
+        auc = probe.pair_discrimination(pr.scores[:, index[a]], pr.scores[:, index[b]], ya, yb) \
+            if visual else None
+        same = auc < SAME_PHOTO_AUC if auc is not None else co.overlap >= SAME_PHOTO_OVERLAP and co.npmi > 0
+        pairs[(a, b)] = {"a": a, "b": b, "relation": rel.kind, "via": rel.via, "broader": rel.broader,
+                         "meaning": rel.describe(a, b), "auc": auc, "only_a": co.only_a, "only_b": co.only_b,
+                         "both": co.both, "jaccard": co.jaccard, "overlap": co.overlap, "npmi": co.npmi,
+                         "score_correlation": float(corr[a_i, b_i]), "same_photos": bool(same)}
     return pairs
 
 
