@@ -25,7 +25,8 @@ evidence; nothing is applied. ``apply(report, accepted)`` is the file plus the a
   chance or correlated probe scores select the pairs to test. Related pairs are clustered with
   complete linkage (scikit-learn), so every two members of a group qualify. The group's name is the
   member that is broader than (or a synonym of) all others (a WordNet hypernym, a compound's head),
-  the most frequent such, else the most frequent member; merging an existing group keeps its label.
+  the most frequent such, else the most frequent member; an existing group that is the most frequent
+  member keeps its label.
 - **M, min_count**: on the grouping with every other suggestion applied, the probe's AP per label
   against the label's image count, fitted by an isotonic (monotone) regression on the log count (the
   AP a label of that frequency can expect): the cut where that falls below ``LEARNABLE_SHARE`` of the
@@ -326,15 +327,16 @@ def pair_evidence(pr: Probed, kept: list[str], units: dict[str, list[str]], rela
         a, b = kept[a_i], kept[b_i]
         ya, yb = pr.Y[:, index[a]], pr.Y[:, index[b]]
         co = probe.cooccurrence(ya, yb)
-        rel = _unit_relation(relations, units, a, b)
-        if rel is None:
+        related = _unit_relation(relations, units, a, b)
+        if related is None:
             continue
+        rel, meaning = related
         visual = pr.evidence[index[a]].p_value < VISUAL_P and pr.evidence[index[b]].p_value < VISUAL_P
         auc = probe.pair_discrimination(pr.scores[:, index[a]], pr.scores[:, index[b]], ya, yb) \
             if visual else None
         same = auc < SAME_PHOTO_AUC if auc is not None else co.overlap >= SAME_PHOTO_OVERLAP and co.npmi > 0
         pairs[(a, b)] = {"a": a, "b": b, "relation": rel.kind, "via": rel.via, "broader": rel.broader,
-                         "meaning": rel.describe(a, b), "auc": auc, "only_a": co.only_a, "only_b": co.only_b,
+                         "meaning": meaning, "auc": auc, "only_a": co.only_a, "only_b": co.only_b,
                          "both": co.both, "jaccard": co.jaccard, "overlap": co.overlap, "npmi": co.npmi,
                          "score_correlation": float(corr[a_i, b_i]), "same_photos": bool(same)}
     return pairs
@@ -370,23 +372,30 @@ def _pair_reason(v: dict) -> str:
 
 
 def _unit_relation(relations, units: dict[str, list[str]], a: str, b: str):
-    """The closest relation between any term of ``a`` (its label and entries) and any of ``b``."""
+    """The closest relation between any term of ``a`` (its label and entries) and any of ``b``: the relation
+    said of the labels (``broader`` is ``a`` or ``b``) and its description in the terms it was found
+    between; None when there is none."""
     from .relations import KINDS, Relation
 
     found = []
     for x in dict.fromkeys([a, *units.get(a, [])]):
         for y in dict.fromkeys([b, *units.get(b, [])]):
             rel = relations.between(x, y)
-            if rel:  # said of the units: the broader one, and which entries when not the labels themselves
+            if rel:
                 broader = None if rel.broader is None else (a if rel.broader == x else b)
-                found.append(Relation(rel.kind, rel.via if (x, y) == (a, b) else f"{rel.via}, {x}/{y}", broader))
-    return min(found, key=lambda r: KINDS.index(r.kind)) if found else None
+                found.append((Relation(rel.kind, rel.via, broader), rel.describe(x, y)))
+    return min(found, key=lambda r: KINDS.index(r[0].kind)) if found else None
 
 
 def _group_name(members: list[str], pairs: dict, counts: dict[str, int], base: Grouping) -> str:
-    existing = [m for m in members if m in base.groups]
-    if existing:
-        return max(existing, key=lambda m: (counts.get(m, 0), m))
+    """An existing group's label when that group is the most frequent member, else the member broader than
+    (or a synonym or derived form of) every other, the most frequent such, else the most frequent member."""
+    def frequency(m: str):
+        return counts.get(m, 0), -len(m), m
+
+    most = max(members, key=frequency)
+    if most in base.groups:
+        return most
 
     def covers(m: str) -> bool:
         for o in members:
@@ -398,7 +407,7 @@ def _group_name(members: list[str], pairs: dict, counts: dict[str, int], base: G
         return True
 
     broad = [m for m in members if covers(m)]
-    return max(broad or members, key=lambda m: (counts.get(m, 0), -len(m), m))
+    return max(broad or members, key=frequency)
 
 
 # --------------------------------------------------------------------------- M: min_count

@@ -208,6 +208,22 @@ def test_a_split_tag_whose_part_is_never_a_tag_is_kept_whole(ingested, tmp_path)
     assert "finedining" in report.labels and "fine" not in report.labels  # measured with the tag whole
 
 
+def test_a_group_is_named_by_its_broader_member_or_its_most_frequent():
+    base = grouping_from_dict({"groups": {"doughnut": ["donut", "doughnut"], "sweets_sum": ["dessert", "sweet"]}})
+
+    def pair(a, b, kind, broader=None):
+        return {(a, b): {"relation": kind, "broader": broader}}
+
+    counts = {"beignet": 155, "doughnut": 73, "sweets_sum": 445, "pastry": 89, "baklava": 137, "cake": 20}
+    assert suggest._group_name(["beignet", "doughnut"], pair("beignet", "doughnut", "sibling"), counts, base) \
+        == "beignet"  # an existing group's label only when it is the most frequent
+    assert suggest._group_name(["sweets_sum", "cake"], pair("sweets_sum", "cake", "kind_of", "cake"), counts,
+                               base) == "sweets_sum"
+    assert suggest._group_name(["baklava", "pastry"], pair("baklava", "pastry", "kind_of", "pastry"), counts,
+                               base) == "pastry"  # the WordNet hypernym
+    assert suggest._group_name(["baklava", "pastry"], pair("baklava", "pastry", "sibling"), counts, base) == "baklava"
+
+
 # --------------------------------------------------------------------------- the grouping file
 def test_the_written_grouping_file_loads_back_with_a_comment_per_change(report, tmp_path):
     text = suggest.grouping_text(report, ["all"])
