@@ -321,6 +321,17 @@ def test_cli_suggest_then_accept_from_the_stored_report(ingested, tmp_path, caps
     assert "dessert" in out and "sweet " not in out
 
 
+@pytest.mark.postgres
+def test_suggest_on_postgresql(pg_settings, scrape, tmp_path):
+    from instatag import ingest
+
+    ingest.ingest(pg_settings, [scrape], workers=1)
+    groups = tmp_path / "g.yaml"
+    groups.write_text(SCRAPE_ONLY)
+    report = suggest.suggest(pg_settings, groups, featurize=pixel_features(pg_settings))
+    assert [s.title for s in report.suggestions][:2] == ["drop yolo", "group dessert: dessert, sweet"]
+
+
 def test_suggest_needs_posts(sqlite_settings):
     with pytest.raises(UserError, match="no posts ingested yet"):
         suggest.suggest(sqlite_settings, featurize=lambda ids: np.zeros((len(ids), 2)))
