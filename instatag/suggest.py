@@ -2,8 +2,9 @@
 
 ``suggest(settings, groups_file)`` reads every ingested post, maps its hashtags under the grouping
 file (``labels.LabelPipeline``, min_count left out) and proposes changes to that file, each with its
-evidence; nothing is applied. ``apply(report, accepted)`` is the file plus the accepted suggestions;
-``grouping.dump_grouping`` writes it with a comment per change. Kinds, in the order they are listed:
+evidence; nothing is applied. ``grouping_text(report, ids)`` is the file plus the accepted suggestions
+(``apply_changes``), written by ``grouping.dump_grouping`` with a comment per change. Kinds, in the
+order they are listed:
 
 - **W, keep a tag whole**: a split tag (``#finedining`` -> fine, dining) one of whose parts is never a
   tag of its own: the part is a fragment, not a label. Written as a one-member group, which keeps the
@@ -13,12 +14,12 @@ evidence; nothing is applied. ``apply(report, accepted)`` is the file plus the a
   pretrained features of the images (``instatag.features``, cached): the label's average precision is
   no better than a random ranking's (p >= ``ALPHA``, or under ``MIN_LIFT`` times it; only for labels
   on ``PROBE_POWER`` images or more, below that a real tag's AP is too noisy to tell), or its
-  co-occurrence with the labels the
-  probe can see (p < ``VISUAL_P``) is flat: no more specific than a random set of as many photos
-  (permutation p >= ``ALPHA``, or under ``FLAT_RATIO`` times the random sets' divergence).
+  co-occurrence with the labels the probe can see (p < ``VISUAL_P``) is flat: no more specific than
+  a random set of as many photos (permutation p >= ``ALPHA``, or under ``FLAT_RATIO`` times the
+  random sets' divergence).
 - **G, group labels that mean the same thing to the photo**: related in meaning (``instatag.relations``:
-  WordNet synonyms, derived forms, a kind of the other or siblings within two hypernym steps, or a
-  compound's head) **and** on the same photos: the probe's heads of the two (both clearly visual,
+  WordNet synonyms, derived forms, a kind of the other within two hypernym steps, siblings under one
+  direct hypernym, or a compound's head) **and** on the same photos: the probe's heads of the two (both clearly visual,
   p < ``VISUAL_P``) cannot tell the photos with only one from the photos with only the other (ROC AUC
   under ``SAME_PHOTO_AUC``), or, where that cannot be measured, one is on at least
   ``SAME_PHOTO_OVERLAP`` of the other's photos and they co-occur above chance; co-occurrence above
