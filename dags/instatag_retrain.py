@@ -14,6 +14,11 @@ Retrains the hashtag model on everything ingested so far:
    the new champion's predictions; skipped otherwise;
 6. `report`: plots and an HTML report of the candidate.
 
+With the param `suggest` on, the task `suggest` (after `changes`, beside the training chain) also
+measures grouping suggestions for the same grouping file (`instatag vocab suggest`) and stores the
+report, shown on the instatag page's Suggestions tab; nothing is applied: a person accepts them there
+(or with `instatag vocab suggest --accept ... --write FILE`) and passes the file as `groups_file`.
+
 Scheduled runs (`INSTATAG_RETRAIN_SCHEDULE`, default daily at 00:00 UTC; `none` for manual runs
 only) use the preset `INSTATAG_RETRAIN_PRESET`; unpaused for the first time, the DAG waits for the
 next tick. A manual run may override any param; empty values keep the preset's. A key that is no
@@ -92,8 +97,16 @@ def instatag_retrain():
     def report(model_version_id: int) -> str:
         return pipeline.make_report(model_version_id)
 
+    @task
+    @pipeline.fail_fast
+    def suggest(params=None, dag_run=None) -> dict:
+        run = pipeline.run_params(RETRAIN, dag_run.conf, params)
+        if not run["suggest"]:
+            raise AirflowSkipException("the param suggest is off")
+        return pipeline.suggest_vocabulary(run["groups_file"])
+
     vocab = vocabulary()
-    changes() >> vocab
+    changes() >> [vocab, suggest()]
     model = train(vocab)
     decision = promote(model)
     evaluate(model) >> decision

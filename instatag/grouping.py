@@ -223,3 +223,45 @@ def _unique_key_loader():
             return super().construct_mapping(node, deep)
 
     return UniqueKeyLoader
+
+
+# --------------------------------------------------------------------------- writing a grouping file
+def dump_grouping(grouping: Grouping, notes: dict | None = None, header: str = "") -> str:
+    """A grouping file's YAML text, with comments: ``header`` (lines, '# ' added) on top, and a comment
+    after an entry where ``notes`` has one: ``notes["drop"][entry]``, ``notes["groups"][label]``,
+    ``notes["min_count"]``. PyYAML drops comments, so the text is written here, each scalar quoted by
+    PyYAML where YAML needs it. ``load_grouping`` reads it back to ``grouping`` (tests/test_suggest.py)."""
+    notes = notes or {}
+
+    def note(text: str | None) -> str:
+        return f"  # {' '.join(str(text).split())}" if text else ""
+
+    def flow(items) -> str:
+        return "[" + ", ".join(_yaml_scalar(i) for i in items) + "]"
+
+    lines = [f"# {line}".rstrip() for line in header.splitlines()] if header else []
+    lines.append(f"scrape_tags: {flow(grouping.scrape_tags)}")
+    drop_notes = notes.get("drop", {})
+    if any(drop_notes.get(d) for d in grouping.drop):
+        lines.append("drop:")
+        lines += [f"  - {_yaml_scalar(d)}{note(drop_notes.get(d))}" for d in grouping.drop]
+    else:
+        lines.append(f"drop: {flow(grouping.drop)}")
+    lines.append(f"min_count: {_yaml_scalar(grouping.min_count)}{note(notes.get('min_count'))}")
+    lines.append(f"split_hashtags: {'true' if grouping.split_hashtags else 'false'}")
+    if grouping.groups:
+        lines.append("groups:")
+        group_notes = notes.get("groups", {})
+        lines += [f"  {_yaml_scalar(label)}: {flow(members)}{note(group_notes.get(label))}"
+                  for label, members in grouping.groups.items()]
+    else:
+        lines.append("groups: {}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_scalar(value) -> str:
+    """One scalar as YAML writes it in a flow sequence (quoted when plain would mean something else)."""
+    import yaml
+
+    text = yaml.safe_dump([value], default_flow_style=True, allow_unicode=True, width=10**6).strip()
+    return text[1:-1]

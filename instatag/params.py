@@ -258,6 +258,9 @@ def specs(dag_id: str, retrain_preset: str | None = None) -> dict[str, Spec]:
                           "file's min_count."),
         "force_promote": Spec("flag", "Force promotion", "Make the new model the champion even when it is worse.",
                               default=False, optional=False),
+        "suggest": Spec("flag", "Suggest a grouping", "Also measure grouping suggestions for the grouping file "
+                        "(drops, groups, min_count, with evidence); shown on the instatag page, never applied.",
+                        default=False, optional=False),
         "reason": Spec("text", "Reason", "Why this run was started: instatag_score sets it when a drop crossed a "
                        "drift threshold (INSTATAG_RETRAIN_ON_DRIFT); a run with a reason is never skipped by "
                        "INSTATAG_RETRAIN_WHEN. Empty: a scheduled or manual run."),

@@ -135,6 +135,21 @@ def build_vocabulary(groups_file: str | None = None, min_count: int | str | None
     return int(vocab.build_vocab(settings(), groups_file or None, min_count))
 
 
+def suggest_vocabulary(groups_file: str | None = None) -> dict:
+    """Measure grouping suggestions for a grouping file (``instatag vocab suggest``; None: the configured
+    one) and store the report, which the Airflow UI's instatag page shows (Suggestions); nothing is
+    applied. Returns the report's path, the suggestions (id and title) and the label counts."""
+    from . import suggest
+
+    s = settings()
+    report = suggest.suggest(s, groups_file or None)
+    path = suggest.save_report(s, report)
+    log.info("%s", suggest.describe(report))
+    return {"report": str(path), "suggestions": [f"{x.id} {x.title}" for x in report.suggestions],
+            "labels_now": report.counts["labels_now"], "labels_suggested": report.suggested_labels}
+
+
+
 def train_config(preset: str = "default", **overrides) -> dict:
     """The training configuration a preset and overrides (None: keep the preset's) give, validated."""
     from .train import config_from

@@ -387,6 +387,9 @@ def add_cli(sub) -> None:
     e.add_argument("--groups", type=Path, metavar="FILE", help="grouping YAML (default as for build)")
     e.add_argument("--version", type=int, metavar="VERSION", help="use a stored vocabulary version instead")
     e.set_defaults(handler=_explain_cmd)
+    from . import suggest
+
+    suggest.add_cli(vs)
 
 
 def _build_cmd(args, settings) -> int:

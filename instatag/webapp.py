@@ -331,6 +331,24 @@ def report_file(settings: Settings, model_version_id: int, filename: str) -> Pat
     return safe_file(settings.reports_dir / str(model_version_id), filename)
 
 
+def suggestion_report(settings: Settings, name: str = ""):
+    """(file name, report) of a stored suggestion report (``name``: a plain file name in the suggestions
+    folder; empty: the newest), or (name, None) when there is none or the name is not a report's."""
+    from . import suggest
+    from .errors import UserError
+
+    if not name:
+        files = suggest.report_files(settings)
+        name = files[0].name if files else ""
+    path = safe_file(suggest.reports_dir(settings), name) if name and SAFE_NAME.match(name) else None
+    if path is None or path.suffix != ".json":
+        return name, None
+    try:
+        return name, suggest.load_report(path)
+    except UserError:
+        return name, None
+
+
 # --------------------------------------------------------------------------- rendering
 def plural(n: int, noun: str) -> str:
     """``1 label``, ``2 labels``, ``1,024 labels``."""
@@ -487,6 +505,34 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
         keep = {k: v for k, v in parse_qsl(back.lstrip("?")) if k in BACK_PARAMS}
         target = _links(request)("/browse", **{**keep, "saved": image_id})
         return RedirectResponse(f"{target}#image-{image_id}", status_code=303)
+
+    @app.get("/suggestions", response_class=HTMLResponse, name="suggestions")
+    def suggestions_page(request: Request, report: str = Query("", max_length=200,
+                                                                description="a stored report (default: the newest)")):
+        from . import suggest
+
+        name, found = suggestion_report(settings, report)
+        cut = found and next((s.evidence["images"] for s in found.suggestions if s.kind == "min_count"), None)
+        others = [p.name for p in suggest.report_files(settings) if p.name != name]
+        return _html(request, "suggestions.html", report=found, name=name, others=others, cut=cut)
+
+    @app.get("/suggestions/grouping.yaml", name="suggested_grouping")
+    def suggested_grouping(report: str = Query("", max_length=200), accept: list[str] = Query([])):
+        from fastapi.responses import PlainTextResponse
+
+        from . import suggest
+        from .errors import UserError
+
+        name, found = suggestion_report(settings, report)
+        if found is None:
+            raise HTTPException(404, "no such suggestion report")
+        try:
+            text = suggest.grouping_text(found, accept)
+        except UserError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return PlainTextResponse(text, media_type="application/yaml", headers={
+            "Content-Disposition": f'attachment; filename="groups-{name.removesuffix(".json")}.yaml"',
+            "X-Content-Type-Options": "nosniff"})
 
     @app.get("/thumb/{image_id}", name="thumb")
     def thumb(image_id: int, conn=Depends(connect)):

@@ -79,7 +79,7 @@ def test_retrain_dag(dagbag):
     # the default of INSTATAG_RETRAIN_SCHEDULE, @daily
     assert _cron(dag) == ("CronTriggerTimetable", "0 0 * * *", "UTC", timedelta(minutes=5))
     chain = ["changes", "vocabulary", "train", "evaluate", "promote", "rescore", "report"]
-    assert {t.task_id for t in dag.tasks} == set(chain)
+    assert {t.task_id for t in dag.tasks} == {*chain, "suggest"}
     for up, down in zip(chain, chain[1:], strict=False):
         assert up in dag.get_task(down).upstream_task_ids, (up, down)
     train = dag.get_task("train")
@@ -91,10 +91,30 @@ def test_retrain_dag(dagbag):
     assert [a.name for a in dag.get_task("rescore").outlets] == ["instatag_champion"]
     assert dag.get_task("report").trigger_rule == "none_failed_min_one_success"  # not when `changes` skipped
     assert set(dag.params) == {"preset", "arch", "size", "epochs", "freeze_epochs", "lr", "bs", "pretrained",
-                               "groups_file", "min_count", "force_promote", "reason"}
+                               "groups_file", "min_count", "force_promote", "reason", "suggest"}
     assert dag.params["reason"] is None
     assert dag.params["preset"] == "default"
     assert dag.params["force_promote"] is False
+
+
+def test_retrain_dags_suggest_task_is_optional_and_applies_nothing(dagbag, monkeypatch):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from instatag import pipeline
+
+    dag = dagbag.dags["instatag_retrain"]
+    suggest = dag.get_task("suggest")
+    assert dag.params["suggest"] is False  # scheduled runs skip it
+    assert suggest.upstream_task_ids == set() and suggest.downstream_task_ids == set()  # nothing waits on it
+    assert suggest.queue == "default"
+    _valid(dag, {"suggest": True, "groups_file": "/etc/instatag/groups.yaml"})
+    _invalid(dag, {"suggest": "yes"}, "suggest")
+    with pytest.raises(AirflowSkipException, match="suggest is off"):
+        suggest.python_callable(params={"suggest": False, "groups_file": ""})
+    calls = []
+    monkeypatch.setattr(pipeline, "suggest_vocabulary", lambda groups_file: calls.append(groups_file) or {"n": 1})
+    assert suggest.python_callable(params={"suggest": True, "groups_file": "/g.yaml"}) == {"n": 1}
+    assert calls == ["/g.yaml"]
 
 
 @pytest.mark.parametrize("conf", [

@@ -110,7 +110,8 @@ def test_every_problem_is_named_at_once():
 def test_retrain_values_as_the_tasks_use_them():
     assert check_conf(RETRAIN, {}, {"preset": "study"}) == {
         "preset": "study", "arch": None, "size": None, "epochs": None, "freeze_epochs": None, "lr": None, "bs": None,
-        "pretrained": None, "groups_file": None, "min_count": None, "force_promote": False, "reason": None}
+        "pretrained": None, "groups_file": None, "min_count": None, "force_promote": False, "suggest": False,
+        "reason": None}
     got = check_conf(RETRAIN, {"lr": "1e-3", "pretrained": "false", "epochs": 0 + 3, "groups_file": "  ",
                                "arch": "resnet18", "size": 64.0, "force_promote": True})
     assert (got["lr"], got["pretrained"], got["epochs"], got["groups_file"], got["arch"]) == (

@@ -351,7 +351,7 @@ def test_every_route_requires_an_airflow_user(filled):
     settings, champ, _, ids = filled
     client = TestClient(webapp.create_app(settings))
     for path in ("/", "/browse", f"/thumb/{ids[0]}", f"/models/{champ}/report",
-                 f"/reports/{champ}/fig4_conv1_filters.png"):
+                 f"/reports/{champ}/fig4_conv1_filters.png", "/suggestions", "/suggestions/grouping.yaml"):
         r = client.get(path)
         assert r.status_code == 401, path
         assert "champion" not in r.text
