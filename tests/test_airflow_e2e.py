@@ -116,10 +116,11 @@ def test_ingest_retrain_score_on_celery(airflow, tmp_path):
     run = airflow.trigger("instatag_retrain", TINY).json()
     airflow.wait_for_run("instatag_retrain", run["dag_run_id"], timeout=900)
     tis = {ti["task_id"]: ti for ti in airflow.task_instances("instatag_retrain", run["dag_run_id"])}
-    assert {k: ti["state"] for k, ti in tis.items()} == dict.fromkeys(
-        ["changes", "vocabulary", "train", "evaluate", "promote", "rescore", "report"], "success")
+    assert {k: ti["state"] for k, ti in tis.items()} == {**dict.fromkeys(
+        ["changes", "vocabulary", "train", "evaluate", "promote", "rescore", "report"], "success"),
+        "suggest": "skipped"}  # the param suggest is off by default
     assert (tis["train"]["queue"], tis["train"]["pool"], tis["train"]["hostname"]) == ("gpu", "gpu", "worker-gpu")
-    assert {ti["hostname"] for k, ti in tis.items() if k != "train"} == {"worker-default"}
+    assert {ti["hostname"] for k, ti in tis.items() if k not in ("train", "suggest")} == {"worker-default"}
     timings["retrain"] = time.monotonic() - started
 
     # the promotion updated instatag_champion; instatag_score writes the champion's predictions
