@@ -98,6 +98,8 @@ def test_retrain_dag(dagbag):
 
 
 def test_retrain_dags_suggest_task_is_optional_and_applies_nothing(dagbag, monkeypatch):
+    from types import SimpleNamespace
+
     from airflow.sdk.exceptions import AirflowSkipException
 
     from instatag import pipeline
@@ -105,15 +107,17 @@ def test_retrain_dags_suggest_task_is_optional_and_applies_nothing(dagbag, monke
     dag = dagbag.dags["instatag_retrain"]
     suggest = dag.get_task("suggest")
     assert dag.params["suggest"] is False  # scheduled runs skip it
-    assert suggest.upstream_task_ids == set() and suggest.downstream_task_ids == set()  # nothing waits on it
+    # after the run's first task (which checks the conf and may skip the run); nothing waits on it
+    assert suggest.upstream_task_ids == {"changes"} and suggest.downstream_task_ids == set()
     assert suggest.queue == "default"
     _valid(dag, {"suggest": True, "groups_file": "/etc/instatag/groups.yaml"})
     _invalid(dag, {"suggest": "yes"}, "suggest")
     with pytest.raises(AirflowSkipException, match="suggest is off"):
-        suggest.python_callable(params={"suggest": False, "groups_file": ""})
+        suggest.python_callable(params={"suggest": False, "groups_file": ""}, dag_run=SimpleNamespace(conf={}))
     calls = []
     monkeypatch.setattr(pipeline, "suggest_vocabulary", lambda groups_file: calls.append(groups_file) or {"n": 1})
-    assert suggest.python_callable(params={"suggest": True, "groups_file": "/g.yaml"}) == {"n": 1}
+    assert suggest.python_callable(params={"suggest": True, "groups_file": "/g.yaml"},
+                                   dag_run=SimpleNamespace(conf={})) == {"n": 1}
     assert calls == ["/g.yaml"]
 
 
