@@ -288,14 +288,21 @@ def champion_vocab_created(conn, model_version_id: int) -> datetime:
     return _utc(conn.execute(q).scalar_one())
 
 
+def started_after(started: datetime, since: datetime) -> bool:
+    """Whether a run that started at ``started`` came after a vocabulary built at ``since`` (both to
+    the microsecond: vocab.build writes its ``created_at`` itself)."""
+    return _utc(started) >= _utc(since)
+
+
 def runs_since(conn, since: datetime) -> list[int]:
-    """Ids of the ingest runs (any status) that started at or after ``since``."""
+    """Ids of the ingest runs (any status) that started after ``since`` (``started_after``)."""
     from sqlalchemy import select
 
     from . import schema as t
 
     r = t.ingest_runs
-    return [i for i, started in conn.execute(select(r.c.id, r.c.started_at).order_by(r.c.id)) if _utc(started) >= since]
+    return [i for i, started in conn.execute(select(r.c.id, r.c.started_at).order_by(r.c.id))
+            if started_after(started, since)]
 
 
 def fresh_drops(conn, model_version_id: int) -> list[dict]:
@@ -308,7 +315,7 @@ def fresh_drops(conn, model_version_id: int) -> list[dict]:
     since = champion_vocab_created(conn, model_version_id)
     r = t.ingest_runs
     rows = conn.execute(select(r).where(r.c.n_posts > 0, r.c.status != "running").order_by(r.c.id)).mappings()
-    return [dict(row) for row in rows if _utc(row["started_at"]) >= since]
+    return [dict(row) for row in rows if started_after(row["started_at"], since)]
 
 
 def pending(settings, model_version_id: int) -> tuple[list[int], dict[int, str]]:
@@ -545,7 +552,8 @@ def drop_rows(conn, model_version_id: int | None = None) -> list[dict]:
         row = dict(m)
         if row["model_version_id"] is None:
             row["note"] = ("no champion yet" if since is None else
-                           f"in model version {champion}'s training data" if _utc(row["started_at"]) < since else
+                           f"in model version {champion}'s training data"
+                           if not started_after(row["started_at"], since) else
                            "waiting: the champion grades a finished drop once it has scored its new photos")
         figures = ((row.get("drift") or {}).get("figures")) or []
         row["flags"] = [FIGURES.get(f["name"], f["name"]) for f in figures if f.get("flagged")]

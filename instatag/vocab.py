@@ -272,11 +272,15 @@ def _tool_versions(wn, split: bool) -> dict:
 
 
 def _store(conn, t, result: dict) -> int:
+    from datetime import UTC, datetime
+
     from sqlalchemy import insert
 
     from . import db
 
-    vid = conn.execute(insert(t.vocab_versions).values(
+    # created_at to the microsecond (SQLite's server default keeps whole seconds): instatag.drops tells
+    # the drops a vocabulary was built on from the drops after it by comparing it with ingest_runs.started_at
+    vid = conn.execute(insert(t.vocab_versions).values(created_at=datetime.now(UTC),
         config=result["config"], config_sha256=result["config_sha256"], n_posts=result["n_posts"],
         n_images=result["n_images"], n_unlabelled=result["n_unlabelled"], n_raw_tags=result["n_raw_tags"],
         n_lemmas=result["n_lemmas"], n_labels=result["n_labels"], stats=result["stats"],
