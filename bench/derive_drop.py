@@ -39,7 +39,7 @@ def derive(src: Path, dest: Path, sample: int | None = None, seed: int = 0, dish
         try:
             with Image.open(stem.with_suffix(".jpg")) as im:
                 mirrored = im.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        except OSError:
+        except (OSError, Image.DecompressionBombError):
             continue  # food10's broken files stay out
         mirrored.save(dest / f"{stem.name}.jpg", quality=95)
         caption = stem.with_suffix(".txt").read_text(encoding="utf-8", errors="replace")
