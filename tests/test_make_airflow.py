@@ -228,7 +228,8 @@ class TriggerForm:
         from selenium.webdriver.common.by import By
 
         for alert in self.d.find_elements(By.CSS_SELECTOR, "[role=dialog] [role=alert]"):
-            if text in alert.text:
+            # textContent: .text is empty while the alert sits outside the dialog's scrolled view
+            if text in (alert.get_attribute("textContent") or ""):
                 self.d.execute_script("arguments[0].scrollIntoView()", alert)
                 return alert
         return None
