@@ -232,6 +232,10 @@ class TriggerForm:
             if text in (alert.get_attribute("textContent") or ""):
                 self.d.execute_script("arguments[0].scrollIntoView()", alert)
                 return alert
+        # the UI may show the 400's detail as a toast outside the dialog instead
+        for alert in self.d.find_elements(By.CSS_SELECTOR, "[role=alert], [role=status], [data-part=description]"):
+            if text in (alert.get_attribute("textContent") or ""):
+                return alert
         return None
 
     def screenshot(self, path: Path) -> None:
