@@ -143,6 +143,9 @@ def upgrade(settings: Settings | None = None, revision: str = "head") -> str:
     from alembic import command
 
     engine = get_engine(settings)
+    with engine.begin() as conn:  # views first (re-created below): SQLite refuses to rebuild a table a view reads
+        for view in inspect(conn).get_view_names():
+            conn.execute(text(f'DROP VIEW IF EXISTS "{view}"'))
     command.upgrade(_alembic_config(engine), revision)
     with engine.begin() as conn:
         for stmt in view_statements():

@@ -203,3 +203,24 @@ def test_copy_rows_round_trips_nulls_empty_text_and_escapes(settings):
         got = conn.execute(select(t.images.c.caption, t.images.c.taken_at).order_by(t.images.c.sha256)).all()
     assert [c for c, _ in got] == captions
     assert all(when.replace(tzinfo=UTC) == datetime(2026, 11, 1, tzinfo=UTC) for _, when in got)
+
+
+def test_upgrading_an_old_sqlite_database_keeps_its_hashtags(tmp_path):
+    """The migration that adds posts.ingest_run_id rebuilds posts on SQLite; with foreign keys on,
+    dropping the old table deleted every post_hashtags row (ON DELETE CASCADE), and the views that
+    read posts blocked the rebuild."""
+    import sqlite3
+
+    from instatag import db
+    from instatag.settings import load_settings
+
+    s = load_settings(env={}, data_dir=tmp_path)
+    db.upgrade(s, "37ad776cf0f9")
+    with sqlite3.connect(tmp_path / "instatag.db") as c:
+        c.execute("insert into images (id, sha256, post, source_path, format, width, height, original_path, "
+                  "resized_path) values (1, 'a', 'p', '/x', 'JPEG', 1, 1, 'o', 'r')")
+        c.execute("insert into posts (id, image_id, post, source_path) values (1, 1, 'p', '/x')")
+        c.execute("insert into post_hashtags (post_id, tag, position, is_scrape_tag) values (1, 'cake', 0, 0)")
+    db.upgrade(s)
+    with sqlite3.connect(tmp_path / "instatag.db") as c:
+        assert c.execute("select post_id, tag from post_hashtags").fetchall() == [(1, "cake")]

@@ -62,10 +62,18 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['model_version_id'], ['model_versions.id'], name=op.f('fk_image_probabilities_model_version_id_model_versions'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('model_version_id', 'image_id', name=op.f('pk_image_probabilities'))
     )
+    # SQLite: the batch rebuild drops and re-creates posts, and with foreign keys on, dropping it
+    # deletes post_hashtags' rows (ON DELETE CASCADE); keep them aside and put them back.
+    sqlite = op.get_bind().dialect.name == 'sqlite'
+    if sqlite:
+        op.execute('CREATE TEMP TABLE keep_post_hashtags AS SELECT * FROM post_hashtags')
     with op.batch_alter_table('posts', schema=None) as batch_op:
         batch_op.add_column(sa.Column('ingest_run_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True))
-        batch_op.create_index(batch_op.f('ix_posts_ingest_run_id'), ['ingest_run_id'], unique=False)
         batch_op.create_foreign_key(batch_op.f('fk_posts_ingest_run_id_ingest_runs'), 'ingest_runs', ['ingest_run_id'], ['id'], ondelete='SET NULL')
+    if sqlite:
+        op.execute('INSERT OR IGNORE INTO post_hashtags SELECT * FROM keep_post_hashtags')
+        op.execute('DROP TABLE keep_post_hashtags')
+    op.create_index(op.f('ix_posts_ingest_run_id'), 'posts', ['ingest_run_id'], unique=False)
 
     # ### end Alembic commands ###
 
