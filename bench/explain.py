@@ -16,10 +16,8 @@ Prints the JSON and writes it to ``bench/results/explain-<UTC timestamp>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
-from machine import machine_info  # noqa: E402
+from machine import machine_info, save_result  # noqa: E402
 
 FOOD10 = ROOT.parent / "shared" / "data" / "food10-scrape"
 
@@ -74,11 +72,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args()
     result = run(args)
-    text_ = json.dumps(result, indent=2)
-    print(text_)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (args.out / f"explain-{stamp}.json").write_text(text_ + "\n")
+    save_result(args.out, "explain", result)
     return 0
 
 

@@ -26,7 +26,6 @@ Prints the JSON and writes it to ``bench/results/ingest-<UTC timestamp>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -136,7 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", type=Path, help="parent of the temporary data dirs (default: system temp)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
-    from machine import machine_info
+    from machine import machine_info, save_result
     from sqlalchemy import create_engine, text
 
     from instatag import db
@@ -217,10 +216,7 @@ def main(argv=None) -> int:
         "database": f"postgresql (fresh for each of the {args.repeats} ingests, dropped afterwards)",
         "machine": info,
     }
-    text_out = json.dumps(result, indent=2)
-    print(text_out)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"ingest-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json").write_text(text_out + "\n")
+    save_result(args.out, "ingest", result)
     return 0
 
 

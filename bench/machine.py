@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -48,3 +50,13 @@ def machine_info() -> dict:
         except ImportError:
             pass
     return info
+
+
+def save_result(out: Path, name: str, result: dict) -> Path:
+    """Print ``result`` as indented JSON and write it to ``out/<name>-<UTC time>.json``; that path."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(text + "\n")
+    return path

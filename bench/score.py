@@ -22,7 +22,6 @@ Prints the JSON and writes it to ``bench/results/score-<UTC timestamp>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from machine import machine_info  # noqa: E402
+from machine import machine_info, save_result  # noqa: E402
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 
 from instatag import db  # noqa: E402
@@ -195,11 +194,7 @@ def main() -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = run(args)
-    text_ = json.dumps(result, indent=2)
-    print(text_)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (args.out / f"score-{stamp}.json").write_text(text_ + "\n")
+    save_result(args.out, "score", result)
     return 0
 
 

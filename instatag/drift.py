@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
+
+from .settings import Settings
 
 #: added to every count before shares are compared in PSI
 SMOOTHING = 0.5
@@ -46,28 +48,27 @@ UNLABELLED = "(no label)"
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When a figure is flagged (the settings ``INSTATAG_DRIFT_*``; docs/drops.md)."""
+    """When a figure is flagged: the settings ``INSTATAG_DRIFT_<NAME>`` (their defaults and meaning are
+    in instatag.settings, the one owner; docs/drops.md)."""
 
     #: photos (labelled photos for quality) a drop needs before any of its figures is flagged
-    min_images: int = 30
+    min_images: int = Settings.drift_min_images
     #: significance level of every test
-    p_value: float = 0.01
+    p_value: float = Settings.drift_p_value
     #: PSI of the tag mix and of the top-1 labels
-    psi: float = 0.2
+    psi: float = Settings.drift_psi
     #: Kolmogorov-Smirnov D of the highest probability, the image size and the brightness
-    ks: float = 0.2
+    ks: float = Settings.drift_ks
     #: rise of the share of photos with no label over its threshold
-    no_label: float = 0.15
+    no_label: float = Settings.drift_no_label
     #: rise of the share of photos carrying a hashtag the vocabulary does not know
-    new_tag_share: float = 0.1
+    new_tag_share: float = Settings.drift_new_tag_share
     #: fall of the fresh-label dominant_recall@2 below the validation figure
-    quality_drop: float = 0.1
+    quality_drop: float = Settings.drift_quality_drop
 
     @classmethod
-    def from_settings(cls, settings) -> Thresholds:
-        return cls(min_images=settings.drift_min_images, p_value=settings.drift_p_value, psi=settings.drift_psi,
-                   ks=settings.drift_ks, no_label=settings.drift_no_label,
-                   new_tag_share=settings.drift_new_tag_share, quality_drop=settings.drift_quality_drop)
+    def from_settings(cls, settings: Settings) -> Thresholds:
+        return cls(**{f.name: getattr(settings, "drift_" + f.name) for f in fields(cls)})
 
     def as_dict(self) -> dict:
         return asdict(self)

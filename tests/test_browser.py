@@ -17,7 +17,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from browser_support import headless_chromium, require_browser
 from test_score import LABELS, add_images, add_model, add_vocab, tiny_model_dir  # noqa: F401
 
 from instatag import db, evaluate, promote, report, score
@@ -33,26 +33,11 @@ from instatag.settings import load_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parents[1]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 USER, PASSWORD = "viewer", secrets.token_urlsafe(10)
 EDITOR, EDITOR_PASSWORD = "editor", secrets.token_urlsafe(10)
 TAG = "soup"
-
-
-def _require_browser() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium package")
-    if missing:
-        reason = f"browser test needs {', '.join(missing)} (run scripts/provision_browser.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(reason + "; mandatory in CI")
-        pytest.skip(reason)
 
 
 def _free_port() -> int:
@@ -68,7 +53,7 @@ def _tail(path: Path, n: int = 40) -> str:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, tiny_model_dir):  # noqa: F811
     """instatag settings on SQLite with a champion, its predictions (by the scorer) and its report."""
-    _require_browser()
+    require_browser()
     settings = load_settings(env={}, data_dir=tmp_path_factory.mktemp("instatag") / "var")
     db.upgrade(settings)
     images = add_images(settings, 24)
@@ -168,25 +153,11 @@ def editor_browser(tmp_path, api_server):
 
 
 def _chromium(tmp_path, api_server, token):
-    """Headless Chromium (Debian's, driven by its chromedriver), holding the Airflow login cookie."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        driver.set_page_load_timeout(120)
+    """Headless Chromium holding the Airflow login cookie."""
+    with headless_chromium(tmp_path / "chromium") as driver:
         driver.get(f"{api_server}/instatag/robots.txt")  # any page of the origin, to set its cookie
         driver.add_cookie({"name": "_token", "value": token, "path": "/"})  # what Airflow's login sets
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(tmp_path / "chromium", ignore_errors=True)
 
 
 def assert_not_blank(png: bytes) -> None:

@@ -48,6 +48,15 @@ def rows(settings, table) -> list[dict]:
         return [dict(r._mapping) for r in conn.execute(select(table))]
 
 
+def tags_by_post(settings) -> dict[str, list[str]]:
+    """{post name: its hashtags in caption order}."""
+    ids = {r["id"]: r["post"] for r in rows(settings, posts)}
+    out: dict[str, list[str]] = {p: [] for p in ids.values()}
+    for r in sorted(rows(settings, post_hashtags), key=lambda r: r["position"]):
+        out[ids[r["post_id"]]].append(r["tag"])
+    return out
+
+
 def errors_by_name(settings) -> dict[str, str]:
     return {Path(r["path"]).name: r["reason"] for r in rows(settings, ingest_errors)}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import update
-from test_ingest import counts, photo_bytes, rows
+from test_ingest import counts, photo_bytes, rows, tags_by_post
 
 from instatag import ingest as ingest_mod
 from instatag.db import get_engine
@@ -35,14 +35,6 @@ def write_json(path: Path, node: dict, node_type: str | None = "Post") -> None:
     doc = {"node": node, **({"instaloader": {"version": "4.14.1", "node_type": node_type}} if node_type else {})}
     data = json.dumps(doc).encode()
     path.write_bytes(lzma.compress(data) if path.name.endswith(".xz") else data)
-
-
-def tags_by_post(settings) -> dict[str, list[str]]:
-    ids = {r["id"]: r["post"] for r in rows(settings, posts)}
-    out: dict[str, list[str]] = {p: [] for p in ids.values()}
-    for r in sorted(rows(settings, post_hashtags), key=lambda r: r["position"]):
-        out[ids[r["post_id"]]].append(r["tag"])
-    return out
 
 
 def post_row(settings, stem: str) -> dict:

@@ -10,22 +10,14 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_ingest import errors_by_name, photo_bytes, rows
+from test_ingest import errors_by_name, photo_bytes, rows, tags_by_post
 
 from instatag import ingest as ingest_mod
 from instatag.imagestore import Rejected, store_image
 from instatag.ingest import decode_caption, ingest, tag_cell
-from instatag.schema import ingest_errors, post_hashtags, posts
+from instatag.schema import ingest_errors, posts
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tags_of(settings) -> dict[str, list[str]]:
-    ids = {r["id"]: r["post"] for r in rows(settings, posts)}
-    out: dict[str, list[str]] = {p: [] for p in ids.values()}
-    for r in sorted(rows(settings, post_hashtags), key=lambda r: r["position"]):
-        out[ids[r["post_id"]]].append(r["tag"])
-    return out
 
 
 # --------------------------------------------------------------------------- manifest cells that hold a list
@@ -57,7 +49,7 @@ def test_manifest_cells_holding_a_list(settings, tmp_path):
         {"image": str(tmp_path / "img" / "p1.jpg"), "tags": ["cake", "[pie"], "post": "J2"},
     ]) + "\n")
     report = ingest(settings, [tmp_path / "posts.csv", tmp_path / "posts.jsonl"])
-    tags = tags_of(settings)
+    tags = tags_by_post(settings)
     assert {p: tags[p] for p in tags if p.startswith("L")} == {
         "L1": ["cake", "pie"], "L2": ["cake", "pie"], "L3": ["cake", "pie"], "L4": ["cake"],
         "L5": ["cake", "pie"], "L6": ["cake"], "L7": ["cake"]}
@@ -102,7 +94,7 @@ def test_tag_cells_are_split_or_refused_never_cut(settings, tmp_path):
     (tmp_path / "posts.jsonl").write_text(json.dumps({"image": "img/p0.jpg", "tags": ["cake pie"], "post": "J1"})
                                           + "\n")
     report = ingest(settings, [tmp_path / "posts.jsonl", tmp_path / "posts.csv"])
-    tags = tags_of(settings)
+    tags = tags_by_post(settings)
     assert {p: tags[p] for p in tags} == {"S1": ["cake", "pie"], "S2": ["cake", "pie"],
                                           "S3": ["cake", "pie", "tart"], "S4": ["cake", "pie"]}
     assert report.rejected == {"bad_manifest_row": 8}
@@ -160,7 +152,7 @@ def test_a_caption_saved_in_a_legacy_encoding_keeps_its_post(settings, tmp_path)
     legacy, utf8 = by_post["2026-11-04_09-00-00_UTC"], by_post["2026-11-04_09-00-01_UTC"]
     assert (legacy["caption"], legacy["caption_encoding"]) == ("Crème brûlée maison #CrèmeBrûlée #recipe", "cp1252")
     assert utf8["caption_encoding"] is None
-    tags = tags_of(settings)
+    tags = tags_by_post(settings)
     assert tags["2026-11-04_09-00-00_UTC"] == ["crèmebrûlée", "recipe"]
     assert tags["2026-11-04_09-00-01_UTC"] == ["crèmebrûlée"]
     assert errors_by_name(settings) == {"2026-11-04_09-00-02_UTC.txt": "unreadable_caption"}
@@ -209,7 +201,7 @@ def test_ingest_accepts_a_jpeg_without_end_marker(sqlite_settings, tmp_path):
     (drop / "2026-11-04_10-00-01_UTC.jpg").write_bytes(data[: len(data) // 2])
     report = ingest(sqlite_settings, [drop])
     assert report.accepted == 1 and report.rejected == {"truncated_image": 1}
-    assert tags_of(sqlite_settings) == {"2026-11-04_10-00-00_UTC": ["bread"]}
+    assert tags_by_post(sqlite_settings) == {"2026-11-04_10-00-00_UTC": ["bread"]}
 
 
 # --------------------------------------------------------------------------- the docs

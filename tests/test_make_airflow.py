@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,14 +21,13 @@ from pathlib import Path
 
 import pytest
 from airflow_harness import MakeAirflow, expected_ingest_workers, free_port, ingest_workers
+from browser_support import headless_chromium, require_browser
 from sqlalchemy import create_engine, text
 
 from instatag import pipeline, sample
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "airflow_standalone.sh"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 DAG_IDS = ["instatag_ingest", "instatag_retrain", "instatag_score"]
 #: the walk's drop: enough posts for several decoding processes and a vocabulary of several labels
 N_POSTS = 300
@@ -128,19 +126,6 @@ def test_the_script_fails_loudly_when_the_ui_cannot_bind(tmp_path):
     assert left == []
 
 
-def _require_browser() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium package")
-    if missing:
-        reason = f"needs {', '.join(missing)} (run scripts/provision_browser.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(reason + "; mandatory in CI")
-        pytest.skip(reason)
-
-
 def near_a_daily_tick() -> bool:
     """Within SCHEDULE_GRACE (and the time Airflow takes to come up) after midnight UTC, when a
     DAG created then runs for that midnight's tick: the nightly retrain would start by itself."""
@@ -166,22 +151,8 @@ def make_airflow(tmp_path):
 
 @pytest.fixture
 def chromium(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        driver.set_page_load_timeout(120)
+    with headless_chromium(tmp_path / "chromium") as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(tmp_path / "chromium", ignore_errors=True)
 
 
 class TriggerForm:
@@ -251,7 +222,7 @@ class TriggerForm:
 def test_make_airflow_walk(make_airflow, chromium, tmp_path):
     """A drop, the retrain form at its defaults, and the Assets do the rest."""
     af = make_airflow
-    _require_browser()
+    require_browser()
     timings: dict[str, float] = {}
     started = time.monotonic()
     sample.make_scrape(af.drop / "drop-2026-11-01", n_posts=N_POSTS, seed=11)

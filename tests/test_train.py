@@ -12,6 +12,7 @@ import random
 import numpy as np
 import pytest
 from sqlalchemy import insert, select
+from test_progress import FakeClock
 
 from instatag import cli, db, modelfile, ranking
 from instatag import schema as t
@@ -369,17 +370,6 @@ def test_prior_bias_starts_at_the_label_log_odds_and_round_trips(items, tmp_path
 
 
 # --------------------------------------------------------------------------- what the task log shows
-class FakeClock:
-    """Seconds that advance by ``step`` at every reading."""
-
-    def __init__(self, step: float):
-        self.t, self.step = 0.0, step
-
-    def __call__(self) -> float:
-        self.t += self.step
-        return self.t
-
-
 def test_batch_log_lines_under_a_fake_clock(caplog, tmp_path):
     """A line at most every 10 s of the clock (here every third batch of 16 images: 48 images in 12 s),
     for training and validation batches, epochs numbered across fits; and for lr_find."""
