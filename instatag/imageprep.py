@@ -197,7 +197,7 @@ class Preprocessing:
         import torch
 
         h, w = image.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].expand(n, -1, -1, -1)
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].expand(n, -1, -1, -1)
         sizes = torch.tensor([[w, h]] * n)
         crops = self.random_crops(x, sizes, torch.Generator().manual_seed(seed))
         return crops.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
