@@ -7,7 +7,7 @@ A ``Preprocessing`` says everything a model's input depends on; training records
 - **evaluation** (validation batches, evaluation, scoring, ``instatag predict``, the report): the
   central square of the image, resized to ``size`` x ``size`` with PIL's bilinear filter
   (``center_crop_resize``, ``load_array``: uint8 ``[size, size, 3]``);
-- **scaling and normalisation** (``to_float``, ``normalize``): uint8 0..255 -> float 0..1, then
+- **scaling and normalisation** (``to_float``, ``standardize``): uint8 0..255 -> float 0..1, then
   ``(x - mean) / std`` per channel with the architecture's statistics (``archs.stats``: ImageNet's for
   the torchvision networks, 0.5/0.5 for the TensorFlow EfficientNet-Lite port). Functions of batched
   ``[n, 3, h, w]`` tensors on any device;
@@ -122,7 +122,7 @@ class Preprocessing:
         return (torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
                 torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
 
-    def normalize(self, x):
+    def standardize(self, x):
         """``(x - mean) / std`` of a float ``[n, 3, h, w]`` batch scaled to [0, 1], on its device (float32 out)."""
         mean, std = self.stats(x.device)
         return (x.float() - mean) / std
@@ -130,7 +130,7 @@ class Preprocessing:
     def inputs(self, x):
         """The network's input from evaluation crops: uint8 ``[n, 3, size, size]`` (0..255) or float (0..1),
         any device -> normalised float32 on the same device."""
-        return self.normalize(to_float(x))
+        return self.standardize(to_float(x))
 
     # ------------------------------------------------------------------ training
     def crop_boxes(self, sizes, generator=None):
