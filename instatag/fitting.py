@@ -117,8 +117,10 @@ def data_path(config: TrainConfig, device: str, n_train: int, n_valid: int, resi
 
 
 def dataloaders(items: Sequence, labels: Sequence[str], config: TrainConfig, device: str, resized_side: int = 160):
-    """fastai DataLoaders over ``items`` (labels.Item), split by content hash: ``memdata`` or a DataBlock.
-    ``resized_side``: the longest side of the store's resized copies (Settings.resized_side)."""
+    """fastai DataLoaders over ``items`` (labels.Item), split by content hash: ``memdata`` or a DataBlock, both
+    preprocessed and augmented by ``imageprep.Preprocessing.for_config(config)`` (validation batches: the
+    inference tensors; training crops: one distribution on both paths). ``resized_side``: the longest side of
+    the store's resized copies (Settings.resized_side). UserError when too few images for a batch."""
     from fastai.data.block import DataBlock
     from fastai.data.transforms import IndexSplitter
     from fastai.vision.data import ImageBlock, MultiCategoryBlock
