@@ -291,7 +291,7 @@ def test_a_failure_marks_the_run_failed_and_registers_nothing(sqlite_settings, m
     s = sqlite_settings
     add_labelled_images(s, 12)
 
-    def failing_fit(items, labels, config, settings, sink, on_lr_find, counts=None):
+    def failing_fit(items, labels, config, settings, sink, on_lr_find, counts=None, prefetch=None):
         sink(ft.EpochRecord(0, "frozen", 0.7, 0.6, {}, 8, 0.1))
         if where == "fit":
             raise RuntimeError("CUDA out of memory (simulated)")
