@@ -148,6 +148,7 @@ def main() -> int:
     ap.add_argument("--no-cudnn", action="store_true", help="cuDNN off (PyTorch's own convolutions)")
     ap.add_argument("--amp", choices=["bf16", "off"], help="fast engine: mixed precision (off: float32 + TF32)")
     ap.add_argument("--no-channels-last", action="store_true", help="fast engine: NCHW tensors")
+    ap.add_argument("--no-graphs", action="store_true", help="fast engine: no CUDA graphs (eager steps)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
@@ -169,6 +170,7 @@ def main() -> int:
     fastfit.CUDNN_BENCHMARK = args.cudnn_benchmark
     fastfit.AMP = args.amp
     fastfit.CHANNELS_LAST = False if args.no_channels_last else None
+    fastfit.GRAPHS = not args.no_graphs
     if args.no_cudnn:  # imports torch before the run
         import torch
 
@@ -177,7 +179,8 @@ def main() -> int:
     overrides = dict(item.split("=", 1) for item in args.set)
     config = tr.config_from(args.preset, **{k: trainconfig._parse_value(v) for k, v in overrides.items()})
     amp, channels_last = fastfit.cuda_format(config.arch)
-    switches = {"cudnn_benchmark": fastfit.CUDNN_BENCHMARK, "amp": amp, "channels_last": channels_last,
+    switches = {"cudnn_benchmark": fastfit.CUDNN_BENCHMARK, "cuda_graphs": fastfit.GRAPHS, "amp": amp,
+                "channels_last": channels_last,
                 "cudnn": not args.no_cudnn}
     wall["train_called"] = round(time.time() - t0, 3)
     model_id = tr.train(settings, config)

@@ -23,6 +23,7 @@ OUT=${OUT:-/tmp/gpu-out}
 RES=$OUT/results
 mkdir -p "$RES"
 PY=${PY:-python3}
+LAST_RC=0
 if [ -z "${SKIP_INSTALL:-}" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "wheels did not install"; exit 1; }
@@ -37,13 +38,15 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 run() {
   local label=$1 lim=$2; shift 2
   local left=$(( DEADLINE - $(date +%s) ))
-  if (( left < lim / 2 )); then echo "$label: skipped ($left s left)"; return; fi
+  if (( left < lim / 2 )); then echo "$label: skipped ($left s left)"; LAST_RC=1; return 0; fi
   (( lim > left )) && lim=$left
   T0=$(date +%s.%N) timeout "$lim" $PY "$SRC/bench/gpu_fit.py" --data-dir $DATA --out "$RES" --label "$label" "$@" \
     >"$RES/log-$label.txt" 2>&1
   local rc=$?
   grep -E "^$label: total|Error|error:" "$RES/log-$label.txt" | tail -3
+  LAST_RC=$rc
   (( rc )) && { echo "$label: exit $rc"; tail -5 "$RES/log-$label.txt"; }
+  return 0
 }
 
 NP='--set pretrained=false'  # resnet18's ImageNet weights do not travel; the same work per step
@@ -84,6 +87,7 @@ print(f"import torch {t1 - t:.2f} s, CUDA ready {t2 - t1:.2f} s, import torchvis
       f"import timm {t4 - t3:.2f} s, first fused AdamW step {t5 - t4:.2f} s")
 PYEOF
     run study-fast 45 --preset study $NP --profile
+    (( LAST_RC )) && run study-fast-nographs 40 --preset study $NP --no-graphs  # diagnosis: the loop without graphs
     run study-fast-2 30 --preset study $NP
     run default-fast 45 --preset default
     run default-fast-2 40 --preset default

@@ -68,6 +68,8 @@ CUDA_FORMAT_DEFAULT = ("bf16", True)
 CUDNN_BENCHMARK = False
 AMP: str | None = None
 CHANNELS_LAST: bool | None = None
+#: CUDA graphs on CUDA (False: the same loop eagerly, for benchmarks and diagnosis)
+GRAPHS = True
 
 
 def cuda_format(arch: str) -> tuple[str, bool]:
@@ -298,7 +300,7 @@ class Loop:
         self.net, self.groups, self.data, self.prep, self.loss_fn = net, groups, data, prep, loss_fn
         self.config, self.device = config, device
         self.cuda = device == "cuda"
-        self.graphs = self.cuda if graphs is None else graphs and self.cuda
+        self.graphs = self.cuda and (GRAPHS if graphs is None else graphs)
         self.bs, self.valid_bs = config.bs, 2 * config.bs
         self.n_train = data.x_train.size(0)
         self.n_iter = self.n_train // self.bs
