@@ -6,6 +6,10 @@ by the contract of ``instatag.imageprep``; ``vision_learner`` with offline pretr
 (``instatag.archs``), optional ``lr_find``, then ``fine_tune``. Every epoch of both phases is reported to
 a sink (fastai's own Recorder starts afresh at each fit); ``batch_log`` writes progress lines inside
 epochs for logs without a terminal. ``instatag.train`` registers the result in the database.
+
+On CUDA with the data held on the device, ``fit`` hands the same schedule to ``instatag.fastfit``
+(plain PyTorch, CUDA graphs; ``TrainConfig.engine``, resolved by ``engine``); the rest of this module is
+the fastai engine.
 """
 
 from __future__ import annotations
@@ -66,6 +70,12 @@ def _loss_func(config: TrainConfig):
 
     if config.loss == "bce" and not config.label_smoothing:
         return BCEWithLogitsLossFlat()
+    return plain_loss(config)
+
+
+def plain_loss(config: TrainConfig):
+    """``loss(logits, targets)``, both ``[bs, n_labels]``: the mean binary cross-entropy (what fastai's
+    BCEWithLogitsLossFlat computes), with ``label_smoothing`` and ``loss="focal"`` applied, in float32."""
     import torch
     import torch.nn.functional as F
 
@@ -116,6 +126,28 @@ def data_path(config: TrainConfig, device: str, n_train: int, n_valid: int, resi
     return "memory" if device == "cuda" and fits else "files"
 
 
+def valid_indices(items: Sequence, config: TrainConfig) -> list[int]:
+    """Positions of the validation items (``labels.is_valid``: by content hash); a UserError when either
+    split is too small for a batch."""
+    from .labels import is_valid
+
+    valid_idx = [i for i, it in enumerate(items) if is_valid(it.sha256, config.valid_pct)]
+    n_valid, n_train = len(valid_idx), len(items) - len(valid_idx)
+    if n_valid == 0 or n_train < config.bs:
+        raise UserError(f"too few labelled images to train: {n_train} for training (batch size {config.bs}) and "
+                        f"{n_valid} for validation; ingest more posts or lower --bs")
+    return valid_idx
+
+
+def engine(config: TrainConfig, device: str, n_train: int, n_valid: int, resized_side: int) -> str:
+    """The training loop ``config.engine`` resolves to on ``device``: "fast" (instatag.fastfit) or "fastai";
+    auto: fast on CUDA where the data path is memory."""
+    if config.engine != "auto":
+        return config.engine
+    memory = data_path(config, device, n_train, n_valid, resized_side) == "memory"
+    return "fast" if device == "cuda" and memory else "fastai"
+
+
 def dataloaders(items: Sequence, labels: Sequence[str], config: TrainConfig, device: str, resized_side: int = 160):
     """fastai DataLoaders over ``items`` (labels.Item), split by content hash: ``memdata`` or a DataBlock, both
     preprocessed and augmented by ``imageprep.Preprocessing.for_config(config)`` (validation batches: the
@@ -126,13 +158,9 @@ def dataloaders(items: Sequence, labels: Sequence[str], config: TrainConfig, dev
     from fastai.vision.data import ImageBlock, MultiCategoryBlock
 
     from . import memdata
-    from .labels import is_valid
 
-    valid_idx = [i for i, it in enumerate(items) if is_valid(it.sha256, config.valid_pct)]
+    valid_idx = valid_indices(items, config)
     n_valid, n_train = len(valid_idx), len(items) - len(valid_idx)
-    if n_valid == 0 or n_train < config.bs:
-        raise UserError(f"too few labelled images to train: {n_train} for training (batch size {config.bs}) and "
-                        f"{n_valid} for validation; ingest more posts or lower --bs")
     if data_path(config, device, n_train, n_valid, resized_side) == "memory":
         return memdata.dataloaders(items, labels, config, device, valid_idx, resized_side)
     prep = imageprep.Preprocessing.for_config(config)
@@ -323,14 +351,14 @@ def _prior_log_odds(items: Sequence, labels: Sequence[str], config: TrainConfig)
 
 def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: Settings | None = None,
         sink: Callable[[EpochRecord], None] | None = None,
-        on_lr_find: Callable[[dict], None] | None = None, counts: dict | None = None) -> FitResult:
-    """Train on ``items`` (labels.Item: image_id, sha256, resized_path, labels) for ``labels`` (output order).
-    ``counts``: training frequency per label, for the ranking (default: counted over ``items``)."""
+        on_lr_find: Callable[[dict], None] | None = None, counts: dict | None = None, prefetch=None) -> FitResult:
+    """Train on ``items`` (labels.Item: image_id, sha256, resized_path, labels) for ``labels`` (output order),
+    through the engine ``engine`` resolves to. ``counts``: training frequency per label, for the ranking
+    (default: counted over ``items``); ``prefetch``: a ``memdata.Prefetch`` of these items (the fast engine
+    uses it)."""
     import tempfile
-    from collections import Counter
 
     from .inference import resolve_device
-    from .metrics import frequency_order
 
     config.validate()
     settings = settings or Settings()
@@ -343,6 +371,14 @@ def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: S
         if sink:
             sink(rec)
 
+    n_valid = len(valid_indices(items, config))
+    if engine(config, device, len(items) - n_valid, n_valid, settings.resized_side) == "fast":
+        from . import fastfit
+
+        state, base_lr, curve, n_train, n_valid = fastfit.fit_resident(items, labels, config, settings, device,
+                                                                       record, on_lr_find, prefetch)
+        meta = _meta(items, labels, config, base_lr, n_train, n_valid, "memory", counts)
+        return FitResult(state, meta, curve, records, device, time.perf_counter() - started)
     with tempfile.TemporaryDirectory(prefix="instatag-train-") as workdir:
         learn = learner(items, labels, config, settings, Path(workdir))
         curve = None
@@ -364,17 +400,28 @@ def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: S
             learn.unfreeze()
             learn.fit_one_cycle(config.epochs, slice(base_lr / 2 / config.lr_mult, base_lr / 2), pct_start=0.3, div=5.0)
         state = {k: v.detach().cpu() for k, v in learn.model.state_dict().items()}
+    n_train, n_valid = len(learn.dls.train_ds), len(learn.dls.valid_ds)
+    meta = _meta(items, labels, config, base_lr, n_train, n_valid,
+                 data_path(config, device, n_train, n_valid, settings.resized_side), counts)
+    return FitResult(state, meta, curve, records, device, time.perf_counter() - started)
+
+
+def _meta(items: Sequence, labels: Sequence[str], config: TrainConfig, base_lr: float, n_train: int, n_valid: int,
+          path: str, counts: dict | None) -> dict:
+    """model.json's fields a fit decides (modelfile.save adds the hash and the libraries); ``path``: the data
+    path it trained on."""
+    from collections import Counter
+
+    from .metrics import frequency_order
+
     prep = imageprep.Preprocessing.for_config(config)
     counts = counts or Counter(label for it in items for label in it.labels)
-    meta = {
+    return {
         "format": 1, "arch": config.arch, "size": prep.size, "mean": list(prep.mean), "std": list(prep.std),
         "n_out": len(labels), "labels": list(labels), "thresholds": None, "global_threshold": None,
         "ranking": config.ranking, "flip_tta": config.flip_tta, "output_bias": config.prior_bias,
         "frequency_order": [labels[j] for j in frequency_order(labels, [counts.get(label, 0) for label in labels])],
         "params": config.to_dict(), "base_lr": base_lr, "pretrained": config.pretrained,
-        "n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds),
-        "data_path": data_path(config, device, len(learn.dls.train_ds), len(learn.dls.valid_ds),
-                               settings.resized_side),
+        "n_train": n_train, "n_valid": n_valid, "data_path": path,
         "preprocessing": prep.to_meta(),
     }
-    return FitResult(state, meta, curve, records, device, time.perf_counter() - started)

@@ -17,13 +17,17 @@ A ``Preprocessing`` says everything a model's input depends on; training records
   (p 0.5), a rotation (up to ``max_rotate`` degrees, p 0.75, black fill) and brightness and contrast
   jitter (``lighting``, p 0.75 each), then normalisation.
 
-The reference for the crop is fastai's ``RandomResizedCrop`` (the ``files`` data path: a PIL item
-transform on the CPU, what the default preset was tuned with). The ``memory`` path (``instatag.memdata``,
-on the training device) draws its boxes with ``crop_boxes``, the same algorithm vectorised on tensors,
-and resamples them with ``crop_batch`` (torchvision's ``roi_align``, adaptive sampling: bilinear when
-enlarging, an area average when shrinking, as PIL's filter). tests/test_imageprep.py checks that both
-draw boxes from the same distribution (area, aspect, centre). The flip, rotation, lighting and
-normalisation after the crop are the same fastai batch transforms on both paths (``fastai_batch_tfms``).
+The reference is fastai: its ``RandomResizedCrop`` and batch transforms (``fastai_item_tfms``,
+``fastai_batch_tfms``) on the ``files`` data path, what the default preset was tuned with. Where the
+data is held on the training device (``instatag.memdata``: the fastai engine's ``memory`` path and the
+fast engine, ``instatag.fastfit``) one tensor implementation here does the same on whole batches
+(``Preprocessing.train_batch``): boxes from ``crop_boxes`` (the same algorithm vectorised), resampled by
+``crop_batch`` (torchvision's ``roi_align``, adaptive sampling: bilinear when enlarging, an area average
+when shrinking, as PIL's filter), then ``augment_draws`` and ``augment_batch`` (fastai's Flip, Rotate,
+Brightness and Contrast: the same draws, one bilinear ``grid_sample`` with black fill, the lighting in
+logit space), then ``standardize``. tests/test_imageprep.py checks that the boxes come from fastai's
+distribution (area, aspect, centre) and that the batch augmentation equals fastai's for the same draws.
+Everything on that path runs on the device without host synchronisation, so a CUDA graph can replay it.
 
 Heavy imports (torch, torchvision, fastai, PIL) happen inside the functions.
 """
@@ -31,6 +35,7 @@ Heavy imports (torch, torchvision, fastai, PIL) happen inside the functions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,11 +121,9 @@ class Preprocessing:
 
     # ------------------------------------------------------------------ tensors, batched, any device
     def stats(self, device=None):
-        """(mean, std) as float32 ``[1, 3, 1, 1]`` tensors on ``device``."""
-        import torch
-
-        return (torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
-                torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
+        """(mean, std) as float32 ``[1, 3, 1, 1]`` tensors on ``device``, made once per device and statistics
+        (no host-to-device copy per batch, which a CUDA graph capture would refuse). Read-only."""
+        return _stats(self.mean, self.std, str(device or "cpu"))
 
     def standardize(self, x):
         """``(x - mean) / std`` of a float ``[n, 3, h, w]`` batch scaled to [0, 1], on its device (float32 out)."""
@@ -143,6 +146,20 @@ class Preprocessing:
         ``[n, 3, size, size]`` in [0, 1] on the images' device, one fresh box per image."""
         boxes = self.crop_boxes(sizes.to(images.device), generator)
         return crop_batch(images, boxes, self.size)
+
+    def augment(self, x, generator=None):
+        """The batch augmentation after the crop, fastai's Flip, Rotate, Brightness and Contrast as
+        ``fastai_batch_tfms`` composes them: float ``[n, 3, h, w]`` in [0, 1] -> float32 in [0, 1] on its
+        device, fresh draws per image (``augment_draws`` with this contract's parameters)."""
+        draws = augment_draws(x.shape[0], self.flip_p, self.max_rotate, self.rotate_p, self.lighting,
+                              self.lighting_p, device=x.device, generator=generator)
+        return augment_batch(x, *draws)
+
+    def train_batch(self, images, sizes, generator=None):
+        """A training batch of data held on the device: ``random_crops`` of the canvases ``images`` (uint8
+        ``[n, 3, H, W]``, image i in its top-left ``sizes[i] = (w, h)``), ``augment``, ``standardize``:
+        the network's float32 ``[n, 3, size, size]`` input, on the images' device."""
+        return self.standardize(self.augment(self.random_crops(images, sizes, generator), generator))
 
     def batch_augmentations(self) -> list:
         """The fastai batch transforms after the crop (flip, rotation, lighting), for both data paths.
@@ -252,6 +269,14 @@ def canvas(image: np.ndarray, side: int) -> np.ndarray:
     return np.pad(image, ((0, side - h), (0, side - w), (0, 0)), mode="edge").transpose(2, 0, 1)
 
 
+@functools.lru_cache(maxsize=16)
+def _stats(mean: tuple, std: tuple, device: str):
+    import torch
+
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
+
+
 def crop_boxes(sizes, min_scale: float, max_scale: float = 1.0, ratio: tuple[float, float] = RATIO,
                attempts: int = ATTEMPTS, generator=None):
     """Random boxes, one per image, drawn as fastai's ``RandomResizedCrop.before_call`` draws them.
@@ -306,3 +331,52 @@ def crop_batch(images, boxes, size: int):
     idx = torch.arange(len(b), device=x.device, dtype=torch.float32)
     rois = torch.stack([idx, b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]], dim=1)
     return roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+# --------------------------------------------------------------------------- batch augmentation (tensors)
+def logit(x):
+    """fastai's ``logit``: ``log(x / (1 - x))`` with ``x`` clamped to [1e-7, 1 - 1e-7]."""
+    x = x.clamp(1e-7, 1 - 1e-7)
+    return -(1 / x - 1).log()
+
+
+def augment_draws(n: int, flip_p: float, max_rotate: float, rotate_p: float, lighting: float, lighting_p: float,
+                  device=None, generator=None):
+    """One draw per image of fastai's batch augmentation, from one uniform ``[n, 7]`` tensor on ``device``
+    (``generator`` there makes it reproducible): (flip ``[n]``: -1 with probability ``flip_p``, else 1;
+    degrees ``[n]``: uniform in ``[-max_rotate, max_rotate]`` with probability ``rotate_p``, else 0;
+    brightness ``[n]``: uniform in ``0.5 * (1 -+ lighting)`` with probability ``lighting_p``, else 0.5;
+    contrast ``[n]``: ``exp`` of uniform in ``[log(1 - lighting), -log(1 - lighting)]`` with probability
+    ``lighting_p``, else 1). fastai draws the same distributions (``flip_mat``, ``rotate_mat``,
+    ``_BrightnessLogit``, ``_ContrastLogit``: a value, then ``mask_tensor``'s Bernoulli keep)."""
+    import torch
+
+    u = torch.rand(n, 7, generator=generator, device=device)
+    flip = 1 - 2 * (u[:, 0] < flip_p).float()
+    degrees = (u[:, 1] * 2 - 1) * max_rotate * (u[:, 2] < rotate_p).float()
+    keep_b, keep_c = (u[:, 4] < lighting_p).float(), (u[:, 6] < lighting_p).float()
+    brightness = (0.5 * (1 - lighting) + lighting * u[:, 3] - 0.5) * keep_b + 0.5
+    c = math.log(1 - lighting)
+    contrast = ((c + (-2 * c) * u[:, 5]) * keep_c).exp()
+    return flip, degrees, brightness, contrast
+
+
+def augment_batch(x, flip, degrees, brightness, contrast):
+    """fastai's composed batch augmentation with given draws (``augment_draws``): ``x`` float ``[n, 3, h, w]``
+    in [0, 1]; the affine part (``AffineCoordTfm`` of Flip then Rotate: the matrix flip @ rotation,
+    ``_prepare_mat``'s aspect correction, one bilinear ``grid_sample`` with zeros padding and
+    ``align_corners`` True, output size = input size, so fastai's area pre-shrink never applies), then
+    the lighting (``LightingTfm``: ``sigmoid((logit(x) + logit(brightness)) * contrast)``). Returns float32
+    ``[n, 3, h, w]`` in [0, 1] on x's device; no host synchronisation."""
+    import torch
+    import torch.nn.functional as F
+
+    x = x.float()
+    n, _, h, w = x.shape
+    theta = degrees.float() * (math.pi / 180)
+    cos, sin, zero = theta.cos(), theta.sin(), torch.zeros_like(theta)
+    mat = torch.stack([torch.stack([flip * cos, flip * sin * (h / w), zero], 1),
+                       torch.stack([-sin * (w / h), cos, zero], 1)], 1)
+    grid = F.affine_grid(mat, [n, 3, h, w], align_corners=True)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return torch.sigmoid((logit(x) + logit(brightness.float()).view(n, 1, 1, 1)) * contrast.float().view(n, 1, 1, 1))

@@ -11,10 +11,12 @@ into a uint8 tensor on the device:
 - validation: exactly the evaluation crop (``imageprep.load_array`` at ``size``).
 
 Each training batch is then cropped and augmented on the device by the contract of
-``instatag.imageprep``: a fresh RandomResizedCrop box per image over the whole image, drawn from the
-same distribution as fastai's on the ``files`` path (``Preprocessing.random_crops``), then the same
-fastai batch transforms as that path (flip, rotation, lighting, Normalize). The order of batches
-follows fastai's seeded shuffling.
+``instatag.imageprep`` (``Preprocessing.train_batch``): a fresh RandomResizedCrop box per image over the
+whole image, drawn from the same distribution as fastai's on the ``files`` path, then fastai's flip,
+rotation and lighting as one tensor implementation, then normalisation. ``resident`` holds the tensors
+for both training engines: ``dataloaders`` wraps them for fastai's Learner (the order of batches follows
+fastai's seeded shuffling), ``instatag.fastfit`` uses them directly. ``Prefetch`` decodes them in a
+thread while a fresh training process is still importing torch.
 """
 
 from __future__ import annotations
@@ -84,15 +86,55 @@ def decode_whole(paths: Sequence[Path | str], side: int, workers: int | None = N
     return out, sizes
 
 
+def may_have_cuda(device: str) -> bool:
+    """Whether ``Settings.device`` may resolve to CUDA, judged without importing torch (its import is the
+    work a prefetch overlaps): "cuda", or "auto" on a machine with an NVIDIA device node."""
+    if device != "auto":
+        return device == "cuda"
+    return any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version"))
+
+
+class Prefetch:
+    """The pixels ``resident`` will hold, decoded in a background thread from the moment the items are known,
+    while the training process goes on importing torch and starting CUDA (PIL releases the GIL while it
+    decodes and resizes). ``result()`` waits for them: (training canvases, their sizes, validation pixels)
+    as ``decode_whole`` and ``decode`` return them; an error in the thread is raised there."""
+
+    def __init__(self, items: Sequence, valid_idx: Sequence[int], size: int, resized_side: int):
+        import threading
+
+        self.key = (tuple(valid_idx), len(items), size, train_side(size, resized_side))
+        valid_set = set(valid_idx)
+        train_paths = [it.resized_path for i, it in enumerate(items) if i not in valid_set]
+        valid_paths = [items[i].resized_path for i in valid_idx]
+        self._result, self._error = None, None
+
+        def work() -> None:
+            try:
+                self._result = (*decode_whole(train_paths, self.key[3]), decode(valid_paths, size))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller of result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, name="prefetch", daemon=True)
+        self._thread.start()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 def _loader_class():
     from fastai.data.load import DataLoader
 
     class MemoryDL(DataLoader):
-        """Batches gathered from tensors already on the device; ``after_batch`` does the rest. With ``crop``
-        (a ``Preprocessing``) and ``sizes``, ``x`` holds canvases and each batch is cropped by the contract."""
+        """Batches gathered from tensors already on the device; ``after_batch`` normalises them. With ``prep``
+        (a ``Preprocessing``) and ``sizes``, ``x`` holds canvases and each batch is cropped and augmented by
+        the contract (``random_crops``, ``augment``)."""
 
-        def __init__(self, x, y, crop=None, sizes=None, **kwargs):
-            self.x, self.y, self.crop, self.sizes = x, y, crop, sizes
+        def __init__(self, x, y, prep=None, sizes=None, **kwargs):
+            self.x, self.y, self.prep, self.sizes = x, y, prep, sizes
             super().__init__(range(len(x)), **kwargs)
 
         def create_batches(self, samps):
@@ -103,28 +145,29 @@ def _loader_class():
             stop = len(idx) - len(idx) % self.bs if self.drop_last else len(idx)
             for i in range(0, stop, self.bs):
                 b = idx[i:i + self.bs].to(self.x.device)
-                if self.crop is None:
+                if self.prep is None:
                     xb = imageprep.to_float(self.x[b])
                 else:
-                    xb = self.crop.random_crops(self.x[b], self.sizes[b])
+                    xb = self.prep.augment(self.prep.random_crops(self.x[b], self.sizes[b]))
                 yield TensorImage(xb), TensorMultiCategory(self.y[b])
 
     return MemoryDL
 
 
-def dataloaders(items: Sequence, labels: Sequence[str], config, device: str, valid_idx: Sequence[int],
-                resized_side: int):
-    """fastai DataLoaders (train, valid) over ``items`` (labels.Item) held in memory on ``device``, for a
-    ``TrainConfig``; ``valid_idx``: the validation split's indices into ``items``; ``resized_side``: the
-    longest side of the store's resized copies (Settings.resized_side)."""
+def resident(items: Sequence, labels: Sequence[str], config, device: str, valid_idx: Sequence[int],
+             resized_side: int, prefetch: Prefetch | None = None):
+    """The data of a ``TrainConfig`` on ``device``: (x_train, sizes, y_train, x_valid, y_valid). ``x_train``
+    uint8 ``[n, 3, S, S]`` canvases (``S = train_side``; ``imageprep.canvas``) with ``sizes`` int64 ``[n, 2]``
+    (each image's width, height there); ``x_valid`` uint8 ``[m, 3, size, size]``, the evaluation crops;
+    ``y_*`` float32 multi-hot ``[n | m, len(labels)]`` in ``labels`` order. The training images are the
+    items outside ``valid_idx`` (the validation split's indices into ``items``), in item order;
+    ``resized_side``: the longest side of the store's resized copies (Settings.resized_side);
+    ``prefetch``: the pixels decoded ahead for the same items, split and sizes (ignored when any differs)."""
     import time
 
     import torch
-    from fastai.data.core import DataLoaders
-    from fasttransform import Pipeline
 
     t0 = time.perf_counter()
-    prep = imageprep.Preprocessing.for_config(config)
     valid_set = set(valid_idx)
     train_idx = [i for i in range(len(items)) if i not in valid_set]
     index = {label: j for j, label in enumerate(labels)}
@@ -136,16 +179,34 @@ def dataloaders(items: Sequence, labels: Sequence[str], config, device: str, val
         return y.to(device)
 
     side = train_side(config.size, resized_side)
-    canvas, sizes = decode_whole([items[i].resized_path for i in train_idx], side)
-    x_train, sizes = torch.from_numpy(canvas).to(device), torch.from_numpy(sizes).to(device)
-    x_valid = torch.from_numpy(decode([items[i].resized_path for i in valid_idx], config.size)).to(device)
-    batch_tfms = prep.fastai_batch_tfms(device)  # the augmentations run on the training set only (split_idx 0)
-    MemoryDL = _loader_class()
-    train = MemoryDL(x_train, targets(train_idx), crop=prep, sizes=sizes, bs=config.bs, shuffle=True,
-                     drop_last=True, device=device, after_batch=Pipeline(batch_tfms, split_idx=0))
-    valid = MemoryDL(x_valid, targets(valid_idx), bs=config.bs * 2, device=device,
-                     after_batch=Pipeline(batch_tfms, split_idx=1))
+    ahead = prefetch is not None and prefetch.key == (tuple(valid_idx), len(items), config.size, side)
+    if ahead:
+        canvas, sizes, valid = prefetch.result()
+    else:
+        canvas, sizes = decode_whole([items[i].resized_path for i in train_idx], side)
+        valid = decode([items[i].resized_path for i in valid_idx], config.size)
+    x_train, sizes, x_valid = (torch.from_numpy(a).to(device) for a in (canvas, sizes, valid))
     log.info("data in memory on %s: %d training images on %d px canvases, %d validation images at %d px (%.0f MB) "
-             "in %.1fs", device, len(train_idx), side, len(valid_idx), config.size,
-             (x_train.numel() + x_valid.numel()) / 1e6, time.perf_counter() - t0)
+             "in %.2fs%s", device, len(train_idx), side, len(valid_idx), config.size,
+             (x_train.numel() + x_valid.numel()) / 1e6, time.perf_counter() - t0, " (decoded ahead)" if ahead else "")
+    return x_train, sizes, targets(train_idx), x_valid, targets(list(valid_idx))
+
+
+def dataloaders(items: Sequence, labels: Sequence[str], config, device: str, valid_idx: Sequence[int],
+                resized_side: int):
+    """fastai DataLoaders (train, valid) over ``items`` (labels.Item) held in memory on ``device``
+    (``resident``), for a ``TrainConfig``; ``valid_idx``: the validation split's indices into ``items``;
+    ``resized_side``: the longest side of the store's resized copies (Settings.resized_side). Training
+    batches: ``Preprocessing.random_crops`` and ``augment``; both: fastai's ``Normalize`` (the Learner
+    looks for it) with the contract's statistics."""
+    from fastai.data.core import DataLoaders
+    from fasttransform import Pipeline
+
+    prep = imageprep.Preprocessing.for_config(config)
+    x_train, sizes, y_train, x_valid, y_valid = resident(items, labels, config, device, valid_idx, resized_side)
+    MemoryDL = _loader_class()
+    train = MemoryDL(x_train, y_train, prep=prep, sizes=sizes, bs=config.bs, shuffle=True, drop_last=True,
+                     device=device, after_batch=Pipeline([prep.fastai_normalize(device)], split_idx=0))
+    valid = MemoryDL(x_valid, y_valid, bs=config.bs * 2, device=device,
+                     after_batch=Pipeline([prep.fastai_normalize(device)], split_idx=1))
     return DataLoaders(train, valid, device=device)

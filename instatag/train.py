@@ -37,6 +37,26 @@ def _device_name(device: str) -> str:
     return f"cuda {torch.cuda.get_device_name()}"[:64]
 
 
+def _prefetch(items, config: TrainConfig, settings: Settings):
+    """Start decoding the images for the memory data path before torch is imported (``memdata.Prefetch``),
+    where that path is likely: CUDA may be there and the config asks neither for files nor for fastai;
+    else None."""
+    from . import memdata
+    from .fitting import valid_indices
+
+    if config.data_path == "files" or config.engine == "fastai" or not memdata.may_have_cuda(settings.device):
+        return None
+    try:
+        valid_idx = valid_indices(items, config)
+    except UserError:
+        return None  # fit raises it, with the run on record
+    n_valid = len(valid_idx)
+    if config.data_path == "auto" and memdata.nbytes(len(items) - n_valid, n_valid, config.size,
+                                                     settings.resized_side) > memdata.MAX_BYTES:
+        return None  # too big for the memory path: fit takes the files path
+    return memdata.Prefetch(items, valid_idx, config.size, settings.resized_side)
+
+
 def train(settings: Settings, config: TrainConfig, vocab_version_id: int | None = None) -> int:
     """Train on a vocabulary version (the newest when None); returns the new model version's id."""
     from sqlalchemy import func, insert, update
@@ -55,6 +75,7 @@ def train(settings: Settings, config: TrainConfig, vocab_version_id: int | None 
         from . import weights
 
         weights.resolve(config.arch, settings)
+    prefetch = _prefetch(items, config, settings)
     engine = db.get_engine(settings)
     params = config.to_dict()
     with engine.begin() as conn:
@@ -78,7 +99,7 @@ def train(settings: Settings, config: TrainConfig, vocab_version_id: int | None 
     final = None
     try:
         result = fit(items, pipeline.labels, config, settings, sink=write_epoch, on_lr_find=write_lr_find,
-                     counts=pipeline.counts)
+                     counts=pipeline.counts, prefetch=prefetch)
         meta = {**result.meta, "vocab_version_id": pipeline.version_id, "training_run_id": run_id}
         sha = modelfile.save(staging, result.state_dict, meta)
         last = result.epochs[-1] if result.epochs else None
@@ -158,8 +179,9 @@ def add_cli(sub) -> None:
     p = sub.add_parser(
         "train",
         help="fine-tune a pretrained CNN on the newest vocabulary version (registers a candidate model)",
-        description="Fine-tune a pretrained CNN with fastai on a vocabulary version's labelled images "
-        "(the resized store): lr_find (with --lr auto), then fine_tune(epochs, lr, freeze_epochs). "
+        description="Fine-tune a pretrained CNN with fastai's recipe on a vocabulary version's labelled images "
+        "(the resized store): lr_find (with --lr auto), then fine_tune(epochs, lr, freeze_epochs); through fastai "
+        "on a CPU, through the same schedule in plain PyTorch with CUDA graphs on a GPU (--set engine=fastai|fast). "
         "Records every epoch in training_epochs and registers the model files (safetensors + JSON) "
         f"as a candidate model version. Presets: {presets}. Explicit flags override the preset.",
     )

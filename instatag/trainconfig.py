@@ -65,6 +65,10 @@ class TrainConfig:
     data_path: str = "auto"
     #: deterministic cuDNN kernels on CUDA (slower); CPU runs are reproducible regardless
     deterministic: bool = False
+    #: the training loop: "fastai" (Learner, callbacks); "fast": the same schedule in plain PyTorch on data
+    #: held on the device, CUDA graphs on a GPU (instatag.fastfit); "auto": fast on CUDA with the memory data
+    #: path, fastai otherwise
+    engine: str = "auto"
     #: the preset this config came from, for the record
     preset: str = ""
 
@@ -85,6 +89,8 @@ class TrainConfig:
                   (0 < self.min_scale <= 1, "min_scale must be in (0, 1]"),
                   (self.loss in ("bce", "focal"), "loss must be bce or focal"),
                   (self.data_path in ("auto", "files", "memory"), "data_path must be auto, files or memory"),
+                  (self.engine in ("auto", "fastai", "fast"), "engine must be auto, fastai or fast"),
+                  (self.engine != "fast" or self.data_path != "files", "engine fast needs the memory data path"),
                   (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
                   (self.lr_find_iters >= 10, "lr_find_iters must be at least 10"),
                   (self.num_workers is None or self.num_workers >= 0, "num_workers must be 0 or more")]

@@ -181,3 +181,69 @@ def test_sample_crops_are_reproducible_uint8():
     assert a.shape == (6, 32, 32, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, prep.sample_crops(img, 6, seed=4))
+
+
+# ------------------------------------------------------------------ batch augmentation (data on the device)
+@pytest.mark.parametrize("h, w", [(24, 24), (20, 28)])
+def test_batch_augmentation_is_fastais_for_the_same_draws(h, w):
+    """``augment_batch`` with given draws equals fastai's Flip, Rotate, Brightness and Contrast composed as
+    ``fastai_batch_tfms`` composes them (one affine resample with black fill, then the lighting), fed the
+    same values through their ``draw`` arguments (p 1: fastai's mask keeps every drawn value)."""
+    import torch
+    from fastai.torch_core import TensorImage
+    from fastai.vision.augment import Brightness, Contrast, Flip, PadMode, Rotate, setup_aug_tfms
+    from fasttransform import Pipeline
+
+    torch.manual_seed(0)
+    n = 6
+    x = torch.rand(n, 3, h, w)
+    flip = torch.tensor([1.0, -1.0, -1.0, 1.0, -1.0, 1.0])
+    degrees = torch.tensor([0.0, 7.5, -10.0, 3.0, 0.0, -4.2])
+    brightness = torch.tensor([0.5, 0.42, 0.58, 0.5, 0.45, 0.55])
+    contrast = torch.tensor([1.0, 0.8, 1.2, 1.1, 0.9, 1.0])
+    tfms = [Flip(p=1.0, draw=((1 - flip) / 2).tolist(), pad_mode=PadMode.Zeros),
+            Rotate(max_deg=10, p=1.0, draw=degrees.tolist(), pad_mode=PadMode.Zeros),
+            Brightness(max_lighting=0.2, p=1.0, draw=brightness.tolist()),
+            Contrast(max_lighting=0.2, p=1.0, draw=contrast.tolist())]
+    theirs = Pipeline(setup_aug_tfms(tfms), split_idx=0)(TensorImage(x.clone()))
+    ours = imageprep.augment_batch(x, flip, degrees, brightness, contrast)
+    torch.testing.assert_close(ours, theirs.as_subclass(torch.Tensor), atol=2e-5, rtol=1e-5)
+    # the draws matter: no flip differs
+    assert not torch.allclose(ours, imageprep.augment_batch(x, torch.ones(n), degrees, brightness, contrast))
+
+
+def test_augment_draws_follow_fastais_distributions():
+    import torch
+
+    n = 40000
+    flip, degrees, brightness, contrast = imageprep.augment_draws(
+        n, 0.5, 10.0, 0.75, 0.2, 0.75, generator=torch.Generator().manual_seed(0))
+    assert set(flip.unique().tolist()) == {-1.0, 1.0} and abs((flip < 0).float().mean() - 0.5) < 0.01
+    turned = degrees != 0
+    assert abs(turned.float().mean() - 0.75) < 0.01 and degrees.abs().max() <= 10
+    assert abs(degrees[turned].mean()) < 0.15 and abs(degrees[turned].std() - 20 / 12 ** 0.5) < 0.1  # uniform
+    lit = brightness != 0.5
+    assert abs(lit.float().mean() - 0.75) < 0.01 and brightness.min() >= 0.4 and brightness.max() <= 0.6
+    changed = contrast != 1
+    assert abs(changed.float().mean() - 0.75) < 0.01
+    assert contrast.min() >= 0.8 - 1e-6 and contrast.max() <= 1 / 0.8 + 1e-6
+    assert abs(contrast[changed].log().mean()) < 0.005  # log-uniform, symmetric
+
+
+def test_train_batch_is_crop_augment_standardize():
+    """``train_batch``: the crops of ``random_crops`` and the draws of ``augment``, in this order, from one
+    generator; normalised by ``standardize`` (what the Predictor's ``inputs`` applies to evaluation crops)."""
+    import torch
+
+    prep = Preprocessing(size=16, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    img = _photo(60, 40)
+    canvases = torch.from_numpy(np.stack([imageprep.canvas(img, 64)] * 5))
+    sizes = torch.tensor([[60, 40]] * 5)
+    got = prep.train_batch(canvases, sizes, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    expected = prep.standardize(prep.augment(prep.random_crops(canvases, sizes, g), g))
+    torch.testing.assert_close(got, expected)
+    assert got.shape == (5, 3, 16, 16) and got.dtype == torch.float32
+    valid = torch.from_numpy(np.stack([img[:16, :16].transpose(2, 0, 1)] * 2))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (prep.mean, prep.std))
+    torch.testing.assert_close(prep.inputs(valid), (valid.float() / 255 - mean) / std)

@@ -163,7 +163,7 @@ def test_memory_data_path_batches(items, size):
     np.testing.assert_array_equal(dls.train.x[0].numpy(), imageprep.canvas(
         np.asarray(Image.open(train[0].resized_path).convert("RGB")), side))
     # and every batch draws new crops
-    prep = dls.train.crop
+    prep = dls.train.prep
     a, b = (prep.random_crops(dls.train.x[:8], dls.train.sizes[:8]) for _ in range(2))
     assert a.shape == (8, 3, size, size) and not torch.allclose(a, b)
 
@@ -291,7 +291,7 @@ def test_a_failure_marks_the_run_failed_and_registers_nothing(sqlite_settings, m
     s = sqlite_settings
     add_labelled_images(s, 12)
 
-    def failing_fit(items, labels, config, settings, sink, on_lr_find, counts=None):
+    def failing_fit(items, labels, config, settings, sink, on_lr_find, counts=None, prefetch=None):
         sink(ft.EpochRecord(0, "frozen", 0.7, 0.6, {}, 8, 0.1))
         if where == "fit":
             raise RuntimeError("CUDA out of memory (simulated)")
