@@ -29,6 +29,7 @@ from pathlib import Path
 
 from . import archs, progress, ranking
 from .errors import UserError
+from .labels import VALID_PCT
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,6 @@ class TrainConfig:
     bs: int = 64
     seed: int = 42
     pretrained: bool = True
-    #: share of images in the validation split (by content hash, labels.is_valid)
-    valid_pct: float = 0.2
     # ---- levers for quality experiments
     #: RandomResizedCrop's smallest crop, as a share of the image area
     min_scale: float = 0.35
@@ -102,7 +101,6 @@ class TrainConfig:
         checks = [(self.epochs + self.freeze_epochs >= 1, "train at least one epoch (epochs + freeze_epochs)"),
                   (self.pretrained or not self.freeze_epochs or self.epochs,
                    "without pretrained weights, unfrozen epochs are needed (--epochs)"),
-                  (0 < self.valid_pct < 1, "valid_pct must be between 0 and 1"),
                   (0 < self.min_scale <= 1, "min_scale must be in (0, 1]"),
                   (self.loss in ("bce", "focal"), "loss must be bce or focal"),
                   (self.data_path in ("auto", "files", "memory"), "data_path must be auto, files or memory"),
@@ -276,9 +274,11 @@ def data_path(config: TrainConfig, device: str, n_train: int, n_valid: int, resi
     return "memory" if device == "cuda" and fits else "files"
 
 
-def dataloaders(items: Sequence, labels: Sequence[str], config: TrainConfig, device: str, resized_side: int = 160):
-    """fastai DataLoaders over ``items`` (labels.Item), split by content hash: ``memdata`` or a DataBlock.
-    ``resized_side``: the longest side of the store's resized copies (Settings.resized_side)."""
+def dataloaders(items: Sequence, labels: Sequence[str], config: TrainConfig, device: str, resized_side: int = 160,
+                valid_pct: float = VALID_PCT):
+    """fastai DataLoaders over ``items`` (labels.Item), split by content hash (``labels.is_valid`` at
+    ``valid_pct``, the vocabulary version's): ``memdata`` or a DataBlock. ``resized_side``: the longest
+    side of the store's resized copies (Settings.resized_side)."""
     from fastai.data.block import DataBlock
     from fastai.data.transforms import IndexSplitter
     from fastai.vision.data import ImageBlock, MultiCategoryBlock
@@ -286,7 +286,7 @@ def dataloaders(items: Sequence, labels: Sequence[str], config: TrainConfig, dev
     from . import memdata
     from .labels import is_valid
 
-    valid_idx = [i for i, it in enumerate(items) if is_valid(it.sha256, config.valid_pct)]
+    valid_idx = [i for i, it in enumerate(items) if is_valid(it.sha256, valid_pct)]
     n_valid, n_train = len(valid_idx), len(items) - len(valid_idx)
     if n_valid == 0 or n_train < config.bs:
         raise UserError(f"too few labelled images to train: {n_train} for training (batch size {config.bs}) and "
@@ -435,7 +435,8 @@ def import_fastai() -> None:
         import fastai.vision.learner  # noqa: F401
 
 
-def learner(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: Settings, path: Path):
+def learner(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: Settings, path: Path,
+            valid_pct: float = VALID_PCT):
     """The seeded fastai Learner (frozen when pretrained), its DataLoaders over ``items``, on the configured
     device; ``path`` holds lr_find's temporary files."""
     import torch
@@ -452,7 +453,7 @@ def learner(items: Sequence, labels: Sequence[str], config: TrainConfig, setting
     set_seed(config.seed, reproducible=config.deterministic or device == "cpu")
     if device == "cuda" and not config.deterministic:
         torch.backends.cudnn.benchmark = True
-    dls = dataloaders(items, labels, config, device, settings.resized_side)
+    dls = dataloaders(items, labels, config, device, settings.resized_side, valid_pct)
     learn = vision_learner(dls, archs.fastai_arch(config.arch, settings), pretrained=config.pretrained,
                            n_out=len(labels), loss_func=_loss_func(config), ps=config.ps,
                            metrics=[accuracy_multi, precision_at_1], path=path, wd=config.wd,
@@ -461,19 +462,19 @@ def learner(items: Sequence, labels: Sequence[str], config: TrainConfig, setting
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *_: None
     if config.prior_bias:
-        archs.add_output_bias(learn.model, _prior_log_odds(items, labels, config))
+        archs.add_output_bias(learn.model, _prior_log_odds(items, labels, valid_pct))
     if device == "cuda":
         learn.to_channelslast(amp_mode="bf16" if torch.cuda.is_bf16_supported() else "fp16")
     return learn
 
 
-def _prior_log_odds(items: Sequence, labels: Sequence[str], config: TrainConfig):
+def _prior_log_odds(items: Sequence, labels: Sequence[str], valid_pct: float):
     """log(f / (1 - f)) of each label's frequency f over the training split (smoothed)."""
     import torch
 
     from .labels import split
 
-    train, _ = split(items, config.valid_pct)
+    train, _ = split(items, valid_pct)
     freq = torch.tensor([sum(label in it.labels for it in train) for label in labels], dtype=torch.float32)
     freq = (freq + 0.5) / (len(train) + 1)
     return torch.log(freq / (1 - freq))
@@ -481,9 +482,11 @@ def _prior_log_odds(items: Sequence, labels: Sequence[str], config: TrainConfig)
 
 def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: Settings | None = None,
         sink: Callable[[EpochRecord], None] | None = None,
-        on_lr_find: Callable[[dict], None] | None = None, counts: dict | None = None) -> FitResult:
+        on_lr_find: Callable[[dict], None] | None = None, counts: dict | None = None,
+        valid_pct: float = VALID_PCT) -> FitResult:
     """Train on ``items`` (labels.Item: image_id, sha256, resized_path, labels) for ``labels`` (output order).
-    ``counts``: training frequency per label, for the ranking (default: counted over ``items``)."""
+    ``counts``: training frequency per label, for the ranking (default: counted over ``items``);
+    ``valid_pct``: the validation share of the items' vocabulary version (``LabelPipeline.valid_pct``)."""
     import tempfile
     from collections import Counter
 
@@ -500,7 +503,7 @@ def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: S
             sink(rec)
 
     with tempfile.TemporaryDirectory(prefix="instatag-train-") as workdir:
-        learn = learner(items, labels, config, settings, Path(workdir))
+        learn = learner(items, labels, config, settings, Path(workdir), valid_pct)
         curve = None
         if config.lr == "auto":
             base_lr, curve = _lr_find(learn, config)
@@ -524,7 +527,7 @@ def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: S
     counts = counts or Counter(label for it in items for label in it.labels)
     meta = {
         "format": 1, "arch": config.arch, "size": config.size, "mean": list(mean), "std": list(std),
-        "n_out": len(labels), "labels": list(labels), "thresholds": None, "global_threshold": None,
+        "n_out": len(labels), "labels": list(labels),
         "ranking": config.ranking, "flip_tta": config.flip_tta, "output_bias": config.prior_bias,
         "frequency_order": [labels[j] for j in frequency_order(labels, [counts.get(label, 0) for label in labels])],
         "params": config.to_dict(), "base_lr": base_lr, "pretrained": config.pretrained,
@@ -586,7 +589,7 @@ def train(settings: Settings, config: TrainConfig, vocab_version_id: int | None 
     final = None
     try:
         result = fit(items, pipeline.labels, config, settings, sink=write_epoch, on_lr_find=write_lr_find,
-                     counts=pipeline.counts)
+                     counts=pipeline.counts, valid_pct=pipeline.valid_pct)
         meta = {**result.meta, "vocab_version_id": pipeline.version_id, "training_run_id": run_id}
         sha = modelfile.save(staging, result.state_dict, meta)
         last = result.epochs[-1] if result.epochs else None

@@ -45,7 +45,7 @@ def _vocab(conn):
     return conn.execute(
         insert(t.vocab_versions).values(
             config={"min_count": 1}, config_sha256="c" * 64, n_posts=1, n_images=1, n_unlabelled=0,
-            n_raw_tags=1, n_lemmas=1, n_labels=1, stats={},
+            n_raw_tags=1, n_lemmas=1, n_labels=1, stats={}, valid_pct=0.2,
         )
     ).inserted_primary_key[0]
 
