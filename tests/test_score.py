@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select, text, update
 
-from instatag import cli, db, evaluate, modelfile, score
+from instatag import cli, db, evaluate, modelfile, registry, score
 from instatag import schema as t
 from instatag.errors import UserError
 from instatag.imagestore import resized_path
@@ -138,8 +138,10 @@ def test_score_writes_ranked_tags_over_threshold_and_at_least_n(settings, tiny_m
     assert (report.model_version_id, report.n_images, report.mode) == (mid, 28, "new")
     rows = prediction_rows(settings, mid)
     assert report.n_rows == len(rows)
-    thresholds = modelfile.read_meta(settings.data_dir / "models" / str(mid))["thresholds"]
+    with db.get_engine(settings).connect() as conn:
+        thresholds = registry.thresholds(conn, mid).per_label  # as the evaluation stored them
     assert set(thresholds) == set(LABELS)
+    assert "thresholds" not in modelfile.read_meta(settings.data_dir / "models" / str(mid))
     by_image: dict[int, list] = {}
     for r in rows:
         by_image.setdefault(r.image_id, []).append(r)
@@ -252,15 +254,15 @@ def test_shards_load_the_model_once_and_log_progress(sqlite_settings, tiny_model
     from instatag.inference import Predictor
 
     s = sqlite_settings
-    mid, images = make_champion(s, tiny_model_dir)  # evaluate loads the model, then writes its thresholds
+    mid, images = make_champion(s, tiny_model_dir)  # evaluate loads the model; its thresholds go to the database
     loads = []
     real_load = modelfile.load
     monkeypatch.setattr(modelfile, "load", lambda *a: loads.append(a) or real_load(*a))
     monkeypatch.setattr(progress, "EVERY_S", 0.0)
     caplog.set_level(logging.INFO, "instatag")
     reports = [score.score(s, shard=(k, 2), batch_size=4) for k in range(2)]
-    assert len(loads) == 1  # model.json changed since evaluate's load: once again, then reused
-    assert Predictor.for_version(s, mid) is Predictor.for_version(s, mid) and len(loads) == 1
+    assert len(loads) == 0  # the files are as evaluate loaded them: reused, not read and hashed again
+    assert Predictor.for_version(s, mid) is Predictor.for_version(s, mid) and len(loads) == 0
     for k, report in enumerate(reports):
         n = report.n_images
         assert n == sum(i % 2 == k for i, _, _ in images) == 12
