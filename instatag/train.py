@@ -690,7 +690,7 @@ def _train_cmd(args, settings: Settings) -> int:
     print(epochs_table(settings, row["training_run_id"]))
     print(f"model version {model_id} (candidate), training run {row['training_run_id']}: "
           f"{(settings.data_dir / row['artifact_path']).parent}  sha256 {row['sha256'][:16]}…")
-    print(f"next: instatag evaluate {model_id}")
+    print(f"next: instatag evaluate {model_id}, then instatag promote {model_id}")
     return 0
 
 
