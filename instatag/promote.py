@@ -8,7 +8,13 @@ differ, both are scored on the labels they share, and the labels only one of the
 champion predicts and its dominant_recall@2 and mAP are each at least the champion's — a candidate
 with fewer labels is never "not worse" on the labels it kept alone; rule ``always``: promote.
 ``force`` promotes regardless. Every decision is a ``promotion_decisions`` row; a promotion retires
-the old champion (never deletes it) in the same transaction, so there is never more than one champion.
+the old champion (never deletes it) in the same transaction (``registry.crown``), so there is never
+more than one champion.
+
+``instatag promote [MODEL_VERSION]`` and the retrain DAG's ``promote`` task run ``decide_once`` after
+``instatag evaluate``; evaluating never promotes. This module imports ``evaluate`` (the validation
+split, the models' probabilities), never the reverse. Model rows, the champion and each model's
+tuned thresholds come from ``instatag.registry``.
 """
 
 from __future__ import annotations
