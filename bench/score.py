@@ -109,7 +109,8 @@ def run(args) -> dict:
     import torch
 
     from instatag import score
-    from instatag.inference import Predictor, load_array
+    from instatag.imageprep import load_array
+    from instatag.inference import Predictor
 
     name = f"instatag_bench_score_{uuid.uuid4().hex[:8]}"
     admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")

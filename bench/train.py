@@ -1,7 +1,7 @@
 """Benchmark training throughput on food10 (through ingest and vocabulary), against the limit.
 
 For each DataLoader worker count asked for, one frozen and one unfrozen epoch of the real
-training path (``instatag.train.learner``: the resized store, fastai item and batch transforms,
+training path (``instatag.fitting.learner``: the resized store, fastai item and batch transforms,
 the network, the optimiser) are timed, in training images per second of the training phase
 (validation excluded, reported apart). The limit, measured in the same run on the same Learner
 and batch shape, is the bare network: forward, loss, backward and optimiser step on a batch
@@ -134,8 +134,8 @@ def naive_epoch(items, labels, originals: dict, config, settings, workdir: Path,
     from fastai.vision.learner import vision_learner
 
     from instatag import archs
+    from instatag.fitting import _loss_func
     from instatag.labels import is_valid
-    from instatag.train import _loss_func
 
     valid_idx = [i for i, it in enumerate(items) if is_valid(it.sha256, valid_pct)]
     block = DataBlock(blocks=(ImageBlock, MultiCategoryBlock(vocab=list(labels))),
@@ -170,6 +170,7 @@ def main() -> int:
     import torch
     from sqlalchemy import select
 
+    from instatag import fitting
     from instatag import train as tr
     from instatag.labels import LabelPipeline
     from instatag.schema import images
@@ -191,7 +192,7 @@ def main() -> int:
         runs = []
         for w in (int(x) for x in args.workers.split(",")):
             cfg = config.replace(num_workers=w)
-            learn = tr.learner(items, pipeline.labels, cfg, s, Path(tmp), pipeline.valid_pct)
+            learn = fitting.learner(items, pipeline.labels, cfg, s, Path(tmp), pipeline.valid_pct)
             run = {"num_workers": w}
             for phase, frozen in (("frozen", True), ("unfrozen", False)):
                 run[phase] = one_epoch(learn, frozen)

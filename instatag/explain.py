@@ -3,7 +3,7 @@
 Grad-CAM (Selvaraju et al. 2017, the ``grad-cam`` package's ``GradCAM``) weighs the feature maps of
 the network's last convolutional block (``target_layer``) by the mean gradient of the label's logit,
 keeps the positive part and upsamples it to the model's input. The input is exactly the tensor the
-model scores (``Predictor.predict_tensor``): the validation crop of ``inference.center_crop_resize``
+model scores (``Predictor.predict_tensor``): the validation crop of ``imageprep.center_crop_resize``
 (the central square, resized to the model's ``size``), scaled to [0, 1] and normalised with the model
 file's mean and std; a model with ``flip_tta`` scores the mean of the image and its mirror image, and
 its heatmap is the mean of both heatmaps (the mirror's flipped back). The overlay is drawn on that
@@ -111,14 +111,11 @@ def explain(predictor, image, label: str) -> Heatmap:
     Raises UserError for a label the model does not have."""
     import torch
 
-    from .inference import center_crop_resize
-
     if label not in predictor.labels:
         raise UserError(f"{label!r} is not a label of this model (it has {len(predictor.labels)}: "
                         f"{', '.join(predictor.labels[:10])}{', ...' if len(predictor.labels) > 10 else ''})")
-    crop = np.asarray(center_crop_resize(image.convert("RGB"), predictor.size))
-    x = torch.from_numpy(crop.copy()).permute(2, 0, 1)[None].to(predictor.device).float().div_(255)
-    x = (x - predictor._mean) / predictor._std  # exactly Predictor.predict_tensor's input
+    crop = np.asarray(predictor.prep.center_crop_resize(image.convert("RGB")))
+    x = predictor.inputs(torch.from_numpy(crop.copy()).permute(2, 0, 1)[None])  # exactly predict_tensor's input
     with _lock:
         cam, p = gradcam(_net(predictor), target_layer(_net(predictor)), x, predictor.labels.index(label),
                          flip=predictor.tta)

@@ -5,8 +5,8 @@ for efficientnet_lite0, 512 for resnet18). The backbone is the architecture's Im
 (``archs.OfflineArch``, weights from ``instatag.weights``, offline) cut where fastai cuts it for
 training (``model_meta`` cut -2: global pooling and classifier removed), then average-pooled over
 space. Its input is the project's one image→tensor contract (docs/ARCHITECTURE.md, Inference
-preprocessing): the resized store copy through ``inference.load_array`` (centre square resized to
-``size``), scaled to [0, 1] and normalised with ``archs.stats(arch)``.
+preprocessing): the resized store copy through ``imageprep.load_array`` (centre square resized to
+``size``), scaled to [0, 1] and normalised with ``archs.stats(arch)`` (``imageprep.Preprocessing``).
 
 Cache: ``<data dir>/features/<backbone id>.safetensors`` with two tensors, ``sha256`` (uint8 [n, 32],
 the images' content hashes) and ``features`` (float32 [n, d]); no pickle. The backbone id names
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import imageprep
 from .errors import UserError
 from .settings import Settings
 
@@ -43,7 +44,7 @@ class Image:
 
 def default_backbone() -> tuple[str, int]:
     """(arch, size) of the ``default`` training preset: the probe sees what training would see."""
-    from .train import PRESETS
+    from .trainconfig import PRESETS
 
     return PRESETS["default"].arch, PRESETS["default"].size
 
@@ -124,15 +125,13 @@ class Backbone:
         self.body.to(self.device)
         self.size = int(size)
         mean, std = archs.stats(arch)
-        self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.prep = imageprep.Preprocessing(size=self.size, mean=mean, std=std)
 
     def features(self, paths: Sequence[Path | str], batch_size: int = 64) -> np.ndarray:
         from concurrent.futures import ThreadPoolExecutor
 
         import torch
 
-        from .inference import load_array
         from .progress import progress
 
         out = []
@@ -140,8 +139,7 @@ class Backbone:
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="decode") as pool, \
                 torch.inference_mode():
             for i in progress(starts, total=len(starts), desc="features", unit="batches"):
-                arrays = list(pool.map(lambda p: load_array(p, self.size), paths[i:i + batch_size]))
-                x = torch.from_numpy(np.stack(arrays)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
-                x = (x - self._mean) / self._std
+                arrays = list(pool.map(lambda p: self.prep.load_array(p), paths[i:i + batch_size]))
+                x = self.prep.inputs(torch.from_numpy(np.stack(arrays)).to(self.device).permute(0, 3, 1, 2))
                 out.append(self.body(x).mean(dim=(2, 3)).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

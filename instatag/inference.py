@@ -1,9 +1,9 @@
 """Batched inference from model files: evaluation, scoring, ``instatag predict`` and the report.
 
-Preprocessing is the contract of docs/ARCHITECTURE.md, and the same function crops the
-validation images during training (``center_crop_resize``): the shorter side is resized to
-``size`` and the centre cropped to ``size`` x ``size`` (one PIL bilinear resize of the central
-square), pixels scaled to [0, 1] and normalised with the model file's mean and std. Images are
+Preprocessing is the contract of ``instatag.imageprep``, as model.json records it
+(``Preprocessing.from_meta``), the same code that makes the validation batches during training:
+the central square resized to ``size`` x ``size`` (PIL bilinear), pixels scaled to [0, 1] and
+normalised with the model's mean and std (``Predictor.inputs``). Images are
 decoded in a thread pool (PIL releases the GIL) while the previous batch runs through the
 network. On CUDA the network runs channels_last under bf16 (fp16 where bf16 is unsupported)
 autocast.
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import imageprep
 from .errors import UserError
 from .settings import Settings
 
@@ -32,29 +33,6 @@ if TYPE_CHECKING:
     from .progress import Meter
 
 log = logging.getLogger(__name__)
-
-
-def center_crop_resize(img, size: int):
-    """The central square of a PIL image, resized to ``size`` x ``size`` (bilinear)."""
-    from PIL import Image
-
-    w, h = img.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.BILINEAR)
-
-
-def load_array(path: Path | str, size: int) -> np.ndarray:
-    """An image file as a ``size`` x ``size`` x 3 uint8 array, preprocessed for the model."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return np.asarray(center_crop_resize(img.convert("RGB"), size))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"{path}: not a readable image ({exc})") from None
 
 
 def resolve_device(name: str = "auto") -> str:
@@ -88,8 +66,8 @@ class Predictor:
         if self.device == "cuda":
             net = net.to(memory_format=torch.channels_last)
         self.net = net
-        self._mean = torch.tensor(meta["mean"], device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(meta["std"], device=self.device).view(1, 3, 1, 1)
+        #: the image -> tensor contract the model was trained with (model.json)
+        self.prep = imageprep.Preprocessing.from_meta(meta)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -144,9 +122,7 @@ class Predictor:
         import torch
 
         tta = self.tta if tta is None else tta
-        x = x.to(self.device, non_blocking=True)
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-        x = (x - self._mean) / self._std
+        x = self.inputs(x)
         if self.device == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
@@ -156,6 +132,22 @@ class Predictor:
             if tta:
                 probs = (probs + torch.sigmoid(self.net(torch.flip(x, dims=[3])).float())) / 2
         return probs.cpu().numpy().astype(np.float32)
+
+    def inputs(self, x):
+        """The network's input for a batch of evaluation crops: ``x`` uint8 ``[n, 3, size, size]`` (0..255)
+        or float (0..1), any device -> float32 on the model's device, normalised (``Preprocessing.inputs``)."""
+        return self.prep.inputs(x.to(self.device, non_blocking=True))
+
+    def inputs_for_paths(self, paths: Sequence[Path | str], batch_size: int = 256):
+        """The network's input (float32 ``[n, 3, size, size]`` on the model's device) for image files, made by
+        the code ``predict_paths`` runs; for tests and tools that need the exact tensor."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        with ThreadPoolExecutor(2, thread_name_prefix="decode") as pool:
+            return torch.cat([self.inputs(torch.from_numpy(b).permute(0, 3, 1, 2))
+                              for b in self._decoded(list(paths), batch_size, pool)])
 
     def _predict_arrays(self, batches: Iterator[np.ndarray], tta: bool | None,
                         meter: Meter | None = None) -> np.ndarray:
@@ -170,7 +162,7 @@ class Predictor:
 
     def predict_images(self, images: Sequence, batch_size: int = 256, tta: bool | None = None) -> np.ndarray:
         """Probabilities [n, n_labels] for PIL images (any size; converted to RGB here)."""
-        arrays = [np.asarray(center_crop_resize(im.convert("RGB"), self.size)) for im in images]
+        arrays = [np.asarray(self.prep.center_crop_resize(im.convert("RGB"))) for im in images]
         batches = (np.stack(arrays[i:i + batch_size]) for i in range(0, len(arrays), batch_size))
         return self._predict_arrays(batches, tta)
 
@@ -199,7 +191,7 @@ class Predictor:
     def _decoded(self, paths: list, batch_size: int, pool) -> Iterator[np.ndarray]:
         pending: deque = deque()
         for i in range(0, len(paths), batch_size):
-            pending.append([pool.submit(load_array, p, self.size) for p in paths[i:i + batch_size]])
+            pending.append([pool.submit(self.prep.load_array, p) for p in paths[i:i + batch_size]])
             if len(pending) > 2:
                 yield np.stack([f.result() for f in pending.popleft()])
         while pending:

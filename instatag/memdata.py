@@ -1,30 +1,32 @@
 """Training data held on the training device, augmented per batch there (``data_path="memory"``).
 
-fastai's DataBlock pipeline (``train.dataloaders``) decodes and crops every image on the CPU in
+fastai's DataBlock pipeline (``fitting.dataloaders``) decodes and crops every image on the CPU in
 every epoch; on a GPU that starves the network (the study's 30 epochs at 64 px ran at about 1,100
 images/s on an H200, bound by that per-item work). Here each resized-store image is decoded once,
 into a uint8 tensor on the device:
 
-- training: the central square at ``2 x size``, or at the store's resized side when that is smaller
-  (room for RandomResizedCrop to zoom in without upsampling; food photos are nearly square, so
-  little is lost at the sides);
-- validation: exactly the inference preprocessing (``inference.center_crop_resize`` at ``size``).
+- training: the whole image in the top-left corner of a ``train_side`` x ``train_side`` canvas
+  (``imageprep.canvas``), its own pixels when its longest side fits (the store's copies at the default
+  sizes), else shrunk to fit, with its width and height kept beside it;
+- validation: exactly the evaluation crop (``imageprep.load_array`` at ``size``).
 
-Each training batch then gets the study's augmentation on the device, per image: RandomResizedCrop
-(area share in ``[min_scale, 1]``, aspect ratio in ``[3/4, 4/3]``) is one more affine matrix, fused
-by fastai with the flip and the rotation into a single ``grid_sample`` with black fill, followed by
-the lighting transforms and Normalize. The order of batches follows fastai's seeded shuffling.
+Each training batch is then cropped and augmented on the device by the contract of
+``instatag.imageprep``: a fresh RandomResizedCrop box per image over the whole image, drawn from the
+same distribution as fastai's on the ``files`` path (``Preprocessing.random_crops``), then the same
+fastai batch transforms as that path (flip, rotation, lighting, Normalize). The order of batches
+follows fastai's seeded shuffling.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from . import imageprep
 
 log = logging.getLogger(__name__)
 
@@ -40,47 +42,57 @@ def nbytes(n_train: int, n_valid: int, size: int, resized_side: int) -> int:
     return 3 * (n_train * train_side(size, resized_side) ** 2 + n_valid * size ** 2)
 
 
-def decode(paths: Sequence[Path | str], side: int, workers: int | None = None) -> np.ndarray:
-    """``[n, 3, side, side]`` uint8: each file's central square resized to ``side`` (bilinear)."""
+def _pool(workers: int | None):
     from concurrent.futures import ThreadPoolExecutor
 
-    from .inference import load_array
+    return ThreadPoolExecutor(workers or min(16, os.cpu_count() or 1), thread_name_prefix="decode")
 
+
+def decode(paths: Sequence[Path | str], side: int, workers: int | None = None) -> np.ndarray:
+    """``[n, 3, side, side]`` uint8: each file's evaluation crop at ``side`` (``imageprep.load_array``)."""
     out = np.empty((len(paths), 3, side, side), np.uint8)
 
     def one(i: int) -> None:
-        out[i] = load_array(paths[i], side).transpose(2, 0, 1)
+        out[i] = imageprep.load_array(paths[i], side).transpose(2, 0, 1)
 
-    with ThreadPoolExecutor(workers or min(16, os.cpu_count() or 1), thread_name_prefix="decode") as pool:
+    with _pool(workers) as pool:
         list(pool.map(one, range(len(paths))))
     return out
 
 
-def crop_mat(x, min_scale: float, ratio: tuple[float, float] = (3 / 4, 4 / 3)):
-    """Per image, the affine matrix ([bs, 3, 3], output -> source coordinates in [-1, 1]) of a random
-    crop covering ``[min_scale, 1]`` of the area with a width/height ratio in ``ratio``."""
-    import torch
+def decode_whole(paths: Sequence[Path | str], side: int, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(canvas uint8 ``[n, 3, side, side]``, sizes int64 ``[n, 2]``): each file's whole image on its canvas
+    (``imageprep.canvas``), as it is when its longest side is at most ``side``, else shrunk (PIL bilinear)
+    to a longest side of ``side``; ``sizes[i]`` is its (width, height) there."""
+    from PIL import Image
 
-    bs = x.size(0)
-    area = torch.empty(bs, device=x.device).uniform_(min_scale, 1.0)
-    log_r = torch.empty(bs, device=x.device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
-    w = (area * log_r.exp()).sqrt().clamp(max=1.0)
-    h = (area / log_r.exp()).sqrt().clamp(max=1.0)
-    tx = (torch.rand(bs, device=x.device) * 2 - 1) * (1 - w)
-    ty = (torch.rand(bs, device=x.device) * 2 - 1) * (1 - h)
-    mat = torch.zeros(bs, 3, 3, device=x.device)
-    mat[:, 0, 0], mat[:, 1, 1], mat[:, 0, 2], mat[:, 1, 2], mat[:, 2, 2] = w, h, tx, ty, 1.0
-    return mat
+    out = np.empty((len(paths), 3, side, side), np.uint8)
+    sizes = np.empty((len(paths), 2), np.int64)
+
+    def one(i: int) -> None:
+        img = imageprep.open_rgb(paths[i])
+        w, h = img.size
+        if max(w, h) > side:
+            k = side / max(w, h)
+            w, h = min(side, max(1, round(w * k))), min(side, max(1, round(h * k)))
+            img = img.resize((w, h), Image.Resampling.BILINEAR)
+        out[i] = imageprep.canvas(np.asarray(img), side)
+        sizes[i] = (w, h)
+
+    with _pool(workers) as pool:
+        list(pool.map(one, range(len(paths))))
+    return out, sizes
 
 
 def _loader_class():
     from fastai.data.load import DataLoader
 
     class MemoryDL(DataLoader):
-        """Batches gathered from tensors already on the device; ``after_batch`` does the rest."""
+        """Batches gathered from tensors already on the device; ``after_batch`` does the rest. With ``crop``
+        (a ``Preprocessing``) and ``sizes``, ``x`` holds canvases and each batch is cropped by the contract."""
 
-        def __init__(self, x, y, **kwargs):
-            self.x, self.y = x, y
+        def __init__(self, x, y, crop=None, sizes=None, **kwargs):
+            self.x, self.y, self.crop, self.sizes = x, y, crop, sizes
             super().__init__(range(len(x)), **kwargs)
 
         def create_batches(self, samps):
@@ -91,27 +103,28 @@ def _loader_class():
             stop = len(idx) - len(idx) % self.bs if self.drop_last else len(idx)
             for i in range(0, stop, self.bs):
                 b = idx[i:i + self.bs].to(self.x.device)
-                yield TensorImage(self.x[b].float().div_(255)), TensorMultiCategory(self.y[b])
+                if self.crop is None:
+                    xb = imageprep.to_float(self.x[b])
+                else:
+                    xb = self.crop.random_crops(self.x[b], self.sizes[b])
+                yield TensorImage(xb), TensorMultiCategory(self.y[b])
 
     return MemoryDL
 
 
 def dataloaders(items: Sequence, labels: Sequence[str], config, device: str, valid_idx: Sequence[int],
                 resized_side: int):
-    """fastai DataLoaders (train, valid) over ``items`` held in memory on ``device``; ``resized_side``:
-    the longest side of the store's resized copies."""
+    """fastai DataLoaders (train, valid) over ``items`` (labels.Item) held in memory on ``device``, for a
+    ``TrainConfig``; ``valid_idx``: the validation split's indices into ``items``; ``resized_side``: the
+    longest side of the store's resized copies (Settings.resized_side)."""
     import time
 
     import torch
     from fastai.data.core import DataLoaders
-    from fastai.vision.augment import AffineCoordTfm, PadMode, setup_aug_tfms
-    from fastai.vision.data import Normalize
     from fasttransform import Pipeline
 
-    from . import archs
-    from .train import batch_augmentations
-
     t0 = time.perf_counter()
+    prep = imageprep.Preprocessing.for_config(config)
     valid_set = set(valid_idx)
     train_idx = [i for i in range(len(items)) if i not in valid_set]
     index = {label: j for j, label in enumerate(labels)}
@@ -122,24 +135,17 @@ def dataloaders(items: Sequence, labels: Sequence[str], config, device: str, val
             y[row, [index[label] for label in items[i].labels]] = 1.0
         return y.to(device)
 
-    def pixels(idx, side):
-        return torch.from_numpy(decode([items[i].resized_path for i in idx], side)).to(device)
-
     side = train_side(config.size, resized_side)
-    x_train, x_valid = pixels(train_idx, side), pixels(valid_idx, config.size)
-    mean, std = (torch.tensor(s, device=device).view(1, 3, 1, 1) for s in archs.stats(config.arch))
-    normalize = Normalize(mean, std)
-    # the crop first: the fused transform takes its output size, black fill (PadMode.Zeros) and align_corners
-    # (False: what torch's affine_grid and grid_sample did when fastai's default None reached them, with a warning)
-    crop = AffineCoordTfm(aff_fs=lambda x: crop_mat(x, config.min_scale), size=config.size, pad_mode=PadMode.Zeros,
-                          align_corners=False)
-    augment = setup_aug_tfms([crop, *batch_augmentations(config)])
+    canvas, sizes = decode_whole([items[i].resized_path for i in train_idx], side)
+    x_train, sizes = torch.from_numpy(canvas).to(device), torch.from_numpy(sizes).to(device)
+    x_valid = torch.from_numpy(decode([items[i].resized_path for i in valid_idx], config.size)).to(device)
+    batch_tfms = prep.fastai_batch_tfms(device)  # the augmentations run on the training set only (split_idx 0)
     MemoryDL = _loader_class()
-    train = MemoryDL(x_train, targets(train_idx), bs=config.bs, shuffle=True, drop_last=True, device=device,
-                     after_batch=Pipeline([*augment, normalize], split_idx=0))
+    train = MemoryDL(x_train, targets(train_idx), crop=prep, sizes=sizes, bs=config.bs, shuffle=True,
+                     drop_last=True, device=device, after_batch=Pipeline(batch_tfms, split_idx=0))
     valid = MemoryDL(x_valid, targets(valid_idx), bs=config.bs * 2, device=device,
-                     after_batch=Pipeline([normalize], split_idx=1))
-    log.info("data in memory on %s: %d training images at %d px, %d validation images at %d px (%.0f MB) in %.1fs",
-             device, len(train_idx), side, len(valid_idx), config.size,
+                     after_batch=Pipeline(batch_tfms, split_idx=1))
+    log.info("data in memory on %s: %d training images on %d px canvases, %d validation images at %d px (%.0f MB) "
+             "in %.1fs", device, len(train_idx), side, len(valid_idx), config.size,
              (x_train.numel() + x_valid.numel()) / 1e6, time.perf_counter() - t0)
     return DataLoaders(train, valid, device=device)

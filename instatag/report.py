@@ -6,7 +6,7 @@ no other file, no network, no external CSS or JS. Sections:
 
 - label distributions before and after lemmatizing and grouping (Figures 1-2, from the
   vocabulary version's ``stats``);
-- RandomResizedCrop samples of one image with the run's ``size`` and ``min_scale`` (Figure 3);
+- RandomResizedCrop samples of one image under the model's preprocessing contract (``imageprep``, Figure 3);
 - the first convolution's filters and its activations for one image (Figures 4-5);
 - the lr_find curve with the suggestion marked (Figure 6), the per-epoch tables of the frozen and
   the unfrozen phase (Figures 7-8: the study printed fastai's tables there; here HTML tables) and
@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -230,25 +229,20 @@ def label_figures(vocab: dict | None, vocab_labels: list[tuple[str, int]],
     return [f1, f2]
 
 
-def crop_figure(path: Path, size: int, min_scale: float, seed: int = 0) -> Figure:
-    """Figure 3: fastai's RandomResizedCrop, as training applies it, on one image of the resized store."""
-    from fastai.vision.augment import RandomResizedCrop
-    from fastai.vision.core import PILImage
+def crop_figure(path: Path, prep, seed: int = 0) -> Figure:
+    """Figure 3: training crops of one image of the resized store under the model's preprocessing contract
+    (``imageprep.Preprocessing``, as model.json records it): the boxes both data paths draw from."""
+    from . import imageprep, plots
 
-    from . import plots
-
-    img = PILImage.create(path)
-    rrc = RandomResizedCrop(size, min_scale=min_scale)
-    state = random.getstate()
-    random.seed(seed)
-    try:
-        crops = [np.asarray(rrc(img, split_idx=0)) for _ in range(N_CROPS)]
-    finally:
-        random.setstate(state)
+    img = np.asarray(imageprep.open_rgb(path))
+    crops = prep.sample_crops(img, N_CROPS, seed)
+    lo, hi = prep.ratio
     fig = Figure("fig3", "RandomResizedCrop samples of one image")
-    fig.png = plots.crop_samples(np.asarray(img), crops, size, min_scale)
-    fig.note = (f"Each training epoch sees a different crop: at least {min_scale:.0%} of the image area, "
-                f"aspect ratio 3:4 to 4:3, resized to {size}×{size}; flips, rotation and lighting come on top.")
+    fig.png = plots.crop_samples(img, list(crops), prep.size, prep.min_scale)
+    fig.note = (f"Each training epoch sees a different crop of the whole image: {prep.min_scale:.0%} to "
+                f"{prep.max_scale:.0%} of its area, width/height {lo:.2f} to {hi:.2f}, resized to "
+                f"{prep.size}×{prep.size}; flips, rotation (up to {prep.max_rotate:g}°) and lighting come on top. "
+                "Both training data paths (files on the CPU, memory on the GPU) draw crops from this distribution.")
     return fig
 
 
@@ -267,19 +261,14 @@ def conv_figures(predictor, path: Path) -> list[Figure]:
     import torch
 
     from . import plots
-    from .inference import load_array
-
     name, conv = first_conv(predictor.net)
     weight = conv.weight.detach().float().cpu().numpy()
     title = "conv1"
     f4 = Figure("fig4", "The first layer's filters", plots.conv_filters(weight, title),
                 f"The {weight.shape[0]} filters of the network's first convolution (module {name}), each scaled to its "
                 "own range: what the first layer looks for in the pixels.")
-    array = load_array(path, predictor.size)
-    x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float().div(255)
-    mean = torch.tensor(predictor.meta["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(predictor.meta["std"]).view(1, 3, 1, 1)
-    x = ((x - mean) / std).to(next(predictor.net.parameters()).device)
+    array = predictor.prep.load_array(path)
+    x = predictor.inputs(torch.from_numpy(array.copy()).permute(2, 0, 1)[None])
     captured = {}
     hook = conv.register_forward_hook(lambda _m, _i, out: captured.setdefault("out", out.detach().float().cpu()))
     try:
@@ -466,7 +455,7 @@ def _png_uri(array: np.ndarray) -> str:
 def build_report(settings, model_version_id: int | None = None) -> Path:
     """Write ``reports/<id>/`` (PNGs and the self-contained ``report.html``) for a model version
     (default: the champion, else the newest); returns the path of ``report.html``."""
-    from . import db, registry
+    from . import archs, db, imageprep, registry
 
     engine = db.get_engine(settings)
     with engine.connect() as conn:
@@ -476,8 +465,9 @@ def build_report(settings, model_version_id: int | None = None) -> Path:
     ctx = Context(model=model, vocab=vocab)
     figures = label_figures(vocab, vocab_labels, scrape)
     params = model.get("params") or {}
-    size = int(params.get("size") or 64)
-    min_scale = float(params.get("min_scale") or 0.35)
+    mean, std = archs.stats(model["arch"])  # the model file's contract replaces this when it loads
+    prep = imageprep.Preprocessing.from_meta({"size": int(params.get("size") or 64), "params": params,
+                                              "mean": mean, "std": std})
 
     valid = None
     try:
@@ -489,13 +479,13 @@ def build_report(settings, model_version_id: int | None = None) -> Path:
         from .inference import Predictor
 
         predictor = Predictor.for_version(settings, mid)
-        size = predictor.size
+        prep = predictor.prep
     except (UserError, FileNotFoundError, OSError) as exc:
         ctx.notes["model"] = f"The model file could not be loaded: {exc}"
 
     image = valid.paths[0] if valid and valid.paths else None
     if image is not None:
-        figures.append(crop_figure(image, size, min_scale))
+        figures.append(crop_figure(image, prep))
     else:
         figures.append(Figure("fig3", "RandomResizedCrop samples of one image", note="No validation image to show."))
     if predictor is not None and image is not None:

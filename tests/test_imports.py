@@ -11,9 +11,9 @@ import instatag
 
 PACKAGE = Path(instatag.__file__).parent
 MODULES = {p.stem for p in PACKAGE.glob("*.py")}
-#: circles through imports inside functions that other points of issue #20 take apart (preprocessing:
-#: train <-> memdata; suggest <-> vocab); the set may only shrink
-KNOWN = {frozenset({"memdata", "train"}), frozenset({"suggest", "vocab"})}
+#: circles through imports inside functions that another point of issue #20 takes apart (suggest <->
+#: vocab); the set may only shrink
+KNOWN = {frozenset({"suggest", "vocab"})}
 
 
 def imports(tree: ast.AST, module_level: bool) -> set[str]:

@@ -10,7 +10,8 @@ import pytest
 
 from instatag import archs, modelfile
 from instatag.errors import UserError
-from instatag.inference import Predictor, center_crop_resize, load_array
+from instatag.imageprep import center_crop_resize, load_array
+from instatag.inference import Predictor
 
 LABELS = ["cake", "soup", "salad"]
 

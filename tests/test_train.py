@@ -15,6 +15,7 @@ from sqlalchemy import insert, select
 from test_progress import FakeClock
 
 from instatag import cli, db, modelfile, ranking
+from instatag import fitting as ft
 from instatag import schema as t
 from instatag import train as tr
 from instatag.errors import UserError
@@ -92,7 +93,7 @@ def test_fit_records_both_phases(items, tmp_path):
 
     torch.set_num_threads(1)
     seen = []
-    result = tr.fit(items, LABELS, tr.TrainConfig(**TINY), sink=seen.append, valid_pct=VALID)
+    result = ft.fit(items, LABELS, tr.TrainConfig(**TINY), sink=seen.append, valid_pct=VALID)
     assert [(r.epoch, r.phase) for r in result.epochs] == [(0, "frozen"), (1, "unfrozen")]
     assert seen == result.epochs
     n_train = result.meta["n_train"]
@@ -105,6 +106,10 @@ def test_fit_records_both_phases(items, tmp_path):
         assert all(0 <= v <= 1 for v in r.metrics.values())
     assert result.lr_find is None and result.meta["base_lr"] == 1e-3 and result.device == "cpu"
     assert result.meta["labels"] == LABELS and result.meta["mean"] == [0.485, 0.456, 0.406]
+    from instatag.imageprep import Preprocessing
+
+    assert result.meta["preprocessing"] == Preprocessing.for_config(tr.TrainConfig(**TINY)).to_meta()
+    assert result.meta["data_path"] == "files"
     # the files hold what inference needs: rebuild the network and predict from the files alone
     from instatag.inference import Predictor
 
@@ -127,16 +132,17 @@ def test_fit_records_both_phases(items, tmp_path):
 
 @pytest.mark.parametrize("size", [32, 64])
 def test_memory_data_path_batches(items, size):
-    """The in-memory path: validation exactly the inference preprocessing, training crops at the input
-    size from a source of twice that (capped by the store's side), targets as the DataBlock's."""
+    """The in-memory path: validation exactly the inference preprocessing, training crops at the input size
+    from the whole image on a canvas of twice that side (capped by the store's side), targets as the
+    DataBlock's."""
     import torch
 
     from instatag import archs
-    from instatag.inference import load_array
+    from instatag.imageprep import load_array
     from instatag.labels import is_valid
 
     config = tr.TrainConfig(**{**TINY, "size": size, "data_path": "memory"})
-    dls = tr.dataloaders(items, LABELS, config, "cpu", resized_side=96, valid_pct=VALID)
+    dls = ft.dataloaders(items, LABELS, config, "cpu", resized_side=96, valid_pct=VALID)
     assert dls.train.x.shape[-1] == min(2 * size, 96) and dls.valid.x.shape[-1] == size
     xb, yb = dls.valid.one_batch()
     valid = [it for it in items if is_valid(it.sha256, VALID)][:len(xb)]
@@ -147,20 +153,29 @@ def test_memory_data_path_batches(items, size):
     xt, yt = dls.train.one_batch()
     assert tuple(xt.shape) == (8, 3, size, size) and tuple(yt.shape) == (8, len(LABELS))
     assert len(dls.train) == (len(items) - len(dls.valid.x)) // 8  # the last incomplete batch is dropped
-    # every epoch draws new crops
-    from fastai.torch_core import TensorImage
+    # training crops come from the whole image: each canvas holds its image as it is, with its size beside it
+    from PIL import Image
 
-    a = dls.train.after_batch(TensorImage(dls.train.x[:8].float() / 255))
-    b = dls.train.after_batch(TensorImage(dls.train.x[:8].float() / 255))
+    from instatag import imageprep
+
+    train = [it for it in items if not is_valid(it.sha256, VALID)]
+    sizes = [Image.open(it.resized_path).size for it in train]
+    assert dls.train.sizes.tolist() == [list(wh) for wh in sizes]
+    side = dls.train.x.shape[-1]
+    np.testing.assert_array_equal(dls.train.x[0].numpy(), imageprep.canvas(
+        np.asarray(Image.open(train[0].resized_path).convert("RGB")), side))
+    # and every batch draws new crops
+    prep = dls.train.crop
+    a, b = (prep.random_crops(dls.train.x[:8], dls.train.sizes[:8]) for _ in range(2))
     assert a.shape == (8, 3, size, size) and not torch.allclose(a, b)
 
 
 def test_auto_data_path_is_memory_on_cuda_when_it_fits():
     c = tr.TrainConfig(**TINY)
-    assert tr.data_path(c, "cpu", 1000, 100, 160) == "files"
-    assert tr.data_path(c, "cuda", 1000, 100, 160) == "memory"
-    assert tr.data_path(c, "cuda", 10**8, 100, 160) == "files"  # too many pixels to hold
-    assert tr.data_path(c.replace(data_path="memory"), "cpu", 1000, 100, 160) == "memory"
+    assert ft.data_path(c, "cpu", 1000, 100, 160) == "files"
+    assert ft.data_path(c, "cuda", 1000, 100, 160) == "memory"
+    assert ft.data_path(c, "cuda", 10**8, 100, 160) == "files"  # too many pixels to hold
+    assert ft.data_path(c.replace(data_path="memory"), "cpu", 1000, 100, 160) == "memory"
 
 
 @pytest.mark.slow
@@ -173,28 +188,40 @@ def test_frozen_only_training_keeps_the_pretrained_body(items):
     torch.set_num_threads(1)
     config = tr.TrainConfig(**{**TINY, "arch": "efficientnet_lite0", "pretrained": True, "epochs": 0,
                                "data_path": "memory"})
-    result = tr.fit(items, LABELS, config, valid_pct=VALID)
+    result = ft.fit(items, LABELS, config, valid_pct=VALID)
     assert [r.phase for r in result.epochs] == ["frozen"]
     reference = archs.build("efficientnet_lite0", len(LABELS), pretrained=True).state_dict()
     convs = [k for k, v in reference.items() if k.startswith("0.") and v.ndim == 4]
     assert convs and all(torch.equal(result.state_dict[k], reference[k]) for k in convs)
 
 
-def test_validation_batches_are_the_inference_preprocessing(items):
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])  # ImageNet's statistics, and 0.5/0.5
+@pytest.mark.parametrize("path", ["files", "memory"])
+def test_predictor_inputs_are_the_validation_batches(items, arch, path):
+    """The Predictor's own code (inference.py: decoding, evaluation crop, scaling, normalisation, from the
+    preprocessing record training writes into model.json) makes exactly the tensors the training path's
+    validation batches hold for the same images, on both data paths."""
     import torch
 
-    from instatag import archs
-    from instatag.inference import load_array
+    from instatag import archs, imageprep
+    from instatag.inference import Predictor
     from instatag.labels import is_valid
 
-    config = tr.TrainConfig(**TINY)
-    dls = tr.dataloaders(items, LABELS, config, "cpu", valid_pct=VALID)
-    xb, yb = dls.valid.one_batch()
-    valid = [it for it in items if is_valid(it.sha256, VALID)][:len(xb)]
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in archs.stats("resnet18"))
-    ref = torch.stack([torch.tensor(load_array(it.resized_path, 32)).permute(2, 0, 1) for it in valid]) / 255
-    np.testing.assert_allclose(xb.float().numpy(), ((ref - mean) / std).numpy(), atol=1e-5)
-    assert yb.tolist() == [[float(lab in it.labels) for lab in LABELS] for it in valid]
+    config = tr.TrainConfig(**{**TINY, "arch": arch, "data_path": path})
+    dls = ft.dataloaders(items, LABELS, config, "cpu", valid_pct=VALID)
+    batches = list(dls.valid)
+    xb = torch.cat([x.as_subclass(torch.Tensor) for x, _ in batches])
+    valid = [it for it in items if is_valid(it.sha256, VALID)]
+    assert torch.cat([y for _, y in batches]).tolist() == [[float(lab in it.labels) for lab in LABELS]
+                                                           for it in valid]
+    prep = imageprep.Preprocessing.for_config(config)  # what fit records (test_fit_records_both_phases)
+    meta = {"arch": arch, "labels": LABELS, "size": config.size, "mean": list(prep.mean), "std": list(prep.std),
+            "preprocessing": prep.to_meta()}
+    predictor = Predictor(archs.build_plain(arch, len(LABELS)).state_dict(), meta, device="cpu")
+    x = predictor.inputs_for_paths([it.resized_path for it in valid], batch_size=5)
+    assert x.shape == xb.shape == (len(valid), 3, 32, 32)
+    torch.testing.assert_close(x, xb, atol=1e-5, rtol=0)
+    assert abs(float(x.mean())) < 3  # normalised, not raw pixels
     xt, _ = dls.train.one_batch()
     assert tuple(xt.shape) == (8, 3, 32, 32)
 
@@ -205,9 +232,9 @@ def test_lr_find_keeps_the_weights(items, tmp_path):
 
     torch.set_num_threads(1)
     config = tr.TrainConfig(**{**TINY, "lr": "auto", "lr_find_iters": 20})
-    learn = tr.learner(items, LABELS, config, tr.Settings(), tmp_path, VALID)
+    learn = ft.learner(items, LABELS, config, tr.Settings(), tmp_path, VALID)
     before = {k: v.clone() for k, v in learn.model.state_dict().items()}
-    lr, curve = tr._lr_find(learn, config)
+    lr, curve = ft._lr_find(learn, config)
     after = learn.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert 1e-7 < lr < 10 and curve["suggested"] == lr and curve["method"] == "valley"
@@ -217,7 +244,7 @@ def test_lr_find_keeps_the_weights(items, tmp_path):
 
 def test_too_few_images_is_a_clear_error(items):
     with pytest.raises(UserError, match="too few labelled images"):
-        tr.dataloaders(items[:6], LABELS, tr.TrainConfig(**TINY), "cpu", valid_pct=VALID)
+        ft.dataloaders(items[:6], LABELS, tr.TrainConfig(**TINY), "cpu", valid_pct=VALID)
 
 
 # --------------------------------------------------------------------------- with the database
@@ -259,7 +286,7 @@ def _fake_result():
     from instatag import archs
 
     net = archs.build("resnet18", len(LABELS))
-    return tr.FitResult(net.state_dict(), {"arch": "resnet18", "size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
+    return ft.FitResult(net.state_dict(), {"arch": "resnet18", "size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
                                            "labels": LABELS, "base_lr": 1e-3, "n_train": 1, "n_valid": 1},
                         None, [], "cpu")
 
@@ -270,7 +297,7 @@ def test_a_failure_marks_the_run_failed_and_registers_nothing(sqlite_settings, m
     add_labelled_images(s, 12)
 
     def failing_fit(items, labels, config, settings, sink, on_lr_find, counts=None, valid_pct=None):
-        sink(tr.EpochRecord(0, "frozen", 0.7, 0.6, {}, 8, 0.1))
+        sink(ft.EpochRecord(0, "frozen", 0.7, 0.6, {}, 8, 0.1))
         if where == "fit":
             raise RuntimeError("CUDA out of memory (simulated)")
         return _fake_result()
@@ -280,7 +307,7 @@ def test_a_failure_marks_the_run_failed_and_registers_nothing(sqlite_settings, m
         (directory / modelfile.WEIGHTS).write_bytes(b"half")
         raise OSError("No space left on device (simulated)")
 
-    monkeypatch.setattr(tr, "fit", failing_fit)
+    monkeypatch.setattr(tr, "fit", failing_fit)  # as train() calls it
     monkeypatch.setattr(modelfile, "save", failing_save)
     with pytest.raises((RuntimeError, OSError)):
         tr.train(s, tr.TrainConfig(**TINY))
@@ -362,11 +389,11 @@ def test_prior_bias_starts_at_the_label_log_odds_and_round_trips(items, tmp_path
 
     torch.set_num_threads(1)
     config = tr.TrainConfig(**{**TINY, "prior_bias": True, "data_path": "memory"})
-    learn = tr.learner(items, LABELS, config, tr.Settings(), tmp_path, VALID)
+    learn = ft.learner(items, LABELS, config, tr.Settings(), tmp_path, VALID)
     train = [it for it in items if not is_valid(it.sha256, VALID)]
     freq = np.array([(sum(lab in it.labels for it in train) + 0.5) / (len(train) + 1) for lab in LABELS])
     np.testing.assert_allclose(torch.sigmoid(learn.model[-1][-1].bias).detach().numpy(), freq, rtol=1e-5)
-    result = tr.fit(items, LABELS, config, valid_pct=VALID)
+    result = ft.fit(items, LABELS, config, valid_pct=VALID)
     assert result.meta["output_bias"] is True and "1.8.bias" in result.state_dict
     sha = modelfile.save(tmp_path / "m", result.state_dict, result.meta)
     probs = Predictor.from_files(tmp_path / "m", sha, device="cpu").predict_paths([it.resized_path for it in items])
@@ -379,20 +406,20 @@ def test_batch_log_lines_under_a_fake_clock(caplog, tmp_path):
     for training and validation batches, epochs numbered across fits; and for lr_find."""
     import re
 
-    tr.import_fastai()
+    ft.import_fastai()
     from fastai.test_utils import synth_learner
 
-    caplog.set_level(logging.INFO, "instatag.train")
+    caplog.set_level(logging.INFO, "instatag.fitting")
     learn = synth_learner(n_trn=7, n_val=3, path=tmp_path)  # batches of 16
     learn.logger = lambda *_: None
-    log_cb = tr.batch_log(total_epochs=3, every_s=10, clock=FakeClock(4))
+    log_cb = ft.batch_log(total_epochs=3, every_s=10, clock=FakeClock(4))
     learn.fit(1, cbs=[log_cb])
     learn.fit(1, cbs=[log_cb])  # fine_tune's second phase: the numbering goes on
     lines = [re.sub(r"loss \d+\.\d{4}$", "loss L", m) for m in caplog.messages]
     assert lines == [f"epoch {e}/3 unfrozen: {what}" for e in (1, 2) for what in (
         "batch 3/7, 4.0 images/s, loss L", "batch 6/7, 4.0 images/s, loss L", "validation batch 3/3, 4.0 images/s")]
     caplog.clear()
-    with learn.added_cbs(tr.batch_log(lr_find_iters=7, every_s=10, clock=FakeClock(4))):
+    with learn.added_cbs(ft.batch_log(lr_find_iters=7, every_s=10, clock=FakeClock(4))):
         learn.lr_find(end_lr=1e-3, num_it=7, show_plot=False, suggest_funcs=None)
     assert [re.sub(r"loss \d+\.\d{4} at lr \d\.\de-0\d$", "loss L at lr R", m) for m in caplog.messages] == [
         f"lr_find: batch {b}/7, 4.0 images/s, loss L at lr R" for b in (3, 6)]
@@ -405,7 +432,7 @@ def _run_quietly(script: str, tmp_path) -> str:
     import sys
     from pathlib import Path
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tr.__file__).parents[1]), str(Path(__file__).parent)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(ft.__file__).parents[1]), str(Path(__file__).parent)])}
     proc = subprocess.run([sys.executable, "-W", "error", "-c", script], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -422,16 +449,17 @@ from pathlib import Path
 logging.basicConfig(level=logging.INFO)
 import torch
 torch.set_num_threads(1)
-from instatag import train as tr
-from instatag.labels import Item, LabelPipeline, is_valid
+from instatag import fitting as ft
+from instatag.trainconfig import TrainConfig
+from instatag.labels import Item
 from test_train import LABELS, TINY, VALID, _photos
 items = []
 for k, (data, labels) in enumerate(_photos(24)):
     path = Path({str(tmp_path)!r}) / f"{{k}}.jpg"
     path.write_bytes(data)
     items.append(Item(k + 1, hashlib.sha256(data).hexdigest(), path, tuple(sorted(labels, key=LABELS.index))))
-tr.fit(items, LABELS, tr.TrainConfig(**{{**TINY, "lr": "auto", "lr_find_iters": 10}}), valid_pct=VALID)
-tr.fit(items, LABELS, tr.TrainConfig(**{{**TINY, "data_path": "memory"}}), valid_pct=VALID)
+ft.fit(items, LABELS, TrainConfig(**{{**TINY, "lr": "auto", "lr_find_iters": 10}}), valid_pct=VALID)
+ft.fit(items, LABELS, TrainConfig(**{{**TINY, "data_path": "memory"}}), valid_pct=VALID)
 """
     err = _run_quietly(script, tmp_path)
-    assert err.count("instatag.train:epoch 2/2 unfrozen: train_loss") == 2 and "lr_find: valley" in err
+    assert err.count("instatag.fitting:epoch 2/2 unfrozen: train_loss") == 2 and "lr_find: valley" in err

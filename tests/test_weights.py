@@ -149,7 +149,7 @@ def test_efficientnet_lite0_sees_food_in_food10(food10):
     import numpy as np
     import torch
 
-    from instatag.inference import load_array
+    from instatag.imageprep import load_array
 
     rows = list(csv.DictReader((food10 / "classes.csv").open()))
     photos, seen = [], set()
