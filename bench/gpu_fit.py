@@ -87,7 +87,7 @@ def profile_epoch(settings, config, vocab_id: int) -> tuple[dict, str]:
     items = pipeline.items(settings)
     labels = pipeline.labels
     config = config.replace(lr=1e-3, epochs=1, freeze_epochs=0)
-    valid_idx = ft.valid_indices(items, config)
+    valid_idx = ft.valid_indices(items, config, pipeline.valid_pct)
     n_valid = len(valid_idx)
     engine = ft.engine(config, "cuda", len(items) - n_valid, n_valid, settings.resized_side)
     if engine == "fast":

@@ -123,8 +123,9 @@ def bare_network(learn, frozen: bool, n_batches: int) -> dict:
     return {"batches": len(times), "bs": len(xb), "images_per_s": round(len(times) * len(xb) / total, 2)}
 
 
-def naive_epoch(items, labels, originals: dict, config, settings, workdir: Path) -> dict:
-    """The frozen epoch through stock fastai on the original JPEGs (fastai's default workers)."""
+def naive_epoch(items, labels, originals: dict, config, settings, workdir: Path, valid_pct: float) -> dict:
+    """The frozen epoch through stock fastai on the original JPEGs (fastai's default workers), split at
+    the vocabulary version's ``valid_pct``."""
     from fastai.callback.progress import ProgressCallback
     from fastai.data.block import DataBlock
     from fastai.data.transforms import IndexSplitter
@@ -136,7 +137,7 @@ def naive_epoch(items, labels, originals: dict, config, settings, workdir: Path)
     from instatag.fitting import _loss_func
     from instatag.labels import is_valid
 
-    valid_idx = [i for i, it in enumerate(items) if is_valid(it.sha256, config.valid_pct)]
+    valid_idx = [i for i, it in enumerate(items) if is_valid(it.sha256, valid_pct)]
     block = DataBlock(blocks=(ImageBlock, MultiCategoryBlock(vocab=list(labels))),
                       get_x=lambda it: originals[it.image_id], get_y=lambda it: list(it.labels),
                       splitter=IndexSplitter(valid_idx), item_tfms=RandomResizedCrop(config.size),
@@ -191,7 +192,7 @@ def main() -> int:
         runs = []
         for w in (int(x) for x in args.workers.split(",")):
             cfg = config.replace(num_workers=w)
-            learn = fitting.learner(items, pipeline.labels, cfg, s, Path(tmp))
+            learn = fitting.learner(items, pipeline.labels, cfg, s, Path(tmp), pipeline.valid_pct)
             run = {"num_workers": w}
             for phase, frozen in (("frozen", True), ("unfrozen", False)):
                 run[phase] = one_epoch(learn, frozen)
@@ -205,7 +206,7 @@ def main() -> int:
             with db.get_engine(s).connect() as conn:
                 rows = conn.execute(select(images.c.id, images.c.original_path))
                 originals = {i: str(s.data_dir / p) for i, p in rows}
-            naive = naive_epoch(items, pipeline.labels, originals, config, s, Path(tmp))
+            naive = naive_epoch(items, pipeline.labels, originals, config, s, Path(tmp), pipeline.valid_pct)
             info["naive"] = naive
             info["speedup_vs_naive"] = round(best["frozen"]["images_per_s"] / naive["images_per_s"], 2)
         info["goals"] = {"best_num_workers": best["num_workers"],

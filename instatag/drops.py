@@ -15,7 +15,8 @@ champion's training or validation data), once the champion has scored its new ph
    groups and recorded splits of the vocabulary build), keeping only its labels; scrape tags never
    count.
 2. **Fresh-label evaluation** of the labelled new photos: ``metrics.evaluate_predictions`` with the
-   champion's ranking and tuned thresholds (model.json, read through ``inference.Predictor``), beside
+   champion's ranking (model.json, ``inference.Predictor.rank_scores``) and tuned thresholds
+   (``registry.thresholds``: the database), beside
    the popularity baseline on the same photos and the champion's validation figures
    (``model_versions.metrics``).
 3. **Drift** (``instatag.drift``): the tag mix against the champion's vocabulary data, the hashtags
@@ -178,8 +179,8 @@ def _longest_side(rows) -> list[float]:
 
 # --------------------------------------------------------------------------- the model's side
 def _scorer(meta: dict):
-    """The ranking and thresholds of a model file's metadata, as scoring applies them
-    (``inference.Predictor`` without its network: only ``rank_scores`` and ``threshold_row``)."""
+    """The ranking of a model file's metadata, as scoring applies it (``inference.Predictor`` without
+    its network: only ``rank_scores``)."""
     from .inference import Predictor
 
     scorer = Predictor.__new__(Predictor)
@@ -202,7 +203,7 @@ class Reference:
     labels: list[str]  # the model's output order
     counts: np.ndarray  # training frequency per label
     scorer: object
-    thresholds: np.ndarray
+    thresholds: np.ndarray  # the tuned thresholds in label order (registry.thresholds)
     valid_metrics: dict  # model_versions.metrics (model, baseline, n_images)
     label_images: dict[str, int]  # images per label in the vocabulary data
     n_vocab_images: int
@@ -218,17 +219,17 @@ class Reference:
     def for_model(cls, settings, model_version_id: int) -> Reference:
         from sqlalchemy import select
 
-        from . import db, modelfile
+        from . import db, modelfile, registry
         from . import schema as t
-        from .evaluate import VALID_PCT, model_row
         from .labels import LabelPipeline, is_valid
 
         with db.get_engine(settings).connect() as conn:
-            row = model_row(conn, model_version_id)
+            row = registry.row(conn, model_version_id)
             vocab_id = row["vocab_version_id"]
-            valid_pct = float((row["params"] or {}).get("valid_pct", VALID_PCT))
             pipeline = LabelPipeline.for_version(settings, vocab_id)
+            valid_pct = pipeline.valid_pct
             labels = list(pipeline.labels)
+            thresholds = registry.threshold_row(conn, model_version_id, labels)
             meta = modelfile.read_meta(settings.data_dir / row["artifact_path"])
             if list(meta["labels"]) != labels:
                 raise UserError(f"model version {model_version_id}'s model.json lists other labels than its "
@@ -244,7 +245,6 @@ class Reference:
             train = [r for r in photos if not is_valid(r["sha256"], valid_pct)]
             stored = load_probabilities(conn, model_version_id, [r["id"] for r in valid])
         scorer = _scorer(meta)
-        thresholds = scorer.threshold_row()
         if thresholds is None:
             raise UserError(f"model version {model_version_id} has no tuned thresholds: run "
                             f"`instatag evaluate {model_version_id}`")
@@ -456,10 +456,10 @@ def _f(value) -> str:
 
 def grade_pending(settings) -> list[dict]:
     """Grade every drop ready for the champion (``pending``); their summaries. Nothing without a champion."""
-    from . import db, promote
+    from . import db, registry
 
     with db.get_engine(settings).connect() as conn:
-        champion = promote.champion_id(conn)
+        champion = registry.champion_id(conn)
     if champion is None:
         log.info("drops: no champion yet, nothing to grade")
         return []
@@ -491,9 +491,8 @@ def retrain_check(settings, scheduled: bool = True, reason: str = "") -> tuple[b
     new photos with a label in it, or a drop the champion graded flagged."""
     from sqlalchemy import select
 
-    from . import db, promote
+    from . import db, registry
     from . import schema as t
-    from .evaluate import model_row
     from .labels import LabelPipeline
 
     if reason:
@@ -503,10 +502,10 @@ def retrain_check(settings, scheduled: bool = True, reason: str = "") -> tuple[b
     if not scheduled:
         return True, "a manual run always runs"
     with db.get_engine(settings).connect() as conn:
-        champion = promote.champion_id(conn)
+        champion = registry.champion_id(conn)
         if champion is None:
             return True, "there is no champion yet"
-        vocab_id = model_row(conn, champion)["vocab_version_id"]
+        vocab_id = registry.vocab_version_id(conn, champion)
         drops = fresh_drops(conn, champion)
         tags = {}
         for run in drops:
@@ -543,9 +542,9 @@ def drop_rows(conn, model_version_id: int | None = None) -> list[dict]:
                 r.c.sources, *(c for c in de.c if c.name != "n_posts"))
          .select_from(r.outerjoin(de, on)).where(r.c.n_posts > 0)
          .order_by(r.c.id, de.c.model_version_id))
-    from . import promote
+    from . import registry
 
-    champion = promote.champion_id(conn)
+    champion = registry.champion_id(conn)
     since = champion_vocab_created(conn, champion) if champion is not None else None
     rows = []
     for m in conn.execute(q).mappings():

@@ -1,8 +1,12 @@
 """``instatag evaluate``: score a trained model on the validation split of its vocabulary version.
 
-It stores the metrics of the model and of the popularity baseline (``model_versions.metrics``), the
-per-label table (``label_metrics``) and the per-label thresholds tuned on the validation split
-(``label_metrics.threshold`` and the model file's ``model.json``). Re-running replaces them.
+It stores the metrics of the model and of the popularity baseline (``model_versions.metrics``, with
+the global threshold), the per-label table (``label_metrics``) and the per-label thresholds tuned on
+the validation split (``label_metrics.threshold``), in one transaction; these are the thresholds
+scoring, ``instatag predict``, the report and the drops read (``registry.thresholds``). Re-running
+replaces them. The validation split is the vocabulary version's (``vocab_versions.valid_pct``).
+Evaluating decides nothing: ``instatag promote`` (``promote.decide``) compares the model with the
+champion.
 
 Beside the uploader-label figures it measures the model on *verified* images (``verified_validation``):
 validation-split images with a person's verdict (``instatag.feedback``) on a label of the model's
@@ -25,8 +29,6 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: share of images in the validation split, unless the model's params say otherwise
-VALID_PCT = 0.2
 BATCH_SIZE = 256
 #: Verified images needed before their metrics are shown or decide a promotion. With 30 images one
 #: image moves a rate by more than 3 points and the 95 % interval of a rate near 50 % spans about
@@ -72,29 +74,12 @@ class Validation:
         return hashlib.sha256(",".join(map(str, self.image_ids)).encode()).hexdigest()
 
 
-def model_row(conn, model_version_id: int):
-    from sqlalchemy import select
-
-    from . import schema as t
-
-    row = conn.execute(select(t.model_versions).where(t.model_versions.c.id == model_version_id)).mappings().first()
-    if row is None:
-        raise UserError(f"there is no model version {model_version_id} (see `instatag models`)")
-    return row
-
-
 def newest_candidate(settings) -> int:
-    from sqlalchemy import func, select
-
-    from . import db
-    from . import schema as t
+    """The newest candidate's id (``registry.resolve(conn, "candidate")``)."""
+    from . import db, registry
 
     with db.get_engine(settings).connect() as conn:
-        mv = t.model_versions
-        mid = conn.execute(select(func.max(mv.c.id)).where(mv.c.status == "candidate")).scalar()
-    if mid is None:
-        raise UserError("there is no candidate model to evaluate: train one with `instatag train`")
-    return int(mid)
+        return registry.resolve(conn, "candidate")
 
 
 def run_model(settings, model_version_id: int, paths: list[Path], batch_size: int = BATCH_SIZE):
@@ -114,13 +99,13 @@ def predict_probs(settings, model_version_id: int, paths: list[Path], batch_size
 
 def validation_set(settings, model_version_id: int) -> tuple[int, list[str], np.ndarray, list, np.ndarray]:
     """(vocab version id, labels, training counts, validation items, y_true) for a model version."""
-    from . import db
+    from . import db, registry
     from .labels import LabelPipeline, is_valid
 
     with db.get_engine(settings).connect() as conn:
-        row = model_row(conn, model_version_id)
-    valid_pct = float((row["params"] or {}).get("valid_pct", VALID_PCT))
+        row = registry.row(conn, model_version_id)
     pipeline = LabelPipeline.for_version(settings, row["vocab_version_id"])
+    valid_pct = pipeline.valid_pct
     labels = list(pipeline.labels)
     counts = np.array([pipeline.counts.get(label, 0) for label in labels], dtype=np.int64)
     items = [it for it in pipeline.items(settings) if is_valid(it.sha256, valid_pct)]
@@ -155,10 +140,10 @@ def verified_validation(settings, v: Validation, batch_size: int = BATCH_SIZE) -
 
     from . import db, feedback
     from . import schema as t
-    from .labels import is_valid
+    from .labels import is_valid, valid_pct_of
 
     with db.get_engine(settings).connect() as conn:
-        valid_pct = float((model_row(conn, v.model_version_id)["params"] or {}).get("valid_pct", VALID_PCT))
+        valid_pct = valid_pct_of(conn, v.vocab_version_id)
         verdicts = {i: {k: x for k, x in vs.items() if k in set(v.labels)}
                     for i, vs in feedback.latest_verdicts(conn).items()}
         verdicts = {i: vs for i, vs in verdicts.items() if vs}
@@ -210,8 +195,7 @@ def evaluate(settings, model_version_id: int | None = None, batch_size: int = BA
         "valid_image_ids_sha256": v.ids_sha256,
         "verified": verified_summary(settings, v, thresholds, batch_size),
     }
-    _store(settings, model_version_id, summary, res["per_label"], dict(zip(v.labels, thresholds.tolist(),
-                                                                          strict=True)), global_t)
+    _store(settings, model_version_id, summary, res["per_label"])
     log.info("model version %d on %d validation images: dominant_recall@2 %.3f (baseline %.3f), mAP %.3f",
              model_version_id, len(v.image_ids), res["model"]["dominant_recall@2"] or 0,
              res["baseline"]["dominant_recall@2"] or 0, res["model"]["map"] or 0)
@@ -228,23 +212,23 @@ def verified_summary(settings, v: Validation, thresholds, batch_size: int = BATC
     return out
 
 
-def _store(settings, model_version_id: int, summary: dict, per_label: dict, thresholds: dict,
-           global_t: float) -> None:
+def _store(settings, model_version_id: int, summary: dict, per_label: dict) -> None:
+    """Write the evaluation in one transaction: ``model_versions.metrics`` (``summary``, with the global
+    threshold) and the ``label_metrics`` rows (each label's tuned threshold), replacing an earlier one.
+    These are the model's thresholds (``registry.thresholds``); model.json is not touched."""
     from sqlalchemy import delete, insert, update
 
-    from . import db, modelfile
+    from . import db, registry
     from . import schema as t
 
     engine = db.get_engine(settings)
-    with engine.connect() as conn:
-        artifact = settings.data_dir / model_row(conn, model_version_id)["artifact_path"]
-    modelfile.update_meta(artifact.parent, thresholds=thresholds, global_threshold=global_t)
     rows = [
         {"model_version_id": model_version_id, "label": label, "precision": r["precision"], "recall": r["recall"],
          "ap": r["ap"], "support": r["support"], "threshold": r["threshold"], "baseline": r["baseline"]}
         for label, r in per_label.items()
     ]
     with engine.begin() as conn:
+        registry.row(conn, model_version_id)  # UserError when there is no such version
         conn.execute(delete(t.label_metrics).where(t.label_metrics.c.model_version_id == model_version_id))
         if rows:
             conn.execute(insert(t.label_metrics), rows)
@@ -291,21 +275,13 @@ def format_table(summary: dict) -> str:
 
 
 def _evaluate_cmd(args, settings) -> int:
-    from . import db, promote
-
     model_id = args.model_version or newest_candidate(settings)
     v = validate(settings, model_id, args.batch_size)
     summary = evaluate(settings, model_id, floor=args.floor, validation=v)
     print(f"model version {model_id}")
     print(format_table(summary))
-    if args.no_promote:
-        return 0
-    with db.get_engine(settings).connect() as conn:
-        if promote.champion_id(conn) == model_id:
-            print(f"model version {model_id} is the champion already")
-            return 0
-    decision = promote.decide(settings, model_id, force=args.force, validation=v)
-    print(f"{decision.decision}: {decision.reason}")
+    print(f"next: `instatag promote {model_id}` compares it with the champion and promotes it when it is not "
+          "worse")
     return 0
 
 
@@ -314,15 +290,13 @@ def add_cli(sub) -> None:
 
     p = sub.add_parser(
         "evaluate",
-        help="evaluate a trained model on the validation split, tune thresholds, decide promotion",
+        help="evaluate a trained model on the validation split and tune its thresholds",
         description="Score MODEL_VERSION (default: the newest candidate) on the validation split of its "
         "vocabulary version; store its metrics next to the popularity baseline's and per-label thresholds "
-        "tuned for F1; then decide whether it replaces the champion (see `instatag models`).",
+        "tuned for F1. It decides nothing: `instatag promote` then compares it with the champion.",
     )
     p.add_argument("model_version", nargs="?", type=int, metavar="MODEL_VERSION",
                    help="model version id (default: the newest candidate)")
-    p.add_argument("--no-promote", action="store_true", help="only evaluate; leave the champion as it is")
-    p.add_argument("--force", action="store_true", help="promote whatever the comparison with the champion says")
     p.add_argument("--floor", type=float, default=metrics.THRESHOLD_FLOOR,
                    help=f"lowest allowed per-label threshold (default {metrics.THRESHOLD_FLOOR})")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,

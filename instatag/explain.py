@@ -162,10 +162,11 @@ def explain_file(settings, file: Path, label: str, model: str | int = "champion"
     """(model version id, heatmap) of ``label`` for an ad-hoc image file, read as ``instatag predict``
     reads it (``predict.load_image``: the resized copy ingest would store), so the probability is the
     one ``predict`` prints."""
+    from . import registry
     from .inference import Predictor
-    from .predict import load_image, resolve_model
+    from .predict import load_image
 
-    model_id = resolve_model(settings, model)
+    model_id = registry.find(settings, model)
     predictor = Predictor.for_version(settings, model_id)
     image = load_image(Path(file), settings.resized_side, settings.max_pixels)
     return model_id, explain(predictor, image, label)
@@ -196,7 +197,7 @@ def add_cli(sub) -> None:
     )
     p.add_argument("file", type=Path, metavar="IMAGE", help="an image file (JPEG, PNG, ...)")
     p.add_argument("--label", required=True, metavar="L", help="the label (tag) to explain, e.g. pasta")
-    p.add_argument("--model", default="champion", help="'champion' (default) or a model version number")
+    p.add_argument("--model", default="champion", help="'champion' (default), 'latest' or a model version number")
     p.add_argument("--output", "-o", type=Path, metavar="PNG",
                    help="where to write the overlay (default: IMAGE's name + _LABEL_heatmap.png, here)")
     p.set_defaults(handler=_explain_cmd)

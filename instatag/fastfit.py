@@ -599,15 +599,17 @@ def _num(x) -> float | None:
 
 
 # --------------------------------------------------------------------------- fitting.fit's fast path
-def fit_resident(items: Sequence, labels: Sequence[str], config, settings, device: str,
-                 record: Callable, on_lr_find: Callable[[dict], None] | None, prefetch=None):
-    """``fitting.fit`` with ``engine`` fast: the data on ``device`` (``memdata.resident``), lr_find when
-    ``config.lr`` is "auto", then the fine_tune phases; every epoch goes to ``record`` as a
-    ``fitting.EpochRecord``. Returns (state dict on the CPU, base lr, lr_find curve or None, n_train, n_valid)."""
+def fit_resident(items: Sequence, labels: Sequence[str], config, settings, device: str, valid_idx: Sequence[int],
+                 loss: Callable, prior, record: Callable, on_lr_find: Callable[[dict], None] | None, prefetch=None):
+    """``fitting.fit`` with ``engine`` fast: the data on ``device`` (``memdata.resident``; ``valid_idx``: the
+    validation items' positions), lr_find when ``config.lr`` is "auto", then the fine_tune phases, minimising
+    ``loss(logits, targets)``; ``prior``: the output bias (log-odds per label) or None. Every epoch goes to
+    ``record(number, EpochStats)``, numbered from 0 across both phases. Returns (state dict on the CPU, base
+    lr, lr_find curve or None, n_train, n_valid). ``fitting.fit`` passes what it owns (split, loss, prior),
+    so this module never imports ``fitting``."""
     import torch
 
     from . import archs, imageprep, memdata
-    from .fitting import _prior_log_odds, plain_loss, valid_indices
 
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -617,14 +619,13 @@ def fit_resident(items: Sequence, labels: Sequence[str], config, settings, devic
         torch.backends.cudnn.deterministic = config.deterministic
         if cuda_format(config.arch)[0] == "off":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    valid_idx = valid_indices(items, config)
     data = Resident(*memdata.resident(items, labels, config, device, valid_idx, settings.resized_side, prefetch))
     net = network(config.arch, len(labels), config, settings, config.pretrained)
-    if config.prior_bias:
-        archs.add_output_bias(net, _prior_log_odds(items, labels, config))
+    if prior is not None:
+        archs.add_output_bias(net, prior)
     net = net.to(device, memory_format=torch.channels_last) if cuda and cuda_format(config.arch)[1] else net.to(device)
     groups = param_groups(net, config.arch)
-    loop = Loop(net, groups, data, imageprep.Preprocessing.for_config(config), plain_loss(config), config, device)
+    loop = Loop(net, groups, data, imageprep.Preprocessing.for_config(config), loss, config, device)
     set_frozen(net, groups, config.pretrained)  # vision_learner freezes a pretrained learner before lr_find
     log.info("fast loop on %s: network and data ready in %.1fs (%s, %d parameter groups, CUDA graphs %s)",
              device, time.perf_counter() - t0, config.arch, len(groups), "on" if loop.graphs else "off")
@@ -639,7 +640,6 @@ def fit_resident(items: Sequence, labels: Sequence[str], config, settings, devic
 
 def _fit_loop(loop: Loop, groups, config, record: Callable, on_lr_find, n_train: int, n_valid: int):
     from .errors import UserError
-    from .fitting import EpochRecord
 
     net = loop.net
     curve = None
@@ -660,13 +660,13 @@ def _fit_loop(loop: Loop, groups, config, record: Callable, on_lr_find, n_train:
     numbered = iter(range(total))
 
     def on_epoch(e: EpochStats) -> None:
-        rec = EpochRecord(next(numbered), e.phase, e.train_loss, e.valid_loss, e.metrics, e.images, e.seconds)
+        number = next(numbered)
         nan = float("nan")
-        mets = " ".join(f"{k} {v:.4f}" for k, v in rec.metrics.items() if v is not None)
-        log.info("epoch %d/%d %s: train_loss %.4f valid_loss %.4f %s (%d images, %.2fs)", rec.epoch + 1, total,
-                 rec.phase, nan if rec.train_loss is None else rec.train_loss,
-                 nan if rec.valid_loss is None else rec.valid_loss, mets, rec.images_seen, rec.seconds)
-        record(rec)
+        mets = " ".join(f"{k} {v:.4f}" for k, v in e.metrics.items() if v is not None)
+        log.info("epoch %d/%d %s: train_loss %.4f valid_loss %.4f %s (%d images, %.2fs)", number + 1, total,
+                 e.phase, nan if e.train_loss is None else e.train_loss,
+                 nan if e.valid_loss is None else e.valid_loss, mets, e.images, e.seconds)
+        record(number, e)
 
     run_phases(loop, phases, on_epoch)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}

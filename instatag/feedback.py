@@ -59,14 +59,17 @@ def vocabulary(conn, model_version_id: int | None = None) -> set[str]:
     given, else of the newest vocabulary version and of the champion's."""
     from sqlalchemy import func, select
 
+    from . import registry
     from . import schema as t
 
-    mv, vl = t.model_versions.c, t.vocab_labels.c
+    vl = t.vocab_labels.c
     if model_version_id is not None:
-        versions = [conn.execute(select(mv.vocab_version_id).where(mv.id == model_version_id)).scalar()]
+        versions = [registry.vocab_version_id(conn, model_version_id) if registry.exists(conn, model_version_id)
+                    else None]
     else:
+        champion = registry.champion_id(conn)
         versions = [conn.execute(select(func.max(t.vocab_versions.c.id))).scalar(),
-                    conn.execute(select(mv.vocab_version_id).where(mv.status == "champion")).scalar()]
+                    None if champion is None else registry.vocab_version_id(conn, champion)]
     versions = [v for v in versions if v is not None]
     return set(conn.execute(select(vl.label).where(vl.vocab_version_id.in_(versions))).scalars())
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import archs, imageprep, progress
 from .errors import UserError
+from .labels import VALID_PCT
 from .settings import Settings
 from .trainconfig import TrainConfig
 
@@ -126,12 +127,12 @@ def data_path(config: TrainConfig, device: str, n_train: int, n_valid: int, resi
     return "memory" if device == "cuda" and fits else "files"
 
 
-def valid_indices(items: Sequence, config: TrainConfig) -> list[int]:
-    """Positions of the validation items (``labels.is_valid``: by content hash); a UserError when either
-    split is too small for a batch."""
+def valid_indices(items: Sequence, config: TrainConfig, valid_pct: float = VALID_PCT) -> list[int]:
+    """Positions of the validation items (``labels.is_valid`` at ``valid_pct``, the vocabulary version's: by
+    content hash); a UserError when either split is too small for a batch."""
     from .labels import is_valid
 
-    valid_idx = [i for i, it in enumerate(items) if is_valid(it.sha256, config.valid_pct)]
+    valid_idx = [i for i, it in enumerate(items) if is_valid(it.sha256, valid_pct)]
     n_valid, n_train = len(valid_idx), len(items) - len(valid_idx)
     if n_valid == 0 or n_train < config.bs:
         raise UserError(f"too few labelled images to train: {n_train} for training (batch size {config.bs}) and "
@@ -148,18 +149,20 @@ def engine(config: TrainConfig, device: str, n_train: int, n_valid: int, resized
     return "fast" if device == "cuda" and memory else "fastai"
 
 
-def dataloaders(items: Sequence, labels: Sequence[str], config: TrainConfig, device: str, resized_side: int = 160):
+def dataloaders(items: Sequence, labels: Sequence[str], config: TrainConfig, device: str, resized_side: int = 160,
+                valid_pct: float = VALID_PCT):
     """fastai DataLoaders over ``items`` (labels.Item), split by content hash: ``memdata`` or a DataBlock, both
     preprocessed and augmented by ``imageprep.Preprocessing.for_config(config)`` (validation batches: the
-    inference tensors; training crops: one distribution on both paths). ``resized_side``: the longest side of
-    the store's resized copies (Settings.resized_side). UserError when too few images for a batch."""
+    inference tensors; training crops: one distribution on both paths), split by ``labels.is_valid`` at
+    ``valid_pct`` (the vocabulary version's). ``resized_side``: the longest side of the store's resized
+    copies (Settings.resized_side). UserError when too few images for a batch."""
     from fastai.data.block import DataBlock
     from fastai.data.transforms import IndexSplitter
     from fastai.vision.data import ImageBlock, MultiCategoryBlock
 
     from . import memdata
 
-    valid_idx = valid_indices(items, config)
+    valid_idx = valid_indices(items, config, valid_pct)
     n_valid, n_train = len(valid_idx), len(items) - len(valid_idx)
     if data_path(config, device, n_train, n_valid, resized_side) == "memory":
         return memdata.dataloaders(items, labels, config, device, valid_idx, resized_side)
@@ -305,7 +308,8 @@ def import_fastai() -> None:
         import fastai.vision.learner  # noqa: F401
 
 
-def learner(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: Settings, path: Path):
+def learner(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: Settings, path: Path,
+            valid_pct: float = VALID_PCT):
     """The seeded fastai Learner (frozen when pretrained), its DataLoaders over ``items``, on the configured
     device; ``path`` holds lr_find's temporary files."""
     import torch
@@ -322,7 +326,7 @@ def learner(items: Sequence, labels: Sequence[str], config: TrainConfig, setting
     set_seed(config.seed, reproducible=config.deterministic or device == "cpu")
     if device == "cuda" and not config.deterministic:
         torch.backends.cudnn.benchmark = True
-    dls = dataloaders(items, labels, config, device, settings.resized_side)
+    dls = dataloaders(items, labels, config, device, settings.resized_side, valid_pct)
     learn = vision_learner(dls, archs.fastai_arch(config.arch, settings), pretrained=config.pretrained,
                            n_out=len(labels), loss_func=_loss_func(config), ps=config.ps,
                            metrics=[accuracy_multi, precision_at_1], path=path, wd=config.wd,
@@ -331,19 +335,19 @@ def learner(items: Sequence, labels: Sequence[str], config: TrainConfig, setting
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *_: None
     if config.prior_bias:
-        archs.add_output_bias(learn.model, _prior_log_odds(items, labels, config))
+        archs.add_output_bias(learn.model, _prior_log_odds(items, labels, valid_pct))
     if device == "cuda":
         learn.to_channelslast(amp_mode="bf16" if torch.cuda.is_bf16_supported() else "fp16")
     return learn
 
 
-def _prior_log_odds(items: Sequence, labels: Sequence[str], config: TrainConfig):
+def _prior_log_odds(items: Sequence, labels: Sequence[str], valid_pct: float):
     """log(f / (1 - f)) of each label's frequency f over the training split (smoothed)."""
     import torch
 
     from .labels import split
 
-    train, _ = split(items, config.valid_pct)
+    train, _ = split(items, valid_pct)
     freq = torch.tensor([sum(label in it.labels for it in train) for label in labels], dtype=torch.float32)
     freq = (freq + 0.5) / (len(train) + 1)
     return torch.log(freq / (1 - freq))
@@ -351,11 +355,12 @@ def _prior_log_odds(items: Sequence, labels: Sequence[str], config: TrainConfig)
 
 def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: Settings | None = None,
         sink: Callable[[EpochRecord], None] | None = None,
-        on_lr_find: Callable[[dict], None] | None = None, counts: dict | None = None, prefetch=None) -> FitResult:
+        on_lr_find: Callable[[dict], None] | None = None, counts: dict | None = None, prefetch=None,
+        valid_pct: float = VALID_PCT) -> FitResult:
     """Train on ``items`` (labels.Item: image_id, sha256, resized_path, labels) for ``labels`` (output order),
     through the engine ``engine`` resolves to. ``counts``: training frequency per label, for the ranking
     (default: counted over ``items``); ``prefetch``: a ``memdata.Prefetch`` of these items (the fast engine
-    uses it)."""
+    uses it); ``valid_pct``: the validation share of the items' vocabulary version (``LabelPipeline.valid_pct``)."""
     import tempfile
 
     from .inference import resolve_device
@@ -371,16 +376,22 @@ def fit(items: Sequence, labels: Sequence[str], config: TrainConfig, settings: S
         if sink:
             sink(rec)
 
-    n_valid = len(valid_indices(items, config))
+    valid_idx = valid_indices(items, config, valid_pct)
+    n_valid = len(valid_idx)
     if engine(config, device, len(items) - n_valid, n_valid, settings.resized_side) == "fast":
         from . import fastfit
 
-        state, base_lr, curve, n_train, n_valid = fastfit.fit_resident(items, labels, config, settings, device,
-                                                                       record, on_lr_find, prefetch)
+        def record_fast(number: int, e) -> None:  # e: fastfit.EpochStats
+            record(EpochRecord(number, e.phase, e.train_loss, e.valid_loss, e.metrics, e.images, e.seconds))
+
+        prior = _prior_log_odds(items, labels, valid_pct) if config.prior_bias else None
+        state, base_lr, curve, n_train, n_valid = fastfit.fit_resident(
+            items, labels, config, settings, device, valid_idx, plain_loss(config), prior, record_fast, on_lr_find,
+            prefetch)
         meta = _meta(items, labels, config, base_lr, n_train, n_valid, "memory", counts)
         return FitResult(state, meta, curve, records, device, time.perf_counter() - started)
     with tempfile.TemporaryDirectory(prefix="instatag-train-") as workdir:
-        learn = learner(items, labels, config, settings, Path(workdir))
+        learn = learner(items, labels, config, settings, Path(workdir), valid_pct)
         curve = None
         if config.lr == "auto":
             base_lr, curve = _lr_find(learn, config)
@@ -418,7 +429,7 @@ def _meta(items: Sequence, labels: Sequence[str], config: TrainConfig, base_lr: 
     counts = counts or Counter(label for it in items for label in it.labels)
     return {
         "format": 1, "arch": config.arch, "size": prep.size, "mean": list(prep.mean), "std": list(prep.std),
-        "n_out": len(labels), "labels": list(labels), "thresholds": None, "global_threshold": None,
+        "n_out": len(labels), "labels": list(labels),
         "ranking": config.ranking, "flip_tta": config.flip_tta, "output_bias": config.prior_bias,
         "frequency_order": [labels[j] for j in frequency_order(labels, [counts.get(label, 0) for label in labels])],
         "params": config.to_dict(), "base_lr": base_lr, "pretrained": config.pretrained,

@@ -80,36 +80,11 @@ class Predictor:
     def for_version(cls, settings: Settings, model_version_id: int) -> Predictor:
         """The registered model version, its file verified against ``model_versions.sha256`` (on its first
         load in this process, and again whenever it changed: ``cached``)."""
-        from sqlalchemy import select
-
-        from . import db
-        from .schema import model_versions
+        from . import db, registry
 
         with db.get_engine(settings).connect() as conn:
-            row = conn.execute(select(model_versions.c.artifact_path, model_versions.c.sha256)
-                               .where(model_versions.c.id == int(model_version_id))).first()
-        if row is None:
-            raise UserError(f"there is no model version {model_version_id}")
-        return cached(settings.data_dir / row.artifact_path, row.sha256, settings.device, int(model_version_id))
-
-    # ------------------------------------------------------------------ thresholds
-    @property
-    def thresholds(self):
-        """The tuned per-label thresholds from model.json (None until the model is evaluated)."""
-        return self.meta.get("thresholds")
-
-    def threshold_row(self) -> np.ndarray | None:
-        """Per-label thresholds in label order (labels without one get the global threshold), or None."""
-        t, glob = self.thresholds, self.meta.get("global_threshold")
-        if t is None:
-            return None if glob is None else np.full(len(self.labels), float(glob))
-        if isinstance(t, dict):
-            fallback = 0.5 if glob is None else float(glob)
-            return np.array([float(t.get(lab, fallback)) for lab in self.labels])
-        row = np.asarray(t, dtype=np.float64)
-        if row.shape != (len(self.labels),):
-            raise UserError(f"model.json: {row.size} thresholds for {len(self.labels)} labels")
-        return row
+            row = registry.row(conn, model_version_id)
+        return cached(settings.data_dir / row["artifact_path"], row["sha256"], settings.device, int(model_version_id))
 
     # ------------------------------------------------------------------ ranking
     @property
@@ -246,8 +221,9 @@ def cached(path: Path, expected_sha256: str | None, device: str = "auto",
     ``model.json`` keep the state they had before they were read (``_file_state``). A first load in a
     process, and any load after either file changed, reads and hashes the weights again
     (``modelfile.load``: a mismatch raises ``HashMismatch``), so a changed file is never used stale
-    and new thresholds in model.json are seen. Returns the same object while nothing changed: callers
-    must not modify it. Thread-safe; at most ``CACHE_SIZE`` entries."""
+    and a changed model.json is seen. The tuned thresholds are not part of it (``registry.thresholds``
+    reads them from the database), so a new evaluation needs no reload. Returns the same object while
+    nothing changed: callers must not modify it. Thread-safe; at most ``CACHE_SIZE`` entries."""
     from . import modelfile
 
     weights = modelfile.weights_path(path).absolute()

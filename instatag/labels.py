@@ -38,12 +38,31 @@ _SPLITTABLE = re.compile(rf"^[a-z]{{{2 * MIN_PART},}}$")
 _SCRAPE, _DROP = object(), object()
 
 
-def is_valid(sha256: str, valid_pct: float = 0.2) -> bool:
+#: the share of images in the validation split of a new vocabulary version. A built version stores its
+#: own (``vocab_versions.valid_pct``, ``LabelPipeline.valid_pct``): training, evaluation, the report
+#: and the drops split that version's images by it, never by this constant.
+VALID_PCT = 0.2
+
+
+def is_valid(sha256: str, valid_pct: float = VALID_PCT) -> bool:
     """Whether an image belongs to the validation split: a function of its content hash alone."""
     return int(sha256[:8], 16) / 2**32 < valid_pct
 
 
-def split(items: Iterable[Item], valid_pct: float = 0.2) -> tuple[list[Item], list[Item]]:
+def valid_pct_of(conn, vocab_version_id: int) -> float:
+    """The validation share a vocabulary version was built with (``vocab_versions.valid_pct``)."""
+    from sqlalchemy import select
+
+    from . import schema as t
+
+    found = conn.execute(select(t.vocab_versions.c.valid_pct).where(t.vocab_versions.c.id == vocab_version_id)
+                         ).scalar()
+    if found is None:
+        raise UserError(f"vocabulary version {vocab_version_id} does not exist (see `instatag vocab list`)")
+    return float(found)
+
+
+def split(items: Iterable[Item], valid_pct: float = VALID_PCT) -> tuple[list[Item], list[Item]]:
     """(training items, validation items) by ``is_valid``."""
     train, valid = [], []
     for item in items:
@@ -69,13 +88,15 @@ class LabelPipeline:
     """Hashtags -> labels under one grouping; with a stored version, its labels and images too."""
 
     def __init__(self, grouping: Grouping, *, labels: list[str] | None = None, counts: dict | None = None,
-                 splits: dict | None = None, version_id: int | None = None):
+                 splits: dict | None = None, version_id: int | None = None, valid_pct: float | None = None):
         self.grouping = grouping
         #: labels in model-output order (a stored version), else None: every candidate label
         self.labels = list(labels) if labels is not None else None
         #: training-split image count per label (a stored version)
         self.counts = dict(counts or {})
         self.version_id = version_id
+        #: the validation share of the stored version (``vocab_versions.valid_pct``); None without one
+        self.valid_pct = valid_pct
         #: tag -> parts of the hashtags split so far (a stored version starts from its recorded splits)
         self.splits: dict[str, list[str]] = {k: list(v) for k, v in (splits or {}).items()}
         self._index = {label: i for i, label in enumerate(self.labels or [])}
@@ -98,7 +119,8 @@ class LabelPipeline:
                 vocab_version_id = conn.execute(select(func.max(t.vocab_versions.c.id))).scalar()
                 if vocab_version_id is None:
                     raise UserError("no vocabulary version yet: run `instatag vocab build`")
-            row = conn.execute(select(t.vocab_versions.c.config, t.vocab_versions.c.stats)
+            row = conn.execute(select(t.vocab_versions.c.config, t.vocab_versions.c.stats,
+                                      t.vocab_versions.c.valid_pct)
                                .where(t.vocab_versions.c.id == vocab_version_id)).first()
             if row is None:
                 raise UserError(f"vocabulary version {vocab_version_id} does not exist "
@@ -108,7 +130,7 @@ class LabelPipeline:
                                   .order_by(t.vocab_labels.c.idx)).scalars().all()
         grouping = grouping_from_dict(row.config["grouping"], source=f"vocabulary version {vocab_version_id}")
         return cls(grouping, labels=labels, counts=row.stats.get("train_counts", {}),
-                   splits=row.stats.get("splits", {}), version_id=vocab_version_id)
+                   splits=row.stats.get("splits", {}), version_id=vocab_version_id, valid_pct=float(row.valid_pct))
 
     def require_wordnet(self):
         """Load WordNet (or raise the UserError saying how to install it)."""

@@ -2,8 +2,9 @@
 
 Nothing is pickled, so loading a model file cannot run code. ``save`` returns the sha256 of
 ``model.safetensors``; the caller records it (``model_versions.sha256``) and every ``load``
-verifies it before reading a tensor. ``model.json`` is *not* covered by that hash: evaluation
-adds the tuned thresholds to it later (``update_meta``); it holds no tensors.
+verifies it before reading a tensor. ``model.json`` is *not* covered by that hash; it holds no
+tensors and is what training wrote: nothing adds to it later (the tuned thresholds live in the
+database, ``instatag.registry``). ``update_meta`` rewrites fields of a copy (tests, tools).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def load(path: Path, expected_sha256: str | None) -> tuple[dict, dict]:
 
 
 def update_meta(directory: Path, **fields) -> dict:
-    """Add or replace fields of ``model.json`` (e.g. thresholds); returns the new metadata."""
+    """Add or replace fields of ``model.json``; returns the new metadata. The pipeline never calls it
+    (model.json stays what training wrote); tests and tools use it to make variants of a model file."""
     meta_path = weights_path(directory).with_name(META)
     meta = {**read_meta(meta_path), **fields}
     write_atomic(meta_path, _dumps(meta), durable=True)

@@ -180,27 +180,21 @@ def evaluate_model(model_version_id: int) -> dict:
 
 def promote_model(model_version_id: int, force: bool = False) -> dict:
     """Decide whether the model version becomes the champion; the decision (``promoted``, ``reason``...).
-    Running it again for the champion changes nothing."""
-    from . import db, promote
+    Running it again for the champion changes nothing (``promote.decide_once``)."""
+    from . import promote
 
-    s = settings()
-    with db.get_engine(s).connect() as conn:
-        current = promote.champion_id(conn)
-    if current == model_version_id:
-        return {"candidate_id": model_version_id, "champion_id": current, "decision": "promoted",
-                "reason": "already the champion", "forced": False, "promoted": True}
-    decision = promote.decide(s, model_version_id, force=force)
+    decision = promote.decide_once(settings(), model_version_id, force=force)
     log.info("model version %d: %s (%s)", model_version_id, decision.decision, decision.reason)
     return decision.as_dict()
 
 
 def champion() -> int | None:
     """The champion model version's id, None when there is none yet."""
-    from . import db, promote
+    from . import db, registry
 
     s = settings()
     with db.get_engine(s).connect() as conn:
-        return promote.champion_id(conn)
+        return registry.champion_id(conn)
 
 
 def shard_list(n: int, **common) -> list[dict]:

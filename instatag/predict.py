@@ -64,29 +64,6 @@ def tags_for_scoring(probs, labels: Sequence[str], thresholds, request_number: i
 
 
 # --------------------------------------------------------------------------- CLI
-def resolve_model(settings, model: str | int = "champion") -> int:
-    """The model version id for ``champion`` or a version number; clear errors when there is none."""
-    from sqlalchemy import select
-
-    from . import db
-    from . import schema as t
-
-    with db.get_engine(settings).connect() as conn:
-        if str(model) == "champion":
-            mid = conn.execute(select(t.model_versions.c.id).where(t.model_versions.c.status == "champion")).scalar()
-            if mid is None:
-                raise UserError("there is no champion model yet: train and evaluate one "
-                                "(`instatag train`, `instatag evaluate`) or name a version with --model")
-            return int(mid)
-        try:
-            mid = int(model)
-        except ValueError:
-            raise UserError(f"--model takes 'champion' or a model version number, not {model!r}") from None
-        if conn.execute(select(t.model_versions.c.id).where(t.model_versions.c.id == mid)).scalar() is None:
-            raise UserError(f"there is no model version {mid} (see `instatag models`)")
-        return mid
-
-
 def load_image(path: Path, side: int = 160, max_pixels: int = 40_000_000):
     """An ad-hoc photo turned into what ingest stores as its resized copy: upright (EXIF orientation),
     RGB, longest side at most ``side``, through the same JPEG encoding; so it gets the tags it would get
@@ -118,9 +95,10 @@ def predict_files(settings, files: Sequence[Path], model: str | int = "champion"
     label at or over its threshold, and at least ``request_number``); with ``use_thresholds=False``
     (or a model without thresholds) the ``request_number`` first-ranked ones. A file that cannot be
     used raises ``UserError``; with ``problems`` (a dict) it is recorded there and its tags are None."""
+    from . import db, registry
     from .inference import Predictor
 
-    model_id = resolve_model(settings, model)
+    model_id = registry.find(settings, model)
     predictor = Predictor.for_version(settings, model_id)
     images: dict[int, object] = {}
     for i, f in enumerate(files):
@@ -134,7 +112,10 @@ def predict_files(settings, files: Sequence[Path], model: str | int = "champion"
     if not images:
         return model_id, out
     probs = predictor.predict_images(list(images.values()))
-    thresholds = predictor.threshold_row() if use_thresholds else None
+    thresholds = None
+    if use_thresholds:
+        with db.get_engine(settings).connect() as conn:
+            thresholds = registry.threshold_row(conn, model_id, predictor.labels)
     ranks = predictor.rank_scores(probs)
     if thresholds is None:
         tags = predict_tags(probs, predictor.labels, request_number, None, ranks)
@@ -182,7 +163,7 @@ def add_cli(sub) -> None:
         "the database.",
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="image files (JPEG, PNG, ...)")
-    p.add_argument("--model", default="champion", help="'champion' (default) or a model version number")
+    p.add_argument("--model", default="champion", help="'champion' (default), 'latest' or a model version number")
     p.add_argument("--request-number", type=int, default=2, metavar="N",
                    help="at least N tags per image (default 2), more when more pass their thresholds")
     p.add_argument("--no-thresholds", action="store_true",

@@ -8,7 +8,13 @@ differ, both are scored on the labels they share, and the labels only one of the
 champion predicts and its dominant_recall@2 and mAP are each at least the champion's — a candidate
 with fewer labels is never "not worse" on the labels it kept alone; rule ``always``: promote.
 ``force`` promotes regardless. Every decision is a ``promotion_decisions`` row; a promotion retires
-the old champion (never deletes it) in the same transaction, so there is never more than one champion.
+the old champion (never deletes it) in the same transaction (``registry.crown``), so there is never
+more than one champion.
+
+``instatag promote [MODEL_VERSION]`` and the retrain DAG's ``promote`` task run ``decide_once`` after
+``instatag evaluate``; evaluating never promotes. This module imports ``evaluate`` (the validation
+split, the models' probabilities), never the reverse. Model rows, the champion and each model's
+tuned thresholds come from ``instatag.registry``.
 """
 
 from __future__ import annotations
@@ -49,40 +55,25 @@ class Decision:
                 "reason": self.reason, "forced": self.forced, "promoted": self.promoted}
 
 
-def champion_id(conn) -> int | None:
-    from sqlalchemy import select
-
-    from . import schema as t
-
-    ids = conn.execute(select(t.model_versions.c.id).where(t.model_versions.c.status == "champion")).scalars().all()
-    if len(ids) > 1:
-        raise RuntimeError(f"several champions {ids}: the database was changed outside instatag")
-    return ids[0] if ids else None
-
-
 # --------------------------------------------------------------------------- comparison
-def _stored_thresholds(conn, model_version_id: int) -> tuple[dict, float]:
-    from sqlalchemy import select
+def _thresholds(conn, model_version_id: int):
+    """The model's tuned thresholds (``registry.thresholds``); a model never evaluated (a manual
+    promotion) gets the fallback threshold for every label."""
+    from . import registry
 
-    from . import schema as t
-    from .evaluate import model_row
-
-    summary = model_row(conn, model_version_id)["metrics"] or {}
-    rows = conn.execute(select(t.label_metrics.c.label, t.label_metrics.c.threshold)
-                        .where(t.label_metrics.c.model_version_id == model_version_id)).all()
-    return {r.label: r.threshold for r in rows if r.threshold is not None}, float(summary.get("global_threshold", 0.5))
+    return registry.thresholds(conn, model_version_id) or registry.Thresholds({}, None)
 
 
 def compare(settings, candidate, champion: int) -> dict:
     """Both models' metrics on the candidate's validation images (``candidate`` is an
     ``evaluate.Validation``), restricted to the labels both vocabularies share."""
-    from . import db
-    from .evaluate import model_row, predict_probs
+    from . import db, registry
+    from .evaluate import predict_probs
 
     with db.get_engine(settings).connect() as conn:
-        champ_vocab = model_row(conn, champion)["vocab_version_id"]
-        cand_t, cand_g = _stored_thresholds(conn, candidate.model_version_id)
-        champ_t, champ_g = _stored_thresholds(conn, champion)
+        champ_vocab = registry.vocab_version_id(conn, champion)
+        cand_t = _thresholds(conn, candidate.model_version_id)
+        champ_t = _thresholds(conn, champion)
     champ_labels, champ_probs, _ = predict_probs(settings, champion, candidate.paths)
     champ_index = {label: j for j, label in enumerate(champ_labels)}
     shared = [label for label in candidate.labels if label in champ_index]
@@ -94,10 +85,9 @@ def compare(settings, candidate, champion: int) -> dict:
     # a champion ranked dominant_first is not preferred over a candidate ranked by probability, or the
     # reverse, for its order alone.
     order = metrics.frequency_order(shared, counts)
-    cand = metrics.evaluate_predictions(y, cand_probs, shared, counts, metrics.thresholds_for(shared, cand_t, cand_g),
+    cand = metrics.evaluate_predictions(y, cand_probs, shared, counts, cand_t.row(shared),
                                         ranking.rank_scores(cand_probs, candidate.ranking, order))
-    champ = metrics.evaluate_predictions(y, champ_probs, shared, counts,
-                                         metrics.thresholds_for(shared, champ_t, champ_g),
+    champ = metrics.evaluate_predictions(y, champ_probs, shared, counts, champ_t.row(shared),
                                          ranking.rank_scores(champ_probs, candidate.ranking, order))
     return {
         "candidate": {"id": candidate.model_version_id, "vocab_version_id": candidate.vocab_version_id,
@@ -161,13 +151,13 @@ def _fmt(value) -> str:
 def decide(settings, candidate_id: int, force: bool = False, rule: str | None = None, validation=None) -> Decision:
     """Promote ``candidate_id`` or not, record the decision, return it. ``validation``: the candidate's
     ``evaluate.Validation`` when the caller has it (saves re-running the candidate)."""
-    from . import db
-    from .evaluate import model_row, validate
+    from . import db, registry
+    from .evaluate import validate
 
     rule = rule or settings.promotion_rule
     with db.get_engine(settings).connect() as conn:
-        row = model_row(conn, candidate_id)
-        current = champion_id(conn)
+        row = registry.row(conn, candidate_id)
+        current = registry.champion_id(conn)
     if row["status"] == "champion":
         raise UserError(f"model version {candidate_id} is already the champion")
     if not row["metrics"]:
@@ -194,6 +184,19 @@ def decide(settings, candidate_id: int, force: bool = False, rule: str | None = 
     return _record(settings, candidate_id, current, "promoted" if ok else "rejected", reason, comparison=comparison)
 
 
+def decide_once(settings, candidate_id: int, force: bool = False) -> Decision:
+    """``decide``, except for the champion itself: then nothing is recorded and the Decision says
+    "already the champion", so running it again (the retrain DAG's promote task, ``instatag promote``)
+    changes nothing."""
+    from . import db, registry
+
+    with db.get_engine(settings).connect() as conn:
+        current = registry.champion_id(conn)
+    if current == candidate_id:
+        return Decision(candidate_id, current, "promoted", "already the champion")
+    return decide(settings, candidate_id, force=force)
+
+
 def _verified(settings, candidate):
     """(the Validation to compare on, a note for the reason) under INSTATAG_PROMOTION_SET=verified: the
     candidate's verified validation images, or its uploader-label set while there are too few."""
@@ -208,12 +211,11 @@ def _verified(settings, candidate):
 
 def promote(settings, version: int, reason: str = "manual") -> Decision:
     """Make ``version`` the champion without a comparison (``instatag models promote``)."""
-    from . import db
-    from .evaluate import model_row
+    from . import db, registry
 
     with db.get_engine(settings).connect() as conn:
-        row = model_row(conn, version)
-        current = champion_id(conn)
+        row = registry.row(conn, version)
+        current = registry.champion_id(conn)
     if row["status"] == "champion":
         raise UserError(f"model version {version} is already the champion")
     return _record(settings, version, current, "manual", reason)
@@ -221,10 +223,10 @@ def promote(settings, version: int, reason: str = "manual") -> Decision:
 
 def rollback(settings) -> Decision:
     """Bring back the champion before the current one (the current one is retired)."""
-    from . import db
+    from . import db, registry
 
     with db.get_engine(settings).connect() as conn:
-        current = champion_id(conn)
+        current = registry.champion_id(conn)
         if current is None:
             raise UserError("there is no champion to roll back")
         stack = _champion_history(conn)
@@ -259,21 +261,19 @@ def _record(settings, candidate_id: int, expected_champion: int | None, decision
             forced: bool = False, comparison: dict | None = None) -> Decision:
     """Write the decision; for a promotion, retire the champion and crown the candidate, all in one
     transaction that fails if the champion changed since ``expected_champion`` was read."""
-    from sqlalchemy import func, insert, text, update
+    from sqlalchemy import insert, text
 
-    from . import db
+    from . import db, registry
     from . import schema as t
 
     engine = db.get_engine(settings)
-    mv = t.model_versions
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
-        if champion_id(conn) != expected_champion:
+        if registry.champion_id(conn) != expected_champion:
             raise UserError("the champion changed while this decision was being made; run it again")
         if decision != "rejected":
-            conn.execute(update(mv).where(mv.c.status == "champion").values(status="retired"))
-            conn.execute(update(mv).where(mv.c.id == candidate_id).values(status="champion", promoted_at=func.now()))
+            registry.crown(conn, candidate_id)
         conn.execute(insert(t.promotion_decisions).values(
             candidate_id=candidate_id, champion_id=expected_champion, decision=decision, reason=reason,
             forced=forced, comparison=comparison))
@@ -305,6 +305,19 @@ def list_models(settings) -> list[dict]:
                     **{key: m.get(key) for key in ("dominant_recall@1", "dominant_recall@2", "map")},
                     "baseline_dominant_recall@2": b.get("dominant_recall@2")})
     return out
+
+
+def _promote_cmd(args, settings) -> int:
+    from . import db, registry
+
+    with db.get_engine(settings).connect() as conn:
+        model_id = registry.resolve(conn, args.model_version if args.model_version is not None else "candidate")
+    d = decide_once(settings, model_id, force=args.force)
+    if d.reason == "already the champion":
+        print(f"model version {model_id} is the champion already")
+    else:
+        print(f"model version {model_id}: {d.decision}: {d.reason}")
+    return 0
 
 
 def _models_cmd(args, settings) -> int:
@@ -341,6 +354,18 @@ def _short(value) -> str:
 
 
 def add_cli(sub) -> None:
+    pd = sub.add_parser(
+        "promote",
+        help="compare an evaluated model with the champion and promote it when it is not worse",
+        description="Compare MODEL_VERSION (default: the newest candidate), evaluated by `instatag evaluate`, "
+        "with the champion on the candidate's validation images and make it the champion when it is not worse "
+        "(INSTATAG_PROMOTION_RULE; the first model becomes champion at once). The decision is recorded either "
+        "way; the champion itself is left as it is. `instatag models promote VERSION` promotes without comparing.",
+    )
+    pd.add_argument("model_version", nargs="?", type=int, metavar="MODEL_VERSION",
+                    help="model version id (default: the newest candidate)")
+    pd.add_argument("--force", action="store_true", help="promote whatever the comparison with the champion says")
+    pd.set_defaults(handler=_promote_cmd)
     p = sub.add_parser(
         "models",
         help="list model versions with metrics and status; promote or roll back the champion",

@@ -124,21 +124,12 @@ class Context:
 
 # --------------------------------------------------------------------------- model choice
 def resolve_model(conn, model_version_id: int | None = None) -> int:
-    """The given version (checked), else the champion, else the newest version."""
-    from sqlalchemy import func, select
+    """The given version (checked), else the champion, else the newest version (``registry.resolve``)."""
+    from . import registry
 
-    from . import schema as t
-
-    mv = t.model_versions
     if model_version_id is not None:
-        if conn.execute(select(mv.c.id).where(mv.c.id == model_version_id)).scalar() is None:
-            raise UserError(f"there is no model version {model_version_id}")
-        return int(model_version_id)
-    mid = conn.execute(select(mv.c.id).where(mv.c.status == "champion")).scalar()
-    mid = mid if mid is not None else conn.execute(select(func.max(mv.c.id))).scalar()
-    if mid is None:
-        raise UserError("there is no model version yet: train one with `instatag train`")
-    return int(mid)
+        return registry.resolve(conn, model_version_id)
+    return registry.resolve(conn, "champion" if registry.champion_id(conn) is not None else "latest")
 
 
 # --------------------------------------------------------------------------- data from the database
@@ -464,7 +455,7 @@ def _png_uri(array: np.ndarray) -> str:
 def build_report(settings, model_version_id: int | None = None) -> Path:
     """Write ``reports/<id>/`` (PNGs and the self-contained ``report.html``) for a model version
     (default: the champion, else the newest); returns the path of ``report.html``."""
-    from . import archs, db, imageprep
+    from . import archs, db, imageprep, registry
 
     engine = db.get_engine(settings)
     with engine.connect() as conn:
@@ -518,7 +509,8 @@ def build_report(settings, model_version_id: int | None = None) -> Path:
             valid.probs = predictor.predict_paths(valid.paths)
             valid.ranks = predictor.rank_scores(valid.probs)
             ctx.ranking = predictor.ranking
-            thresholds = predictor.threshold_row()
+            with engine.connect() as conn:
+                thresholds = registry.threshold_row(conn, mid, valid.labels)
             if thresholds is None:
                 thresholds = np.full(len(valid.labels), 0.5)
                 ctx.notes["thresholds"] = "The model is not evaluated yet: predictions use the threshold 0.5."

@@ -151,6 +151,9 @@ vocab_versions = Table(
     Column("n_labels", Integer, nullable=False),
     #: frequency tables (raw tags, lemmas, labels) and the hashtag splits, for the report
     Column("stats", JSON, nullable=False),
+    #: share of the images in the validation split (``labels.is_valid``): every split of this version's
+    #: images (training, evaluation, report, drops) uses it; written by ``vocab.build_vocab``
+    Column("valid_pct", Float, nullable=False),
 )
 
 vocab_labels = Table(

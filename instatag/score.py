@@ -111,15 +111,16 @@ def _chunks(it: Iterable, size: int) -> Iterator[list]:
 def score(settings, model: str | int = "champion", new: bool = True, shard: tuple[int, int] = (0, 1),
           request_number: int = 2, batch_size: int = BATCH_SIZE) -> ScoreReport:
     """Predict and store the tags of one shard's images (see the module docstring)."""
+    from . import registry
     from .drops import store_probabilities
     from .inference import Predictor
-    from .predict import resolve_model, tags_for_scoring
+    from .predict import tags_for_scoring
 
     started = time.monotonic()
     if request_number < 1:
         raise UserError(f"--request-number must be at least 1, not {request_number}")
     shard = check_shard(shard)
-    model_id = resolve_model(settings, model)
+    model_id = registry.find(settings, model)
     images = shard_images(settings, model_id, shard, new)
     timings = {"select": time.monotonic() - started}
     data_dir = settings.data_dir.absolute()
@@ -129,9 +130,7 @@ def score(settings, model: str | int = "champion", new: bool = True, shard: tupl
     if present:  # a shard with nothing to do does not load the model
         mark = time.monotonic()
         predictor = Predictor.for_version(settings, model_id)  # refuses a file whose hash does not match
-        thresholds = predictor.threshold_row()
-        if thresholds is None:
-            raise UserError(f"model version {model_id} has no tuned thresholds: run `instatag evaluate {model_id}`")
+        thresholds = registry.require_thresholds(settings, model_id, predictor.labels)
         timings["load"] = time.monotonic() - mark
         log.info("shard %d/%d: %d images to score with model version %d (loaded in %.1fs)", *shard, len(present),
                  model_id, timings["load"])
@@ -237,7 +236,7 @@ def add_cli(sub) -> None:
         "--shard I/N scores the images whose id % N == I; each shard commits atomically and a re-run adds "
         "no duplicates.",
     )
-    p.add_argument("--model", default="champion", help="'champion' (default) or a model version number")
+    p.add_argument("--model", default="champion", help="'champion' (default), 'latest' or a model version number")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--new", action="store_true", default=True,
                       help="score images without a prediction from this model (default)")

@@ -477,8 +477,7 @@ def _as_share(need: int, floor: int, n: int) -> str | int:
 def tally_stats(t: Tally, min_count) -> dict:
     """What ``vocab._tally`` stores in ``stats`` for ``t``'s grouping at ``min_count``: the fields
     ``vocab.check_trainable`` reads."""
-    from .labels import is_valid
-    from .vocab import VALID_PCT
+    from .labels import VALID_PCT, is_valid
 
     need = min_count_images(min_count, t.stats["n_candidates"])
     labels = {x: n for x, n in sorted(t.counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= need}

@@ -37,7 +37,7 @@ def _device_name(device: str) -> str:
     return f"cuda {torch.cuda.get_device_name()}"[:64]
 
 
-def _prefetch(items, config: TrainConfig, settings: Settings):
+def _prefetch(items, config: TrainConfig, settings: Settings, valid_pct: float):
     """Start decoding the images for the memory data path before torch is imported (``memdata.Prefetch``),
     where that path is likely: CUDA may be there and the config asks neither for files nor for fastai;
     else None."""
@@ -47,7 +47,7 @@ def _prefetch(items, config: TrainConfig, settings: Settings):
     if config.data_path == "files" or config.engine == "fastai" or not memdata.may_have_cuda(settings.device):
         return None
     try:
-        valid_idx = valid_indices(items, config)
+        valid_idx = valid_indices(items, config, valid_pct)
     except UserError:
         return None  # fit raises it, with the run on record
     n_valid = len(valid_idx)
@@ -75,7 +75,7 @@ def train(settings: Settings, config: TrainConfig, vocab_version_id: int | None 
         from . import weights
 
         weights.resolve(config.arch, settings)
-    prefetch = _prefetch(items, config, settings)
+    prefetch = _prefetch(items, config, settings, pipeline.valid_pct)
     engine = db.get_engine(settings)
     params = config.to_dict()
     with engine.begin() as conn:
@@ -99,7 +99,7 @@ def train(settings: Settings, config: TrainConfig, vocab_version_id: int | None 
     final = None
     try:
         result = fit(items, pipeline.labels, config, settings, sink=write_epoch, on_lr_find=write_lr_find,
-                     counts=pipeline.counts, prefetch=prefetch)
+                     counts=pipeline.counts, prefetch=prefetch, valid_pct=pipeline.valid_pct)
         meta = {**result.meta, "vocab_version_id": pipeline.version_id, "training_run_id": run_id}
         sha = modelfile.save(staging, result.state_dict, meta)
         last = result.epochs[-1] if result.epochs else None
@@ -169,7 +169,7 @@ def _train_cmd(args, settings: Settings) -> int:
     print(epochs_table(settings, row["training_run_id"]))
     print(f"model version {model_id} (candidate), training run {row['training_run_id']}: "
           f"{(settings.data_dir / row['artifact_path']).parent}  sha256 {row['sha256'][:16]}…")
-    print(f"next: instatag evaluate {model_id}")
+    print(f"next: instatag evaluate {model_id}, then instatag promote {model_id}")
     return 0
 
 

@@ -29,8 +29,6 @@ class TrainConfig:
     bs: int = 64
     seed: int = 42
     pretrained: bool = True
-    #: share of images in the validation split (by content hash, labels.is_valid)
-    valid_pct: float = 0.2
     # ---- levers for quality experiments
     #: RandomResizedCrop's smallest crop, as a share of the image area
     min_scale: float = 0.35
@@ -85,7 +83,6 @@ class TrainConfig:
         checks = [(self.epochs + self.freeze_epochs >= 1, "train at least one epoch (epochs + freeze_epochs)"),
                   (self.pretrained or not self.freeze_epochs or self.epochs,
                    "without pretrained weights, unfrozen epochs are needed (--epochs)"),
-                  (0 < self.valid_pct < 1, "valid_pct must be between 0 and 1"),
                   (0 < self.min_scale <= 1, "min_scale must be in (0, 1]"),
                   (self.loss in ("bce", "focal"), "loss must be bce or focal"),
                   (self.data_path in ("auto", "files", "memory"), "data_path must be auto, files or memory"),

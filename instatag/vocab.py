@@ -25,10 +25,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .grouping import canonical_json, load_grouping, min_count_images
-from .labels import LabelPipeline, is_valid, match_key
-
-#: the validation share behind ``stats["train_counts"]`` (``labels.is_valid``'s default)
-VALID_PCT = 0.2
+from .labels import VALID_PCT, LabelPipeline, is_valid, match_key
 
 #: What a vocabulary needs before a model is trained on it (``check_trainable``, docs/grouping.md).
 #: At least 2 labels: with one, every image's ranking is that label, so dominant_recall@k and
@@ -165,7 +162,6 @@ def _tally(pipeline: LabelPipeline, shas: dict[int, str], tags_by_image, verdict
         "dropped": _table(dropped),
         "train_counts": {label: train[label] for label in order},
         "valid_counts": {label: valid[label] for label in order},
-        "valid_pct": VALID_PCT,
         "n_candidates": n_candidates,
         "min_count_images": min_count,
         "n_labelled": len(image_labels),
@@ -176,13 +172,15 @@ def _tally(pipeline: LabelPipeline, shas: dict[int, str], tags_by_image, verdict
     }
     labels = [{"label": label, "idx": idx, "count": candidates[label], "members": sorted(members[label])}
               for idx, label in enumerate(order)]
-    digest = hashlib.sha256(canonical_json([labels, stats]).encode())
+    # the share is hashed as it was when stats held it, so an unchanged rebuild keeps its content_sha256
+    digest = hashlib.sha256(canonical_json([labels, {**stats, "valid_pct": VALID_PCT}]).encode())
     for image_id, ls in image_labels.items():
         digest.update(canonical_json([image_id, ls]).encode())
     stats["content_sha256"] = digest.hexdigest()
     return {
         "labels": labels,
         "image_labels": image_labels,
+        "valid_pct": VALID_PCT,
         "stats": stats,
         "n_images": len(shas),
         "n_unlabelled": len(shas) - len(image_labels),
@@ -284,6 +282,7 @@ def _store(conn, t, result: dict) -> int:
         config=result["config"], config_sha256=result["config_sha256"], n_posts=result["n_posts"],
         n_images=result["n_images"], n_unlabelled=result["n_unlabelled"], n_raw_tags=result["n_raw_tags"],
         n_lemmas=result["n_lemmas"], n_labels=result["n_labels"], stats=result["stats"],
+        valid_pct=result["valid_pct"],
     )).inserted_primary_key[0]
     if result["labels"]:
         conn.execute(insert(t.vocab_labels), [{"vocab_version_id": vid, **row} for row in result["labels"]])

@@ -40,7 +40,7 @@ from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from sqlalchemy import case, exists, func, literal, select, union_all
 
-from . import feedback
+from . import feedback, registry
 from . import schema as t
 from .settings import Settings, load_settings
 
@@ -163,23 +163,20 @@ class Page:
 
 
 def model_exists(conn, model_version_id: int) -> bool:
-    return conn.execute(select(t.model_versions.c.id).where(t.model_versions.c.id == model_version_id)
-                        ).first() is not None
+    return registry.exists(conn, model_version_id)
 
 
 def model_ranking(conn, model_version_id: int) -> str:
     """The ranking a model version was trained with (``instatag.ranking``; ``params`` of
     ``model_versions``), "probability" for models from before rankings."""
-    params = conn.execute(select(t.model_versions.c.params).where(t.model_versions.c.id == model_version_id)
-                          ).scalar()
-    return (params or {}).get("ranking") or "probability"
+    return (registry.row(conn, model_version_id)["params"] or {}).get("ranking") or "probability"
 
 
 def default_model(conn) -> int | None:
     """The champion, else the newest model version with predictions, else None."""
-    champion = conn.execute(select(t.model_versions.c.id).where(t.model_versions.c.status == "champion")).scalar()
+    champion = registry.champion_id(conn)
     if champion is not None:
-        return int(champion)
+        return champion
     newest = conn.execute(select(func.max(t.predictions.c.model_version_id))).scalar()
     return None if newest is None else int(newest)
 
@@ -187,10 +184,10 @@ def default_model(conn) -> int | None:
 def model_labels(conn, model_version_id: int) -> list[tuple[str, int]]:
     """(label, images whose uploaders gave it, in the vocabulary version the model was trained on) of
     the model's vocabulary, alphabetical."""
-    vocab = select(t.model_versions.c.vocab_version_id).where(t.model_versions.c.id == model_version_id)
+    vocab = registry.vocab_version_id(conn, model_version_id)
     rows = conn.execute(
         select(t.vocab_labels.c.label, t.vocab_labels.c.count)
-        .where(t.vocab_labels.c.vocab_version_id == vocab.scalar_subquery())
+        .where(t.vocab_labels.c.vocab_version_id == vocab)
         .order_by(t.vocab_labels.c.label)
     )
     return [(r.label, r.count) for r in rows]
@@ -251,8 +248,7 @@ def browse(conn, model_version_id: int, tag: str = "", min_p: float = 0.0, page:
     (whatever the model's ranking: ``predictions.rank`` only breaks ties), their uploader's labels
     and people's verdicts. ``order`` "review": the review queue (``review_statement``)."""
     offset = (page - 1) * per_page
-    vocab = conn.execute(select(t.model_versions.c.vocab_version_id)
-                         .where(t.model_versions.c.id == model_version_id)).scalar()
+    vocab = registry.vocab_version_id(conn, model_version_id)
     if order == "review":
         rows = conn.execute(review_statement(model_version_id, vocab, tag, min_p, per_page + 1, offset)).all()
         scores = {r.image_id: r.disagreement for r in rows}
@@ -454,8 +450,7 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
             return _not_found(request, "No such model version", f"There is no model version {model}.")
         model = model or default_model(conn)
         labels = model_labels(conn, model) if model else []
-        vocab = conn.execute(select(t.model_versions.c.vocab_version_id).where(t.model_versions.c.id == model)
-                             ).scalar() if model else None
+        vocab = registry.vocab_version_id(conn, model) if model else None
         message = ""
         if model is None:
             message = "No predictions yet: train, evaluate and score a model first."

@@ -87,7 +87,7 @@ def test_bad_setting_exits_2_with_message(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv", [["models"], ["vocab", "list"], ["vocab", "build"], ["score"], ["report"],
-                                  ["evaluate"], ["models", "rollback"],
+                                  ["evaluate"], ["promote"], ["models", "rollback"],
                                   ["sql", "sql/examples/tags_of_post.sql", "-p", "post=x"]])
 def test_a_database_without_the_schema_says_run_db_upgrade(tmp_path, capsys, argv):
     url = f"sqlite:///{tmp_path / 'empty.db'}"

@@ -328,7 +328,7 @@ def _champion_without_news(settings) -> int:
     with db.get_engine(settings).begin() as conn:
         vid = conn.execute(insert(t.vocab_versions).values(
             config={"grouping": {}}, config_sha256="c" * 64, n_posts=1, n_images=1, n_unlabelled=0, n_raw_tags=1,
-            n_lemmas=1, n_labels=1, stats={})).inserted_primary_key[0]
+            n_lemmas=1, n_labels=1, stats={}, valid_pct=0.2)).inserted_primary_key[0]
         return conn.execute(insert(t.model_versions).values(
             vocab_version_id=vid, arch="resnet18", params={}, artifact_path="m", sha256="0" * 64,
             status="champion")).inserted_primary_key[0]

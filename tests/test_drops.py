@@ -77,7 +77,7 @@ def test_probabilities_round_trip_and_are_replaced(settings):
                                          "resized_path": "r"} for i in range(3)])
         vid = conn.execute(insert(t.vocab_versions).values(
             config={"grouping": {}}, config_sha256="c" * 64, n_posts=3, n_images=3, n_unlabelled=0, n_raw_tags=0,
-            n_lemmas=0, n_labels=2, stats={})).inserted_primary_key[0]
+            n_lemmas=0, n_labels=2, stats={}, valid_pct=0.2)).inserted_primary_key[0]
         mid = conn.execute(insert(t.model_versions).values(vocab_version_id=vid, arch="x", params={},
                                                            artifact_path="m", sha256="0" * 64)).inserted_primary_key[0]
     probs = np.array([[0.1, 0.9], [0.5, 0.25], [1e-7, 0.999999]], dtype=np.float32)
@@ -133,21 +133,19 @@ def oracle_champion(s, vocab_id: int) -> int:
         run = conn.execute(insert(t.training_runs).values(vocab_version_id=vocab_id, params={},
                                                           status="succeeded")).inserted_primary_key[0]
         mid = conn.execute(insert(t.model_versions).values(
-            training_run_id=run, vocab_version_id=vocab_id, arch="oracle", params={"valid_pct": 0.2},
+            training_run_id=run, vocab_version_id=vocab_id, arch="oracle", params={},
             artifact_path="", sha256="0" * 64, status="champion")).inserted_primary_key[0]
         conn.execute(update(t.model_versions).where(t.model_versions.c.id == mid)
                      .values(artifact_path=f"models/{mid}/model.safetensors"))
         all_ids = conn.execute(select(t.images.c.id)).scalars().all()
     folder = s.data_dir / "models" / str(mid)
     folder.mkdir(parents=True)
-    thresholds = {label: 0.5 for label in labels}
-    (folder / "model.json").write_text(json.dumps({"labels": labels, "thresholds": thresholds,
-                                                   "global_threshold": 0.5, "ranking": "probability"}))
+    (folder / "model.json").write_text(json.dumps({"labels": labels, "ranking": "probability"}))
     by_image = {it.image_id: set(it.labels) for it in pipeline.items(s)}
     drops.store_probabilities(s, mid, all_ids, [oracle_probs(labels, by_image.get(i, set()), i) for i in all_ids])
     _, _, counts, items, y_true = evaluate.validation_set(s, mid)
     probs = np.vstack([oracle_probs(labels, set(it.labels), it.image_id) for it in items])
-    res = metrics.evaluate_predictions(y_true, probs, labels, counts, metrics.thresholds_for(labels, thresholds, 0.5))
+    res = metrics.evaluate_predictions(y_true, probs, labels, counts, 0.5)  # its thresholds: the global 0.5
     with db.get_engine(s).begin() as conn:
         conn.execute(update(t.model_versions).where(t.model_versions.c.id == mid).values(
             metrics={"model": res["model"], "baseline": res["baseline"], "n_images": len(items),

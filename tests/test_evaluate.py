@@ -1,5 +1,6 @@
-"""``evaluate`` with a real (tiny, untrained) model: stored metrics, label_metrics, thresholds in
-model.json, idempotent re-runs, the CLI with promotion, a vocabulary change, a trained model."""
+"""``evaluate`` with a real (tiny, untrained) model: stored metrics, label_metrics and thresholds in the
+database (model.json untouched), idempotent re-runs, the CLI (evaluating only; ``instatag promote``
+decides), a vocabulary change, a trained model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from test_score import LABELS, add_images, add_model, add_vocab, tiny_model_dir  # noqa: F401
 
-from instatag import cli, db, evaluate, metrics, modelfile, promote
+from instatag import cli, db, evaluate, metrics, modelfile, promote, registry
 from instatag import schema as t
 from instatag.errors import UserError
 from instatag.labels import is_valid
@@ -30,8 +31,10 @@ def _status(settings, mid):
 def test_evaluate_stores_metrics_thresholds_and_is_idempotent(settings, tiny_model_dir):  # noqa: F811
     images = add_images(settings, 24)
     mid = add_model(settings, add_vocab(settings, images), tiny_model_dir)
+    meta_file = settings.data_dir / "models" / str(mid) / modelfile.META
+    before = meta_file.read_bytes()
     v = evaluate.validate(settings, mid)
-    assert v.image_ids == [i for i, sha, _ in images if is_valid(sha, 0.5)]
+    assert v.image_ids == [i for i, sha, _ in images if is_valid(sha, 0.5)]  # the vocabulary's valid_pct
     assert v.y_true.sum(axis=1).min() >= 1 and v.probs.shape == (len(v.image_ids), len(LABELS))
 
     summary = evaluate.evaluate(settings, mid, validation=v)
@@ -45,12 +48,17 @@ def test_evaluate_stores_metrics_thresholds_and_is_idempotent(settings, tiny_mod
 
     rows = _label_rows(settings, mid)
     assert [r["label"] for r in rows] == sorted(LABELS)
-    meta = modelfile.read_meta(settings.data_dir / "models" / str(mid))
+    tuned, global_t = metrics.tune_thresholds(v.y_true, v.probs)
+    with db.get_engine(settings).connect() as conn:
+        stored = registry.thresholds(conn, mid)
+        row = registry.threshold_row(conn, mid, LABELS)
+    assert stored.global_threshold == summary["global_threshold"] == pytest.approx(global_t)
+    np.testing.assert_allclose(row, tuned)  # the thresholds every reader gets: the tuned ones, in label order
     for r in rows:
-        assert r["threshold"] == pytest.approx(meta["thresholds"][r["label"]]) and r["threshold"] >= 0.05
+        assert r["threshold"] == stored.per_label[r["label"]] and r["threshold"] >= 0.05
         assert r["support"] == int(v.y_true[:, LABELS.index(r["label"])].sum())
         assert set(r["baseline"]) == {"precision", "recall", "f1", "ap"}
-    assert meta["global_threshold"] == summary["global_threshold"]
+    assert meta_file.read_bytes() == before  # model.json stays what training wrote
 
     again = evaluate.evaluate(settings)  # the newest candidate, predicted again: same numbers
     assert again["model"]["dominant_recall@2"] == pytest.approx(summary["model"]["dominant_recall@2"])
@@ -101,17 +109,17 @@ def test_evaluate_errors(settings, tiny_model_dir):  # noqa: F811
     with pytest.raises(UserError, match="no model version 5"):
         evaluate.evaluate(settings, 5)
     images = add_images(settings, 6)
-    mid = add_model(settings, add_vocab(settings, images), tiny_model_dir, valid_pct=1e-9)
+    mid = add_model(settings, add_vocab(settings, images, valid_pct=1e-9), tiny_model_dir)
     with pytest.raises(UserError, match="no labelled image in the validation split"):
         evaluate.evaluate(settings, mid)
-    ok = add_model(settings, add_vocab(settings, images), tiny_model_dir, valid_pct=0.9)
+    ok = add_model(settings, add_vocab(settings, images, valid_pct=0.9), tiny_model_dir)
     (settings.data_dir / "models" / str(ok) / modelfile.WEIGHTS).write_bytes(b"tampered")
     with pytest.raises(modelfile.HashMismatch):
         evaluate.evaluate(settings, ok)
 
 
 @pytest.mark.slow
-def test_evaluate_cli_promotes_then_compares_with_the_champion(sqlite_settings, tiny_model_dir, capsys):  # noqa: F811
+def test_evaluate_cli_evaluates_only_and_promote_decides(sqlite_settings, tiny_model_dir, capsys):  # noqa: F811
     s = sqlite_settings
     base = ["--database-url", s.database_url, "--data-dir", str(s.data_dir)]
     images = add_images(s, 16)
@@ -120,10 +128,15 @@ def test_evaluate_cli_promotes_then_compares_with_the_champion(sqlite_settings, 
     assert cli.main(base + ["evaluate"]) == 0
     out = capsys.readouterr().out
     assert f"model version {first}" in out and "dominant_recall@2" in out and "baseline" in out
-    assert "promoted: no champion yet" in out
+    assert f"`instatag promote {first}`" in out and "promoted" not in out
+    with db.get_engine(s).connect() as conn:
+        assert registry.champion_id(conn) is None and _status(s, first) == "candidate"
+        assert conn.execute(select(func.count()).select_from(t.promotion_decisions)).scalar() == 0
+    assert cli.main(base + ["promote"]) == 0  # the newest candidate
+    assert f"model version {first}: promoted: no champion yet" in capsys.readouterr().out
     # the same weights again: a tie on the same images is not worse
     second = add_model(s, vocab, tiny_model_dir)
-    assert cli.main(base + ["evaluate", str(second), "--no-promote"]) == 0
+    assert cli.main(base + ["evaluate", str(second)]) == 0
     assert _status(s, second) == "candidate"
     d = promote.decide(s, second)
     assert d.decision == "promoted" and "not worse" in d.reason
@@ -134,7 +147,11 @@ def test_evaluate_cli_promotes_then_compares_with_the_champion(sqlite_settings, 
     assert _status(s, first) == "champion"
     capsys.readouterr()
     assert cli.main(base + ["evaluate", str(first)]) == 0  # re-evaluating the champion decides nothing
+    assert _status(s, first) == "champion"
+    assert cli.main(base + ["promote", str(first)]) == 0  # nor does promoting it again
     assert f"model version {first} is the champion already" in capsys.readouterr().out
+    assert cli.main(base + ["promote", "99"]) == 2
+    assert "no model version 99" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -172,7 +189,7 @@ def test_a_trained_model_evaluates_and_scores(sqlite_settings):
     images = add_images(s, 24)
     vocab = add_vocab(s, images)
     mid = train(s, TrainConfig(arch="resnet18", size=32, epochs=1, freeze_epochs=1, lr=1e-3, bs=8,
-                               pretrained=False, valid_pct=0.5), vocab_version_id=vocab)
+                               pretrained=False), vocab_version_id=vocab)
     summary = evaluate.evaluate(s, mid)
     assert summary["n_images"] > 0 and 0 <= summary["model"]["map"] <= 1
     assert promote.decide(s, mid).promoted

@@ -246,14 +246,14 @@ def test_prefetch_only_where_the_memory_path_is_likely(items, monkeypatch):
     settings = tr.Settings()
     config = tr.TrainConfig(**TINY)
     monkeypatch.setattr(memdata, "may_have_cuda", lambda device: False)
-    assert tr._prefetch(items, config, settings) is None  # a CPU machine: fastai's files path
+    assert tr._prefetch(items, config, settings, 0.2) is None  # a CPU machine: fastai's files path
     monkeypatch.setattr(memdata, "may_have_cuda", lambda device: True)
-    assert tr._prefetch(items, config.replace(data_path="files"), settings) is None
-    assert tr._prefetch(items, config.replace(engine="fastai"), settings) is None
+    assert tr._prefetch(items, config.replace(data_path="files"), settings, 0.2) is None
+    assert tr._prefetch(items, config.replace(engine="fastai"), settings, 0.2) is None
     monkeypatch.setattr(memdata, "MAX_BYTES", 1000)
-    assert tr._prefetch(items, config, settings) is None  # too big to hold: the files path
+    assert tr._prefetch(items, config, settings, 0.2) is None  # too big to hold: the files path
     monkeypatch.setattr(memdata, "MAX_BYTES", 8 << 30)
-    ahead = tr._prefetch(items, config, settings)
+    ahead = tr._prefetch(items, config, settings, 0.2)
     train_px, sizes, valid_px = ahead.result()
     valid_idx = ft.valid_indices(items, config)
     n_valid = len(valid_idx)

@@ -74,12 +74,13 @@ def test_update_meta_keeps_the_hash_valid(saved, tmp_path):
     folder, sha, _ = saved
     copy = tmp_path / "m"
     shutil.copytree(folder, copy)
-    meta = modelfile.update_meta(copy, thresholds={"cake": 0.3, "soup": np.float64(0.4)}, global_threshold=0.45)
-    assert meta["thresholds"]["soup"] == 0.4
+    meta = modelfile.update_meta(copy, ranking="dominant_first", frequency_order=["soup", "cake", "salad"],
+                                 base_lr=np.float64(0.004))
+    assert meta["base_lr"] == 0.004
     state, again = modelfile.load(copy, sha)  # model.json is outside the hash
-    assert again["global_threshold"] == 0.45 and again["labels"] == LABELS
+    assert again["ranking"] == "dominant_first" and again["labels"] == LABELS
     p = Predictor(state, again, device="cpu")
-    assert p.threshold_row().tolist() == [0.3, 0.4, 0.45]
+    assert p.ranking == "dominant_first" and p.frequency_order == [LABELS.index(x) for x in ("soup", "cake", "salad")]
 
 
 def _photos(tmp_path, n=5):
@@ -101,7 +102,7 @@ def test_predictor_matches_the_network(saved, tmp_path):
 
     folder, sha, net = saved
     p = Predictor.from_files(folder, sha, device="cpu")
-    assert p.labels == LABELS and p.size == 32 and p.thresholds is None and p.threshold_row() is None
+    assert p.labels == LABELS and p.size == 32 and not hasattr(p, "threshold_row")  # thresholds: registry
     paths = _photos(tmp_path)
     probs = p.predict_paths(paths, batch_size=2)
     assert probs.shape == (5, 3) and probs.dtype == np.float32
@@ -188,10 +189,10 @@ def test_cache_reuses_a_model_until_its_files_change(saved, tmp_path, monkeypatc
     inference.clear_cache()
     first = Predictor.from_files(copy, sha, device="cpu")
     assert Predictor.from_files(copy / modelfile.WEIGHTS, sha, device="cpu") is first and len(loads) == 1  # no re-hash
-    # new thresholds in model.json (evaluate): loaded again, seen
-    modelfile.update_meta(copy, global_threshold=0.4)
+    # a changed model.json: loaded again, seen
+    modelfile.update_meta(copy, ranking="dominant_first")
     second = Predictor.from_files(copy, sha, device="cpu")
-    assert second is not first and second.threshold_row().tolist() == [0.4] * 3 and len(loads) == 2
+    assert second is not first and second.ranking == "dominant_first" and len(loads) == 2
     assert Predictor.from_files(copy, sha, device="cpu") is second
     # a flipped bit, same size, mtime put back: still noticed (the ctime moved), and refused
     weights = copy / modelfile.WEIGHTS

@@ -210,3 +210,28 @@ def test_guard_hands_everything_else_on_unchanged(guarded):
         r = client.request(method, path, headers=headers, content=body)
         assert r.status_code == 200 and r.content == body, (method, path, r.text[:200])
     assert [b[2] for b in app.bodies] == [c[3] for c in cases]
+
+
+def test_a_training_conf_passes_the_dag_check_exactly_when_trainconfig_accepts_it():
+    """TrainConfig.validate is the one rule: epochs=0 (only the frozen phase) and freeze_epochs=0 are
+    both fine alone, not together, and not without pretrained weights for a frozen-only run; the DAG's
+    check takes every one of these answers from it."""
+    for epochs in (-1, 0, 1, 500, 501):
+        for freeze in (-1, 0, 1):
+            for pretrained in (None, True, False):
+                fields = {"epochs": epochs, "freeze_epochs": freeze, "pretrained": pretrained}
+                conf = {**fields, "pretrained": None if pretrained is None else str(pretrained).lower()}
+                try:
+                    train.config_from("default", **fields)
+                    accepted = True
+                except UserError:
+                    accepted = False
+                try:
+                    check_conf(RETRAIN, conf)
+                    checked = True
+                except UserError:
+                    checked = False
+                assert checked == accepted, fields
+    assert train.config_from("default", epochs=0).epochs == 0 and check_conf(RETRAIN, {"epochs": 0})["epochs"] == 0
+    with pytest.raises(UserError, match="train at least one epoch"):
+        check_conf(RETRAIN, {"epochs": 0, "freeze_epochs": 0})

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from test_score import add_images, add_model, add_vocab, make_champion, tiny_model_dir  # noqa: F401
 
 from instatag import cli, db, predict
@@ -105,7 +105,8 @@ def test_predict_shows_the_tags_score_writes_and_goes_on_past_a_bad_file(
     folder = s.data_dir / "models" / str(mid)
     labels = modelfile.read_meta(folder)["labels"]
     assert len(labels) > 2
-    modelfile.update_meta(folder, thresholds={lab: 0.0 for lab in labels})  # every label passes
+    with db.get_engine(s).begin() as conn:  # every label passes (the thresholds the evaluation stored)
+        conn.execute(update(t.label_metrics).where(t.label_metrics.c.model_version_id == mid).values(threshold=0.0))
     score.score(s)
     with db.get_engine(s).connect() as conn:
         path_of = dict(conn.execute(select(t.images.c.id, t.images.c.resized_path)).all())
@@ -172,7 +173,7 @@ def test_an_ad_hoc_file_gets_the_probabilities_of_its_ingested_copy(sqlite_setti
 
     with db.get_engine(s).connect() as conn:
         image_id, sha = conn.execute(select(t.images.c.id, t.images.c.sha256)).one()
-    mid = add_model(s, add_vocab(s, [(image_id, sha, ("soup",))]), tiny_model_dir, valid_pct=0.999999)
+    mid = add_model(s, add_vocab(s, [(image_id, sha, ("soup",))], valid_pct=0.999999), tiny_model_dir)
     model_id, tags = predict.predict_files(s, [photo], model=mid, request_number=4, use_thresholds=False)
     predictor = Predictor.for_version(s, mid)
     probs = predictor.predict_paths([s.data_dir / resized])[0]

@@ -172,7 +172,7 @@ def _untrained(settings, tiny_model_dir, **params):  # noqa: F811
     mid = add_model(settings, add_vocab(settings, images), tiny_model_dir)
     with db.get_engine(settings).begin() as conn:
         conn.execute(update(t.model_versions).where(t.model_versions.c.id == mid)
-                     .values(params={"valid_pct": 0.5, "size": 32, **params}))
+                     .values(params={"size": 32, **params}))
     return mid
 
 

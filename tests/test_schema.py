@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import insert, inspect, select, text
+from sqlalchemy import func, insert, inspect, select, text
 
 from instatag import db
 from instatag import schema as t
@@ -45,7 +45,7 @@ def _vocab(conn):
     return conn.execute(
         insert(t.vocab_versions).values(
             config={"min_count": 1}, config_sha256="c" * 64, n_posts=1, n_images=1, n_unlabelled=0,
-            n_raw_tags=1, n_lemmas=1, n_labels=1, stats={},
+            n_raw_tags=1, n_lemmas=1, n_labels=1, stats={}, valid_pct=0.2,
         )
     ).inserted_primary_key[0]
 
@@ -224,3 +224,57 @@ def test_upgrading_an_old_sqlite_database_keeps_its_hashtags(tmp_path):
     db.upgrade(s)
     with sqlite3.connect(tmp_path / "instatag.db") as c:
         assert c.execute("select post_id, tag from post_hashtags").fetchall() == [(1, "cake")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_valid_pct_migration_backfills_from_the_models_and_keeps_labels_and_thresholds(backend, request,
+                                                                                           tmp_path):
+    """Revision b7d3c9a1e042 adds vocab_versions.valid_pct without rebuilding the table (a rebuild would
+    cascade-delete vocab_labels and image_labels on SQLite): a version gets the share its models were
+    trained with (the newest model's when they differ), else 0.2; a model evaluated before keeps the
+    thresholds its evaluation stored, now read by the registry."""
+    import sqlalchemy as sa
+
+    from instatag import registry
+    from instatag.settings import load_settings
+
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    s = load_settings(env={}, data_dir=tmp_path, **({"database_url": url} if url else {}))
+    db.upgrade(s, "f1ea2748b424")
+    # the tables as they were at f1ea2748b424 (schema.py's vocab_versions has valid_pct now)
+    vocab = sa.table("vocab_versions", *(sa.column(c) for c in (
+        "id", "config_sha256", "n_posts", "n_images", "n_unlabelled", "n_raw_tags", "n_lemmas", "n_labels")),
+        sa.column("config", sa.JSON), sa.column("stats", sa.JSON))
+    models = sa.table("model_versions", *(sa.column(c) for c in ("id", "vocab_version_id", "arch", "artifact_path",
+                                                                  "sha256", "status")),
+                      sa.column("params", sa.JSON), sa.column("metrics", sa.JSON))
+    engine = db.get_engine(s)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(vocab), [{"id": v, "config": {}, "config_sha256": "c", "n_posts": 1, "n_images": 1,
+                                         "n_unlabelled": 0, "n_raw_tags": 1, "n_lemmas": 1, "n_labels": 1,
+                                         "stats": {}} for v in (1, 2, 3, 4)])
+        conn.execute(insert(t.images).values(id=1, sha256="a", post="p", source_path="/x", format="JPEG", width=1,
+                                             height=1, original_path="o", resized_path="r"))
+        conn.execute(insert(t.vocab_labels).values(vocab_version_id=1, label="cake", idx=0, count=1,
+                                                   members=["cake"]))
+        conn.execute(insert(t.image_labels).values(vocab_version_id=1, image_id=1, label="cake"))
+        conn.execute(sa.insert(models), [
+            {"id": mid, "vocab_version_id": v, "arch": "resnet18", "artifact_path": "m", "sha256": "0",
+             "status": "candidate", "params": params, "metrics": m}
+            for mid, v, params, m in ((1, 1, {"valid_pct": 0.3}, {"global_threshold": 0.4, "model": {}}),
+                                      (2, 1, {"valid_pct": 0.3}, None), (3, 3, {"valid_pct": 0.2}, None),
+                                      (4, 3, {"valid_pct": 0.4}, None),
+                                      (5, 4, {}, None))])  # 5: from before valid_pct was recorded
+        conn.execute(insert(t.label_metrics).values(model_version_id=1, label="cake", support=1, threshold=0.25))
+    db.upgrade(s)
+    with engine.connect() as conn:
+        shares = dict(conn.execute(select(t.vocab_versions.c.id, t.vocab_versions.c.valid_pct)).all())
+        assert shares == {1: 0.3, 2: 0.2, 3: 0.4, 4: 0.2}
+        assert conn.execute(select(func.count()).select_from(t.image_labels)).scalar() == 1
+        assert conn.execute(select(func.count()).select_from(t.vocab_labels)).scalar() == 1
+        assert registry.thresholds(conn, 1) == registry.Thresholds({"cake": 0.25}, 0.4)
+        assert registry.thresholds(conn, 2) is None
+    if backend == "postgres":  # the default only filled the old rows: a new one must state its share
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(sa.insert(vocab).values(id=9, config={}, config_sha256="c", n_posts=1, n_images=1,
+                                                 n_unlabelled=0, n_raw_tags=1, n_lemmas=1, n_labels=1, stats={}))

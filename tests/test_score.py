@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select, text, update
 
-from instatag import cli, db, evaluate, modelfile, score
+from instatag import cli, db, evaluate, modelfile, registry, score
 from instatag import schema as t
 from instatag.errors import UserError
 from instatag.imagestore import resized_path
@@ -42,7 +42,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     mean, std = archs.stats("resnet18")
     folder = tmp_path_factory.mktemp("tiny-model")
     modelfile.save(folder, net.state_dict(), {"arch": "resnet18", "size": SIZE, "mean": mean, "std": std,
-                                              "labels": LABELS, "thresholds": None, "global_threshold": None})
+                                              "labels": LABELS})
     return folder
 
 
@@ -72,14 +72,15 @@ def add_images(settings, n: int = 24, seed: int = 0, labelled: bool = True) -> l
     return out
 
 
-def add_vocab(settings, images, labels=LABELS) -> int:
-    """A vocabulary version over ``images`` (as add_images returns them)."""
+def add_vocab(settings, images, labels=LABELS, valid_pct: float = 0.5) -> int:
+    """A vocabulary version over ``images`` (as add_images returns them), its validation split
+    ``valid_pct`` of them."""
     counts = {label: sum(label in lab for _, _, lab in images) for label in labels}
     with db.get_engine(settings).begin() as conn:
         vid = conn.execute(insert(t.vocab_versions).values(
             config={"grouping": {}}, config_sha256="c" * 64, n_posts=len(images), n_images=len(images),
             n_unlabelled=0, n_raw_tags=len(labels), n_lemmas=len(labels), n_labels=len(labels),
-            stats={"train_counts": counts})).inserted_primary_key[0]
+            stats={"train_counts": counts}, valid_pct=valid_pct)).inserted_primary_key[0]
         conn.execute(insert(t.vocab_labels), [{"vocab_version_id": vid, "label": label, "idx": i,
                                                "count": counts[label], "members": [label]}
                                               for i, label in enumerate(labels)])
@@ -90,7 +91,7 @@ def add_vocab(settings, images, labels=LABELS) -> int:
     return vid
 
 
-def add_model(settings, vocab_id: int, model_dir: Path, valid_pct: float = 0.5) -> int:
+def add_model(settings, vocab_id: int, model_dir: Path) -> int:
     """Register a copy of ``model_dir`` as a candidate model version of ``vocab_id``."""
     engine = db.get_engine(settings)
     sha = hashlib.sha256((model_dir / modelfile.WEIGHTS).read_bytes()).hexdigest()
@@ -98,7 +99,7 @@ def add_model(settings, vocab_id: int, model_dir: Path, valid_pct: float = 0.5) 
         run = conn.execute(insert(t.training_runs).values(vocab_version_id=vocab_id, params={},
                                                           status="succeeded")).inserted_primary_key[0]
         mid = conn.execute(insert(t.model_versions).values(
-            training_run_id=run, vocab_version_id=vocab_id, arch="resnet18", params={"valid_pct": valid_pct},
+            training_run_id=run, vocab_version_id=vocab_id, arch="resnet18", params={},
             artifact_path="", sha256=sha, status="candidate")).inserted_primary_key[0]
         rel = f"models/{mid}/{modelfile.WEIGHTS}"
         conn.execute(update(t.model_versions).where(t.model_versions.c.id == mid).values(artifact_path=rel))
@@ -137,8 +138,10 @@ def test_score_writes_ranked_tags_over_threshold_and_at_least_n(settings, tiny_m
     assert (report.model_version_id, report.n_images, report.mode) == (mid, 28, "new")
     rows = prediction_rows(settings, mid)
     assert report.n_rows == len(rows)
-    thresholds = modelfile.read_meta(settings.data_dir / "models" / str(mid))["thresholds"]
+    with db.get_engine(settings).connect() as conn:
+        thresholds = registry.thresholds(conn, mid).per_label  # as the evaluation stored them
     assert set(thresholds) == set(LABELS)
+    assert "thresholds" not in modelfile.read_meta(settings.data_dir / "models" / str(mid))
     by_image: dict[int, list] = {}
     for r in rows:
         by_image.setdefault(r.image_id, []).append(r)
@@ -202,8 +205,8 @@ def test_a_reposts_own_name_finds_its_predicted_tags(settings, tiny_model_dir, t
     assert (report.accepted, report.reposts) == (1, 1)
     with db.get_engine(settings).connect() as conn:
         image_id, sha = conn.execute(select(t.images.c.id, t.images.c.sha256)).one()
-    mid = add_model(settings, add_vocab(settings, [(image_id, sha, ("soup", "tomato"))]), tiny_model_dir,
-                    valid_pct=0.999999)
+    mid = add_model(settings, add_vocab(settings, [(image_id, sha, ("soup", "tomato"))], valid_pct=0.999999),
+                    tiny_model_dir)
     evaluate.evaluate(settings, mid)
     promote.promote(settings, mid, reason="test")
     score.score(settings)
@@ -251,15 +254,15 @@ def test_shards_load_the_model_once_and_log_progress(sqlite_settings, tiny_model
     from instatag.inference import Predictor
 
     s = sqlite_settings
-    mid, images = make_champion(s, tiny_model_dir)  # evaluate loads the model, then writes its thresholds
+    mid, images = make_champion(s, tiny_model_dir)  # evaluate loads the model; its thresholds go to the database
     loads = []
     real_load = modelfile.load
     monkeypatch.setattr(modelfile, "load", lambda *a: loads.append(a) or real_load(*a))
     monkeypatch.setattr(progress, "EVERY_S", 0.0)
     caplog.set_level(logging.INFO, "instatag")
     reports = [score.score(s, shard=(k, 2), batch_size=4) for k in range(2)]
-    assert len(loads) == 1  # model.json changed since evaluate's load: once again, then reused
-    assert Predictor.for_version(s, mid) is Predictor.for_version(s, mid) and len(loads) == 1
+    assert len(loads) == 0  # the files are as evaluate loaded them: reused, not read and hashed again
+    assert Predictor.for_version(s, mid) is Predictor.for_version(s, mid) and len(loads) == 0
     for k, report in enumerate(reports):
         n = report.n_images
         assert n == sum(i % 2 == k for i, _, _ in images) == 12

@@ -20,13 +20,15 @@ from instatag import schema as t
 from instatag import train as tr
 from instatag.errors import UserError
 from instatag.imagestore import resized_path
-from instatag.labels import Item
+from instatag.labels import Item, LabelPipeline, is_valid
 from instatag.sample import DISHES, draw
 
 LABELS = ["dessert", "cake", "soup", "salad", "tart"]  # model-output order
 DISH_LABELS = {"tomato_soup": ("soup",), "green_salad": ("salad",), "chocolate_cake": ("dessert", "cake"),
                "lemon_tart": ("dessert", "tart")}
-TINY = dict(arch="resnet18", size=32, epochs=1, freeze_epochs=1, lr=1e-3, bs=8, pretrained=False, valid_pct=0.3)
+TINY = dict(arch="resnet18", size=32, epochs=1, freeze_epochs=1, lr=1e-3, bs=8, pretrained=False)
+#: the validation share of these tests' items (a vocabulary version's ``valid_pct``)
+VALID = 0.3
 
 
 def _photos(n: int, seed: int = 0):
@@ -67,7 +69,7 @@ def add_labelled_images(settings, n: int = 24) -> int:
         vid = conn.execute(insert(t.vocab_versions).values(
             config={"grouping": {}}, config_sha256="c" * 64, n_posts=n, n_images=n, n_unlabelled=0,
             n_raw_tags=len(LABELS), n_lemmas=len(LABELS), n_labels=len(LABELS),
-            stats={"train_counts": counts})).inserted_primary_key[0]
+            stats={"train_counts": counts}, valid_pct=VALID)).inserted_primary_key[0]
         conn.execute(insert(t.vocab_labels), [{"vocab_version_id": vid, "label": label, "idx": i,
                                                "count": counts[label], "members": [label]}
                                               for i, label in enumerate(LABELS)])
@@ -91,7 +93,7 @@ def test_fit_records_both_phases(items, tmp_path):
 
     torch.set_num_threads(1)
     seen = []
-    result = ft.fit(items, LABELS, tr.TrainConfig(**TINY), sink=seen.append)
+    result = ft.fit(items, LABELS, tr.TrainConfig(**TINY), sink=seen.append, valid_pct=VALID)
     assert [(r.epoch, r.phase) for r in result.epochs] == [(0, "frozen"), (1, "unfrozen")]
     assert seen == result.epochs
     n_train = result.meta["n_train"]
@@ -140,10 +142,10 @@ def test_memory_data_path_batches(items, size):
     from instatag.labels import is_valid
 
     config = tr.TrainConfig(**{**TINY, "size": size, "data_path": "memory"})
-    dls = ft.dataloaders(items, LABELS, config, "cpu", resized_side=96)
+    dls = ft.dataloaders(items, LABELS, config, "cpu", resized_side=96, valid_pct=VALID)
     assert dls.train.x.shape[-1] == min(2 * size, 96) and dls.valid.x.shape[-1] == size
     xb, yb = dls.valid.one_batch()
-    valid = [it for it in items if is_valid(it.sha256, config.valid_pct)][:len(xb)]
+    valid = [it for it in items if is_valid(it.sha256, VALID)][:len(xb)]
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in archs.stats("resnet18"))
     ref = torch.stack([torch.tensor(load_array(it.resized_path, size)).permute(2, 0, 1) for it in valid]) / 255
     np.testing.assert_allclose(xb.float().numpy(), ((ref - mean) / std).numpy(), atol=1e-5)
@@ -156,7 +158,7 @@ def test_memory_data_path_batches(items, size):
 
     from instatag import imageprep
 
-    train = [it for it in items if not is_valid(it.sha256, config.valid_pct)]
+    train = [it for it in items if not is_valid(it.sha256, VALID)]
     sizes = [Image.open(it.resized_path).size for it in train]
     assert dls.train.sizes.tolist() == [list(wh) for wh in sizes]
     side = dls.train.x.shape[-1]
@@ -186,7 +188,7 @@ def test_frozen_only_training_keeps_the_pretrained_body(items):
     torch.set_num_threads(1)
     config = tr.TrainConfig(**{**TINY, "arch": "efficientnet_lite0", "pretrained": True, "epochs": 0,
                                "data_path": "memory"})
-    result = ft.fit(items, LABELS, config)
+    result = ft.fit(items, LABELS, config, valid_pct=VALID)
     assert [r.phase for r in result.epochs] == ["frozen"]
     reference = archs.build("efficientnet_lite0", len(LABELS), pretrained=True).state_dict()
     convs = [k for k, v in reference.items() if k.startswith("0.") and v.ndim == 4]
@@ -206,10 +208,10 @@ def test_predictor_inputs_are_the_validation_batches(items, arch, path):
     from instatag.labels import is_valid
 
     config = tr.TrainConfig(**{**TINY, "arch": arch, "data_path": path})
-    dls = ft.dataloaders(items, LABELS, config, "cpu")
+    dls = ft.dataloaders(items, LABELS, config, "cpu", valid_pct=VALID)
     batches = list(dls.valid)
     xb = torch.cat([x.as_subclass(torch.Tensor) for x, _ in batches])
-    valid = [it for it in items if is_valid(it.sha256, config.valid_pct)]
+    valid = [it for it in items if is_valid(it.sha256, VALID)]
     assert torch.cat([y for _, y in batches]).tolist() == [[float(lab in it.labels) for lab in LABELS]
                                                            for it in valid]
     prep = imageprep.Preprocessing.for_config(config)  # what fit records (test_fit_records_both_phases)
@@ -230,7 +232,7 @@ def test_lr_find_keeps_the_weights(items, tmp_path):
 
     torch.set_num_threads(1)
     config = tr.TrainConfig(**{**TINY, "lr": "auto", "lr_find_iters": 20})
-    learn = ft.learner(items, LABELS, config, tr.Settings(), tmp_path)
+    learn = ft.learner(items, LABELS, config, tr.Settings(), tmp_path, VALID)
     before = {k: v.clone() for k, v in learn.model.state_dict().items()}
     lr, curve = ft._lr_find(learn, config)
     after = learn.model.state_dict()
@@ -242,7 +244,7 @@ def test_lr_find_keeps_the_weights(items, tmp_path):
 
 def test_too_few_images_is_a_clear_error(items):
     with pytest.raises(UserError, match="too few labelled images"):
-        ft.dataloaders(items[:6], LABELS, tr.TrainConfig(**TINY), "cpu")
+        ft.dataloaders(items[:6], LABELS, tr.TrainConfig(**TINY), "cpu", valid_pct=VALID)
 
 
 # --------------------------------------------------------------------------- with the database
@@ -258,7 +260,10 @@ def test_train_registers_a_candidate(settings):
     (mv,) = _rows(settings, t.model_versions)
     assert mv["id"] == mid and mv["status"] == "candidate" and mv["vocab_version_id"] == vid
     assert mv["artifact_path"] == f"models/{mid}/model.safetensors"
-    assert mv["params"]["valid_pct"] == 0.3 and mv["params"]["final_epoch"]["phase"] == "unfrozen"
+    assert mv["params"]["final_epoch"]["phase"] == "unfrozen" and "valid_pct" not in mv["params"]
+    # the split is the vocabulary version's (vocab_versions.valid_pct), not a training parameter
+    items = LabelPipeline.for_version(settings, vid).items(settings)
+    assert mv["params"]["n_valid"] == sum(is_valid(it.sha256, VALID) for it in items) > 0
     path = settings.data_dir / mv["artifact_path"]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == mv["sha256"]
     assert sorted(p.name for p in settings.models_dir.iterdir()) == [str(mid)]  # no staging left behind
@@ -291,7 +296,7 @@ def test_a_failure_marks_the_run_failed_and_registers_nothing(sqlite_settings, m
     s = sqlite_settings
     add_labelled_images(s, 12)
 
-    def failing_fit(items, labels, config, settings, sink, on_lr_find, counts=None, prefetch=None):
+    def failing_fit(items, labels, config, settings, sink, on_lr_find, counts=None, prefetch=None, valid_pct=None):
         sink(ft.EpochRecord(0, "frozen", 0.7, 0.6, {}, 8, 0.1))
         if where == "fit":
             raise RuntimeError("CUDA out of memory (simulated)")
@@ -365,8 +370,7 @@ def test_cli_trains_the_default_preset_with_pretrained_weights(sqlite_settings, 
     s = sqlite_settings
     add_labelled_images(s)
     code = cli.main(["--database-url", s.database_url, "--data-dir", str(s.data_dir), "train", "--size", "32",
-                     "--epochs", "1", "--freeze-epochs", "1", "--bs", "8", "--lr", "auto", "--set", "lr_find_iters=20",
-                     "--set", "valid_pct=0.3"])
+                     "--epochs", "1", "--freeze-epochs", "1", "--bs", "8", "--lr", "auto", "--set", "lr_find_iters=20"])
     out = capsys.readouterr().out
     assert code == 0
     (mv,) = _rows(s, t.model_versions)
@@ -385,11 +389,11 @@ def test_prior_bias_starts_at_the_label_log_odds_and_round_trips(items, tmp_path
 
     torch.set_num_threads(1)
     config = tr.TrainConfig(**{**TINY, "prior_bias": True, "data_path": "memory"})
-    learn = ft.learner(items, LABELS, config, tr.Settings(), tmp_path)
-    train = [it for it in items if not is_valid(it.sha256, config.valid_pct)]
+    learn = ft.learner(items, LABELS, config, tr.Settings(), tmp_path, VALID)
+    train = [it for it in items if not is_valid(it.sha256, VALID)]
     freq = np.array([(sum(lab in it.labels for it in train) + 0.5) / (len(train) + 1) for lab in LABELS])
     np.testing.assert_allclose(torch.sigmoid(learn.model[-1][-1].bias).detach().numpy(), freq, rtol=1e-5)
-    result = ft.fit(items, LABELS, config)
+    result = ft.fit(items, LABELS, config, valid_pct=VALID)
     assert result.meta["output_bias"] is True and "1.8.bias" in result.state_dict
     sha = modelfile.save(tmp_path / "m", result.state_dict, result.meta)
     probs = Predictor.from_files(tmp_path / "m", sha, device="cpu").predict_paths([it.resized_path for it in items])
@@ -448,14 +452,14 @@ torch.set_num_threads(1)
 from instatag import fitting as ft
 from instatag.trainconfig import TrainConfig
 from instatag.labels import Item
-from test_train import LABELS, TINY, _photos
+from test_train import LABELS, TINY, VALID, _photos
 items = []
 for k, (data, labels) in enumerate(_photos(24)):
     path = Path({str(tmp_path)!r}) / f"{{k}}.jpg"
     path.write_bytes(data)
     items.append(Item(k + 1, hashlib.sha256(data).hexdigest(), path, tuple(sorted(labels, key=LABELS.index))))
-ft.fit(items, LABELS, TrainConfig(**{{**TINY, "lr": "auto", "lr_find_iters": 10}}))
-ft.fit(items, LABELS, TrainConfig(**{{**TINY, "data_path": "memory"}}))
+ft.fit(items, LABELS, TrainConfig(**{{**TINY, "lr": "auto", "lr_find_iters": 10}}), valid_pct=VALID)
+ft.fit(items, LABELS, TrainConfig(**{{**TINY, "data_path": "memory"}}), valid_pct=VALID)
 """
     err = _run_quietly(script, tmp_path)
     assert err.count("instatag.fitting:epoch 2/2 unfrozen: train_loss") == 2 and "lr_find: valley" in err

@@ -15,7 +15,7 @@ from instatag import schema as t
 from instatag.cli import main
 from instatag.errors import UserError
 from instatag.imagestore import original_path, resized_path
-from instatag.labels import LabelPipeline, is_valid
+from instatag.labels import VALID_PCT, LabelPipeline, is_valid, valid_pct_of
 from instatag.vocab import (
     MIN_LABELS,
     MIN_TRAIN_IMAGES,
@@ -122,6 +122,8 @@ def test_build_stores_labels_images_and_stats(settings, groups_file):
     train = collections.Counter(lb for key, ls in per_image.items() if not is_valid(_sha(key)) for lb in ls)
     assert s["train_counts"] == {r[0]: train[r[0]] for r in labels}
     assert s["n_train_images"] + s["n_valid_images"] == s["n_labelled"] == 4
+    # the split's share is a column of the version (its one owner), the stats were counted under it
+    assert row.valid_pct == VALID_PCT == 0.2 and "valid_pct" not in s
     assert row.config["grouping"]["min_count"] == 2 and row.config["grouping"]["scrape_tags"] == ["recipe"]
     assert "WordNetLemmatizer" in row.config["tools"]["lemmatizer"]
 
@@ -182,6 +184,11 @@ def test_for_version_items_encode_decode(settings, groups_file):
     assert vec.dtype == np.float32 and vec.tolist() == [1, 0, 1, 0, 1]
     assert p.decode(2) == "bbq"
     assert p.counts == stored(settings, vid)[2].stats["train_counts"]
+    assert p.valid_pct == VALID_PCT
+    with db.get_engine(settings).connect() as conn:
+        assert valid_pct_of(conn, vid) == VALID_PCT
+        with pytest.raises(UserError, match="vocabulary version 99 does not exist"):
+            valid_pct_of(conn, 99)
     with pytest.raises(ValueError, match="'tofu' is not a label of vocabulary version"):
         p.encode(["tofu"])
     # the stored pipeline maps new hashtags under the same config, keeping only its labels

@@ -19,7 +19,7 @@ LABELS = ("cake", "pie", "salad", "soup")
 def make_vocab(conn, labels=LABELS) -> int:
     vid = conn.execute(insert(t.vocab_versions).values(
         config={}, config_sha256="c" * 64, n_posts=1, n_images=1, n_unlabelled=0, n_raw_tags=1, n_lemmas=1,
-        n_labels=len(labels), stats={})).inserted_primary_key[0]
+        n_labels=len(labels), stats={}, valid_pct=0.2)).inserted_primary_key[0]
     conn.execute(insert(t.vocab_labels), [
         {"vocab_version_id": vid, "label": label, "idx": i, "count": 10 + i, "members": [label]}
         for i, label in enumerate(labels)])
