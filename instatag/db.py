@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 
 from .errors import UserError
-from .settings import Settings, load_settings
+from .settings import Settings, load_settings, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +37,10 @@ SUPPORTED_URLS = ("sqlite:///PATH, postgresql://USER@HOST/DB (psycopg 3; postgre
                   "postgresql+psycopg2://USER@HOST/DB")
 
 
-def normalise_url(url: str) -> str:
-    """``postgres://`` (Heroku's and many hosts' form, which SQLAlchemy no longer reads) as ``postgresql://``."""
-    return "postgresql://" + url[len("postgres://"):] if url.startswith("postgres://") else url
-
-
 @lru_cache(maxsize=8)
 def _engine(url: str) -> Engine:
     """The engine for ``url``; ``UserError`` for a URL that is not SQLite or PostgreSQL (with psycopg)."""
-    url = normalise_url(url)
+    url = sqlalchemy_url(url)  # a Settings made with .replace() may still hold postgres://
     try:
         parsed = make_url(url)
     except Exception:  # sqlalchemy.exc.ArgumentError: not a URL at all

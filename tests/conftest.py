@@ -146,15 +146,3 @@ def food10() -> Path:
     if not FOOD10.is_dir():
         pytest.skip(f"{FOOD10} is absent")
     return FOOD10
-
-
-@pytest.fixture(autouse=True)
-def _restore_instatag_environment():
-    """Every test starts with the INSTATAG_* variables it inherited: code under test that sets them
-    (``instatag demo`` passes its settings to the pipeline functions that way) must not leak into
-    the next test."""
-    before = {k: v for k, v in os.environ.items() if k.startswith("INSTATAG_")}
-    yield
-    for k in [k for k in os.environ if k.startswith("INSTATAG_") and k not in before]:
-        del os.environ[k]
-    os.environ.update(before)

@@ -377,7 +377,7 @@ def test_a_trained_champion_grades_new_drops(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("INSTATAG_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("INSTATAG_DEVICE", "cpu")
-    db.upgrade(pipeline.settings())
+    db.upgrade(load_settings())
     sample.make_scrape(tmp_path / "d1", n_posts=240, seed=5, start=START)
     pipeline.ingest_drops([str(tmp_path / "d1")])
     vocab_id = pipeline.build_vocabulary(min_count="10%")
