@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from instatag import db
+from instatag import db, ingest_read
 from instatag import ingest as ingest_mod
 from instatag.cli import main
 from instatag.db import get_engine
@@ -29,7 +29,9 @@ from instatag.errors import UserError
 from instatag.files import link_or_copy, write_atomic
 from instatag.hashtags import parse_hashtags
 from instatag.imagestore import Rejected, original_path, resized_path, store_image
-from instatag.ingest import ingest, parse_time
+from instatag.ingest import ingest
+from instatag.ingest_read import read_bytes
+from instatag.ingest_sources import parse_time
 from instatag.sample import make_scrape
 from instatag.schema import images, ingest_errors, post_hashtags, posts
 from instatag.settings import SettingsError, load_settings
@@ -362,21 +364,21 @@ def test_originals_copied_when_set_or_when_no_link_can_be_made(sqlite_settings, 
 def test_files_are_read_whole(tmp_path, size):
     path = tmp_path / "f"
     path.write_bytes(os.urandom(size))
-    assert ingest_mod._read_bytes(str(path), 10**6)[0] == path.read_bytes()
+    assert read_bytes(str(path), 10**6)[0] == path.read_bytes()
 
 
 def test_files_whose_size_stat_does_not_tell_are_read_whole():
     status = Path("/proc/self/status")
     if not status.exists() or status.stat().st_size:
         pytest.skip("needs Linux's /proc")
-    assert ingest_mod._read_bytes(str(status), 10**6)[0].startswith(b"Name:")
+    assert read_bytes(str(status), 10**6)[0].startswith(b"Name:")
 
 
 def test_size_limits_refuse_before_reading(sqlite_settings, tmp_path, monkeypatch):
     """Photos, captions and metadata over their size limits are rejected, not read whole."""
-    monkeypatch.setattr(ingest_mod, "MAX_IMAGE_BYTES", 2000)
-    monkeypatch.setattr(ingest_mod, "MAX_CAPTION_BYTES", 100)
-    monkeypatch.setattr(ingest_mod, "MAX_METADATA_BYTES", 300)
+    monkeypatch.setattr(ingest_read, "MAX_IMAGE_BYTES", 2000)
+    monkeypatch.setattr(ingest_read, "MAX_CAPTION_BYTES", 100)
+    monkeypatch.setattr(ingest_read, "MAX_METADATA_BYTES", 300)
     drop = tmp_path / "drop"
     drop.mkdir()
     big = photo_bytes(size=(300, 300), quality=100)
@@ -453,7 +455,7 @@ def test_folders_symlinks_and_unreadable_folders(settings, tmp_path, monkeypatch
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(ingest_mod.os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", scandir)
     report = ingest(settings, [drop, drop / "a"])  # overlapping sources
     assert report.accepted == 2 and report.duplicates == 0
     assert errors_by_name(settings) == {"loop": "symlink_loop", "self.jpg": "symlink_loop",
