@@ -28,7 +28,7 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
 
 
-#: PostgreSQL drivers whose COPY ``copy_from`` speaks; SQLAlchemy's default for ``postgresql://`` is psycopg (3)
+#: PostgreSQL drivers whose COPY ``copy_rows`` speaks; SQLAlchemy's default for ``postgresql://`` is psycopg (3)
 PG_DRIVERS = ("psycopg", "psycopg2")
 
 
@@ -98,11 +98,11 @@ def copy_rows(conn, table, rows: Iterable[Sequence], columns: Sequence[str] | No
     quote = conn.dialect.identifier_preparer
     names = ", ".join(map(quote.quote, columns))
     with conn.connection.dbapi_connection.cursor() as cur:
-        copy_from(cur, f"COPY {quote.format_table(table)} ({names}) FROM STDIN", rows)
+        _copy_from(cur, f"COPY {quote.format_table(table)} ({names}) FROM STDIN", rows)
     return len(rows)
 
 
-def copy_from(cursor, statement: str, rows: Iterable[Sequence]) -> None:
+def _copy_from(cursor, statement: str, rows: Iterable[Sequence]) -> None:
     """Run ``statement`` (``COPY <table> (<columns>) FROM STDIN``) on a DBAPI ``cursor`` of
     psycopg 3 (``postgresql://`` and ``postgresql+psycopg://`` URLs) or psycopg2
     (``postgresql+psycopg2://``), with ``rows`` as its data (``copy_text``)."""
