@@ -106,10 +106,6 @@ class Settings:
 
     # ------------------------------------------------------------------ derived paths
     @property
-    def store_dir(self) -> Path:
-        return self.data_dir / imagestore.STORE
-
-    @property
     def originals_dir(self) -> Path:
         return self.data_dir / imagestore.ORIGINALS
 
@@ -124,10 +120,6 @@ class Settings:
     @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
-
-    @property
-    def is_postgres(self) -> bool:
-        return self.database_url.startswith("postgresql")
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from instatag import db, ingest_read
+from instatag import db, imagestore, ingest_read
 from instatag import ingest as ingest_mod
 from instatag.cli import main
 from instatag.db import get_engine
@@ -154,7 +154,7 @@ def test_generated_scrape(settings, tmp_path):
         small = Image.open(data_dir / img["resized_path"])
         assert small.format == "JPEG" and small.mode == "RGB" and max(small.size) <= settings.resized_side
         assert (img["format"], img["width"], img["height"]) == ("JPEG", 96, 96)
-    assert not [p for p in settings.store_dir.rglob(".*")], "temporary files left in the store"
+    assert not [p for p in (settings.data_dir / imagestore.STORE).rglob(".*")], "temporary files left in the store"
 
 
 def test_rerun_and_later_drop_with_a_repost(settings, tmp_path):
