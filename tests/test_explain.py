@@ -1,5 +1,5 @@
 """Grad-CAM heatmaps (instatag.explain): a hand-set network whose label is decided by a bright square,
-the heatmap of real architectures on the model's exact input, and ``instatag explain``."""
+the heatmap of real architectures on the model's exact input, and ``instatag heatmap``."""
 
 from __future__ import annotations
 
@@ -108,14 +108,14 @@ def test_explain_cli_writes_the_overlay(sqlite_settings, tiny_model_dir, tmp_pat
     photo = sorted((s.data_dir / "store" / "resized").rglob("*.jpg"))[0]
     out = tmp_path / "why.png"
     capsys.readouterr()
-    assert cli.main(base + ["explain", str(photo), "--label", LABELS[0], "-o", str(out)]) == 0
+    assert cli.main(base + ["heatmap", str(photo), "--label", LABELS[0], "-o", str(out)]) == 0
     io_ = capsys.readouterr()
     assert io_.out.strip() == str(out) and f"#{LABELS[0]} " in io_.err
     with Image.open(out) as im:
         assert im.size == (SIZE, SIZE) and im.mode == "RGB"
-    assert cli.main(base + ["explain", str(photo), "--label", "nope", "-o", str(out)]) == 2
+    assert cli.main(base + ["heatmap", str(photo), "--label", "nope", "-o", str(out)]) == 2
     assert "'nope' is not a label" in capsys.readouterr().err
-    assert cli.main(base + ["explain", str(tmp_path / "absent.jpg"), "--label", LABELS[0]]) == 2
+    assert cli.main(base + ["heatmap", str(tmp_path / "absent.jpg"), "--label", LABELS[0]]) == 2
     assert "no such file" in capsys.readouterr().err
 
 

@@ -231,11 +231,11 @@ def test_cli_build_show_list_explain(sqlite_settings, groups_file, tmp_path, cap
     assert '"splits"' in capsys.readouterr().out
     assert main([*base, "vocab", "list"]) == 0
     assert "5 labels" in capsys.readouterr().out
-    assert main([*base, "vocab", "explain", "#Recipes", "ApplePies", "foodie", "--groups", str(groups_file)]) == 0
+    assert main([*base, "vocab", "trace", "#Recipes", "ApplePies", "foodie", "--groups", str(groups_file)]) == 0
     out = capsys.readouterr().out
     assert "lemma 'recipe' -> no label (scrape tag)" in out and "label 'pie'" in out and "(split: apple pie)" in out
     assert "#ApplePies [key applepies] (split: apple pie)" in out
-    assert main([*base, "vocab", "explain", "tofu", "grill", "--version", "1"]) == 0
+    assert main([*base, "vocab", "trace", "tofu", "grill", "--version", "1"]) == 0
     assert "not in this vocabulary version" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("groups: {a: [x], b: [x]}\n")
@@ -255,7 +255,7 @@ def write_post(folder, stamp: str, caption: str, color=(200, 30, 30)) -> None:
 
 def test_hashtag_rules_from_caption_to_label(sqlite_settings, tmp_path, capsys):
     """Issue 19.3/19.4 end to end: captions as users write them -> ingest (tags as typed) ->
-    vocab build under the packaged grouping (labels by match key) -> vocab explain."""
+    vocab build under the packaged grouping (labels by match key) -> vocab trace."""
     drop = tmp_path / "drop"
     write_post(drop, "2026-11-04_10-00-00", "Lasagna night! Card: https://www.example-food-blog.com/lasagna/"
                "#wprm-recipe-container-812 and https://youtu.be/xyz?si=a#t=1m22s #lasagna #recipe", (10, 20, 30))
@@ -289,7 +289,7 @@ def test_hashtag_rules_from_caption_to_label(sqlite_settings, tmp_path, capsys):
     }
     assert row.stats["raw_tags"]["food_porn"] == 1 and row.stats["dropped"]["foodporn"] == 2
     assert "wprm" not in row.stats["raw_tags"] and "t" not in row.stats["raw_tags"]
-    assert main([*base, "vocab", "explain", "#🍕", "food_porn", "recipes2026", "--version", "1"]) == 0
+    assert main([*base, "vocab", "trace", "#🍕", "food_porn", "recipes2026", "--version", "1"]) == 0
     out = capsys.readouterr().out
     assert "#🍕 [key pizza]: lemma 'pizza' -> label 'pizza'" in out
     assert "#food_porn [key foodporn]: lemma 'foodporn' -> no label (dropped by the grouping file)" in out
