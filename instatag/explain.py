@@ -191,8 +191,7 @@ def _explain_cmd(args, settings) -> int:
 def add_cli(sub) -> None:
     p = sub.add_parser(
         "heatmap",
-        help="write a Grad-CAM heatmap PNG: where in a photo the model sees a tag "
-        "(tags of the vocabulary: `instatag vocab trace`)",
+        help="write a Grad-CAM heatmap PNG: where in a photo the model sees a tag",
         description="Write the Grad-CAM heatmap of one label for an image file, over the model's view of it "
         "(the central square at the model's input size), as a PNG: red where the image raised the label's "
         "score most. Uses the champion model (or --model VERSION); the image is read as `instatag predict` "

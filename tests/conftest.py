@@ -146,3 +146,21 @@ def food10() -> Path:
     if not FOOD10.is_dir():
         pytest.skip(f"{FOOD10} is absent")
     return FOOD10
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved, untrained resnet18 at size 32 for ``builders.LABELS`` (``builders.save_tiny_model``)."""
+    from builders import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def groups_file(tmp_path) -> Path:
+    """``builders.GROUPS`` (the grouping of ``builders.TAGGED_POSTS``) as a file."""
+    from builders import GROUPS
+
+    path = tmp_path / "groups.yaml"
+    path.write_text(GROUPS)
+    return path

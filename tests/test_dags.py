@@ -132,8 +132,9 @@ def test_retrain_dags_suggest_task_is_optional_and_applies_nothing(dagbag, monke
 def test_retrain_params_accept(dagbag, conf):
     """Accepted by Airflow's validation and by instatag's check alike."""
     dag = dagbag.dags["instatag_retrain"]
-    _valid(dag, conf)
-    check_conf("instatag_retrain", conf, dag.params)
+    assert set(conf) <= set(_valid(dag, conf))
+    checked = check_conf("instatag_retrain", conf, dag.params)
+    assert set(conf) <= set(checked) and checked["preset"] == conf.get("preset", dag.params["preset"])
 
 
 @pytest.mark.parametrize("conf, name", [

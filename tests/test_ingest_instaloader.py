@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from builders import counts, photo_bytes, rows, tags_by_post
 from sqlalchemy import update
-from test_ingest import counts, photo_bytes, rows, tags_by_post
 
 from instatag import ingest_read, ingest_sources
 from instatag.db import get_engine

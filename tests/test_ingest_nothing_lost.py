@@ -9,8 +9,8 @@ import random
 from pathlib import Path
 
 import pytest
+from builders import errors_by_name, photo_bytes, rows, tags_by_post
 from PIL import Image
-from test_ingest import errors_by_name, photo_bytes, rows, tags_by_post
 
 from instatag import ingest as ingest_mod
 from instatag import ingest_read, ingest_sources

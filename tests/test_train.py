@@ -11,8 +11,8 @@ import random
 
 import numpy as np
 import pytest
+from builders import FakeClock
 from sqlalchemy import insert, select
-from test_progress import FakeClock
 
 from instatag import cli, db, modelfile, ranking
 from instatag import schema as t
