@@ -18,7 +18,8 @@ from pathlib import Path
 from .ingest_read import Outcome, PostFile, Problem, as_text, read_post_text, stat_key
 from .ingest_sources import SKIPPED
 
-# SQLAlchemy and the schema are imported inside the functions, as in the rest of ingest.
+# SQLAlchemy and the schema are imported inside the functions: the CLI imports this module (through
+# ingest) for every command, `instatag --help` included, and should not pay for them.
 
 #: rows per database transaction
 BATCH = 500
