@@ -4,8 +4,8 @@ Each function does one stage through its stage module and takes and returns only
 values (ids, counts, paths as strings), so Airflow can pass them through XCom. A stage that uses
 the database or the data dir takes the keyword ``settings`` (``instatag demo`` passes its own);
 left out, as in an Airflow task, it reads the process's (``load_settings``). Models reach workers
-by id: the file's path is in the database. Heavy imports (torch, fastai) happen inside the stage modules' functions, so importing
-this module — as every DAG file does at parse time — stays cheap.
+by id: the file's path is in the database. Heavy imports (torch, fastai) happen inside the stage
+modules' functions, so importing this module — as every DAG file does at parse time — stays cheap.
 """
 
 from __future__ import annotations
