@@ -139,7 +139,8 @@ def main(argv=None) -> int:
     from sqlalchemy import create_engine, text
 
     from instatag import db
-    from instatag.ingest import PARALLEL_MIN, _workers, discover, ingest
+    from instatag.ingest import PARALLEL_MIN, _workers, ingest
+    from instatag.ingest_sources import discover
     from instatag.settings import load_settings
 
     drops = sorted(p for p in args.food10.glob("drop-*") if p.is_dir())

@@ -10,8 +10,8 @@ Retrains the hashtag model on everything ingested so far:
 2. `train`: fine-tune the CNN: queue `gpu`, pool `gpu` (one slot: one training at a time);
 3. `evaluate`: metrics on the validation split, against the popularity baseline;
 4. `promote`: the candidate becomes champion only when it is not worse (or `force_promote`);
-5. `rescore`: when promoted, updates the Asset `instatag_champion`, so `instatag_score` writes
-   the new champion's predictions; skipped otherwise;
+5. `publish_champion`: when promoted, updates the Asset `instatag_champion` (extra: the model
+   version), so `instatag_score` writes the new champion's predictions; skipped otherwise;
 6. `report`: plots and an HTML report of the candidate.
 
 With the param `suggest` on, the task `suggest` (after `changes`, beside the training chain) also
@@ -86,7 +86,7 @@ def instatag_retrain():
         return pipeline.promote_model(model_version_id, force=run["force_promote"])
 
     @task(outlets=[CHAMPION])
-    def rescore(decision: dict, outlet_events=None) -> int:
+    def publish_champion(decision: dict, outlet_events=None) -> int:
         if not decision["promoted"]:
             raise AirflowSkipException(f"model version {decision['candidate_id']} not promoted: {decision['reason']}")
         outlet_events[CHAMPION].extra = {"model_version_id": decision["candidate_id"]}
@@ -110,7 +110,7 @@ def instatag_retrain():
     model = train(vocab)
     decision = promote(model)
     evaluate(model) >> decision
-    rescore(decision) >> report(model)
+    publish_champion(decision) >> report(model)
 
 
 instatag_retrain()

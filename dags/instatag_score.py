@@ -29,6 +29,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from instatag import pipeline
 from instatag.params import RETRAIN, SCORE, airflow_params
+from instatag.settings import load_settings
 
 IMAGES = Asset(pipeline.IMAGES_ASSET)
 CHAMPION = Asset(pipeline.CHAMPION_ASSET)
@@ -53,7 +54,7 @@ def instatag_score():
         champion = pipeline.champion()
         if champion is None:
             raise AirflowSkipException("there is no champion model yet: nothing to score")
-        n = run["shards"] or pipeline.settings().score_shards
+        n = run["shards"] or load_settings().score_shards
         return pipeline.shard_list(n, model=champion, all_images=run["all_images"])
 
     @task

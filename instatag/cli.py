@@ -61,7 +61,8 @@ def _db_cli(sub) -> None:
                    help="a value for :NAME in the statement (repeatable)")
     q.set_defaults(handler=_sql)
 
-    c = sub.add_parser("config", help="print the effective settings and every INSTATAG_ variable")
+    c = sub.add_parser("config", help="print the effective settings and every INSTATAG_ variable "
+                       "(and warn of an INSTATAG_ variable spelt almost like a setting)")
     c.set_defaults(handler=_config)
 
 
@@ -121,6 +122,11 @@ def _sql(args, settings) -> int:
 
 def _config(args, settings) -> int:
     import dataclasses
+
+    from .settings import misspelt_variables
+
+    for name, close in misspelt_variables():
+        print(f"warning: {name} is no setting and is not read; did you mean {close}?", file=sys.stderr)
 
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 
 from .errors import UserError
-from .settings import Settings, load_settings
+from .settings import Settings, load_settings, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
 
 
-#: PostgreSQL drivers whose COPY ``copy_from`` speaks; SQLAlchemy's default for ``postgresql://`` is psycopg (3)
+#: PostgreSQL drivers whose COPY ``copy_rows`` speaks; SQLAlchemy's default for ``postgresql://`` is psycopg (3)
 PG_DRIVERS = ("psycopg", "psycopg2")
 
 
@@ -37,15 +37,10 @@ SUPPORTED_URLS = ("sqlite:///PATH, postgresql://USER@HOST/DB (psycopg 3; postgre
                   "postgresql+psycopg2://USER@HOST/DB")
 
 
-def normalise_url(url: str) -> str:
-    """``postgres://`` (Heroku's and many hosts' form, which SQLAlchemy no longer reads) as ``postgresql://``."""
-    return "postgresql://" + url[len("postgres://"):] if url.startswith("postgres://") else url
-
-
 @lru_cache(maxsize=8)
 def _engine(url: str) -> Engine:
     """The engine for ``url``; ``UserError`` for a URL that is not SQLite or PostgreSQL (with psycopg)."""
-    url = normalise_url(url)
+    url = sqlalchemy_url(url)  # a Settings made with .replace() may still hold postgres://
     try:
         parsed = make_url(url)
     except Exception:  # sqlalchemy.exc.ArgumentError: not a URL at all
@@ -103,11 +98,11 @@ def copy_rows(conn, table, rows: Iterable[Sequence], columns: Sequence[str] | No
     quote = conn.dialect.identifier_preparer
     names = ", ".join(map(quote.quote, columns))
     with conn.connection.dbapi_connection.cursor() as cur:
-        copy_from(cur, f"COPY {quote.format_table(table)} ({names}) FROM STDIN", rows)
+        _copy_from(cur, f"COPY {quote.format_table(table)} ({names}) FROM STDIN", rows)
     return len(rows)
 
 
-def copy_from(cursor, statement: str, rows: Iterable[Sequence]) -> None:
+def _copy_from(cursor, statement: str, rows: Iterable[Sequence]) -> None:
     """Run ``statement`` (``COPY <table> (<columns>) FROM STDIN``) on a DBAPI ``cursor`` of
     psycopg 3 (``postgresql://`` and ``postgresql+psycopg://`` URLs) or psycopg2
     (``postgresql+psycopg2://``), with ``rows`` as its data (``copy_text``)."""

@@ -9,7 +9,6 @@ data dir, with no Airflow server. Without ``--source`` it first writes a small s
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -50,12 +49,10 @@ def _run(args, settings: Settings) -> int:
 def run_demo(settings: Settings, sources: list[Path] | None = None, posts: int = SAMPLE_POSTS,
              preset: str = "default", epochs: int | None = None, freeze_epochs: int | None = None,
              lr: str | None = None, min_count: int | str | None = None) -> dict:
-    """Run every stage once; returns what the summary prints."""
+    """Run every stage once with ``settings`` (passed to each ``instatag.pipeline`` function; the
+    process environment is neither read nor changed); returns what the summary prints."""
     from . import db, pipeline, sample
 
-    # The pipeline functions read their settings from the environment, as Airflow tasks do.
-    os.environ["INSTATAG_DATA_DIR"] = str(settings.data_dir)
-    os.environ["INSTATAG_DATABASE_URL"] = settings.database_url
     started = time.monotonic()
     if not sources:
         folder = settings.data_dir / "sample-scrape"
@@ -71,8 +68,8 @@ def run_demo(settings: Settings, sources: list[Path] | None = None, posts: int =
 
     steps = {}
     db.upgrade(settings)
-    steps["ingest"] = pipeline.ingest_drops([str(s) for s in sources])
-    vocab_id = pipeline.build_vocabulary(min_count=min_count)
+    steps["ingest"] = pipeline.ingest_drops([str(s) for s in sources], settings=settings)
+    vocab_id = pipeline.build_vocabulary(min_count=min_count, settings=settings)
     params = {"preset": preset}
     if epochs is not None:
         params["epochs"] = epochs
@@ -80,11 +77,11 @@ def run_demo(settings: Settings, sources: list[Path] | None = None, posts: int =
         params["freeze_epochs"] = freeze_epochs
     if lr is not None:
         params["lr"] = lr if lr == "auto" else float(lr)
-    model_id = pipeline.train_model(vocab_id, **params)
-    steps["evaluate"] = pipeline.evaluate_model(model_id)
-    steps["promote"] = pipeline.promote_model(model_id)
-    steps["score"] = [pipeline.score_shard(i, 1, all_images=True) for i in range(1)]
-    report = pipeline.make_report(model_id)
+    model_id = pipeline.train_model(vocab_id, settings=settings, **params)
+    steps["evaluate"] = pipeline.evaluate_model(model_id, settings=settings)
+    steps["promote"] = pipeline.promote_model(model_id, settings=settings)
+    steps["score"] = [pipeline.score_shard(0, 1, all_images=True, settings=settings)]
+    report = pipeline.make_report(model_id, settings=settings)
     return {
         "settings": settings,
         "vocab_version": vocab_id,

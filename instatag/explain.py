@@ -1,4 +1,4 @@
-"""Why a tag: Grad-CAM heatmaps of a label over the photo, and ``instatag explain IMAGE --label L``.
+"""Why a tag: Grad-CAM heatmaps of a label over the photo, and ``instatag heatmap IMAGE --label L``.
 
 Grad-CAM (Selvaraju et al. 2017, the ``grad-cam`` package's ``GradCAM``) weighs the feature maps of
 the network's last convolutional block (``target_layer``) by the mean gradient of the label's logit,
@@ -188,7 +188,7 @@ def _explain_cmd(args, settings) -> int:
 
 def add_cli(sub) -> None:
     p = sub.add_parser(
-        "explain",
+        "heatmap",
         help="write a Grad-CAM heatmap PNG: where in a photo the model sees a tag",
         description="Write the Grad-CAM heatmap of one label for an image file, over the model's view of it "
         "(the central square at the model's input size), as a PNG: red where the image raised the label's "

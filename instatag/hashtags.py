@@ -85,8 +85,10 @@ def _tag_prefix(candidate: str) -> str:
     return candidate[:i]
 
 
-def normalise(tag: str) -> str:
-    """One tag as stored: without ``#``, NFC, case-folded (``#TomatoSoup`` → ``tomatosoup``)."""
+def stored_tag(tag: str) -> str:
+    """One tag as ``post_hashtags`` stores it: without ``#``, NFC, case-folded (``#TomatoSoup`` →
+    ``tomatosoup``). Only that: what a vocabulary compares is ``match_key``, which also folds
+    width, separators, emoji and trailing numbers."""
     return unicodedata.normalize("NFC", tag.lstrip("#＃").casefold())
 
 
@@ -97,7 +99,7 @@ def _url_spans(text: str) -> list[tuple[int, int]]:
 
 
 def parse_hashtags(caption: str | None) -> list[str]:
-    """The hashtags of ``caption`` as typed (normalised by ``normalise``), unique, in order of
+    """The hashtags of ``caption`` as typed (each as ``stored_tag`` writes it), unique, in order of
     first appearance."""
     if not caption:
         return []
@@ -107,7 +109,7 @@ def parse_hashtags(caption: str | None) -> list[str]:
     for m in _CANDIDATE.finditer(text):
         if urls and any(a <= m.start() < b for a, b in urls):
             continue
-        tag = normalise(_tag_prefix(m.group(1)))
+        tag = stored_tag(_tag_prefix(m.group(1)))
         if tag and not tag.isdigit() and len(tag) <= MAX_TAG_LENGTH:
             seen.setdefault(tag, None)
     return list(seen)

@@ -245,8 +245,3 @@ def cached(path: Path, expected_sha256: str | None, device: str = "auto",
             _cache.popitem(last=False)
         return predictor
 
-
-def clear_cache() -> None:
-    """Forget every loaded model (the next load reads and verifies its file again)."""
-    with _cache_lock:
-        _cache.clear()

@@ -161,14 +161,6 @@ class LabelPipeline:
         """Every label a hashtag gives (several when it is split into parts), sorted."""
         return tuple(sorted({r.label for r in self.resolve(tag) if r.label is not None}))
 
-    def label_for(self, tag: str) -> str | None:
-        """The label of a hashtag, or None. A tag split into parts with different labels raises
-        ValueError: use ``labels_for_tag`` for those."""
-        labels = self.labels_for_tag(tag)
-        if len(labels) > 1:
-            raise ValueError(f"#{tag} is split into several labels {labels}; use labels_for_tag")
-        return labels[0] if labels else None
-
     def labels_for_tags(self, tags: Iterable[str]) -> set[str]:
         return {label for tag in tags for label in self.labels_for_tag(tag)}
 

@@ -1,10 +1,11 @@
 """The pipeline's stages as task-sized functions: what the Airflow tasks (``dags/``) and ``instatag demo`` call.
 
-Each function does one stage through its stage module, loads the settings itself
-(``settings()``) and takes and returns only JSON-able values (ids, counts, paths as strings), so
-Airflow can pass them through XCom. Models reach workers by id: the file's path is in the
-database. Heavy imports (torch, fastai) happen inside the stage modules' functions, so importing
-this module — as every DAG file does at parse time — stays cheap.
+Each function does one stage through its stage module and takes and returns only JSON-able
+values (ids, counts, paths as strings), so Airflow can pass them through XCom. A stage that uses
+the database or the data dir takes the keyword ``settings`` (``instatag demo`` passes its own);
+left out, as in an Airflow task, it reads the process's (``load_settings``). Models reach workers
+by id: the file's path is in the database. Heavy imports (torch, fastai) happen inside the stage
+modules' functions, so importing this module — as every DAG file does at parse time — stays cheap.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,45 +27,13 @@ IMAGES_ASSET = "instatag_images"
 CHAMPION_ASSET = "instatag_champion"
 #: Airflow Asset the scoring DAG updates when a graded drop crossed a threshold (the reasons in ``extra``)
 DRIFT_ASSET = "instatag_drift"
-#: Airflow connection id for the instatag database (``AIRFLOW_CONN_INSTATAG_DB`` or one made in the UI)
-CONN_ID = "instatag_db"
 
 
-# --------------------------------------------------------------------------- settings
-def settings() -> Settings:
-    """The settings of the current process (``INSTATAG_*`` variables, ``INSTATAG_CONFIG``,
-    ``AIRFLOW_CONN_INSTATAG_DB``). Inside an Airflow task, when none of those names a database,
-    the Airflow connection ``instatag_db`` (metadata database or secrets backend) is used if it exists."""
-    s = load_settings()
-    if s.database_url == _default_url(s) and os.environ.get("AIRFLOW_CTX_DAG_ID"):
-        url = airflow_connection_url(CONN_ID)
-        if url:
-            s = s.replace(database_url=url)
-    return s
-
-
-def _default_url(s: Settings) -> str:
-    return f"sqlite:///{(s.data_dir / 'instatag.db').absolute()}"
-
-
-def airflow_connection_url(conn_id: str) -> str | None:
-    """The SQLAlchemy URL of an Airflow connection, None when it is not defined (or not in Airflow)."""
-    try:
-        from airflow.sdk import Connection
-        from airflow.sdk.exceptions import AirflowNotFoundException
-    except ImportError:
-        return None
-    try:
-        conn = Connection.get(conn_id)
-    except AirflowNotFoundException:
-        return None
-    if conn.conn_type in ("postgres", "postgresql"):
-        from sqlalchemy.engine import URL
-
-        return URL.create("postgresql+psycopg2", username=conn.login or None, password=conn.password or None,
-                          host=conn.host or None, port=conn.port or None,
-                          database=conn.schema or None).render_as_string(hide_password=False)
-    return conn.get_uri()
+def _settings(settings: Settings | None) -> Settings:
+    """The settings a stage runs with: the caller's (``instatag demo``), else those of the current
+    process, as an Airflow task reads them (``load_settings``: ``INSTATAG_*``, ``INSTATAG_CONFIG``,
+    the Airflow connection ``instatag_db``)."""
+    return settings if settings is not None else load_settings()
 
 
 #: a tick that passed less than this long ago still runs when a scheduled DAG is unpaused for the first
@@ -111,11 +79,11 @@ def _jsonable(obj):
 
 
 # --------------------------------------------------------------------------- stages
-def ingest_drops(sources: list[str] | None = None) -> dict:
+def ingest_drops(sources: list[str] | None = None, *, settings: Settings | None = None) -> dict:
     """Ingest the given folders/manifests (default: the configured drop folders); the ingest report."""
     from . import ingest
 
-    s = settings()
+    s = _settings(settings)
     report = _jsonable(ingest.ingest(s, [Path(p) for p in sources] if sources else None))
     log.info("ingest of %s: %s", ", ".join(sources or s.drop_dirs), report)
     return report
@@ -126,22 +94,23 @@ def new_images(report: dict) -> int:
     return int(report.get("accepted") or 0)
 
 
-def build_vocabulary(groups_file: str | None = None, min_count: int | str | None = None) -> int:
+def build_vocabulary(groups_file: str | None = None, min_count: int | str | None = None, *,
+                     settings: Settings | None = None) -> int:
     """Build (or reuse the identical) vocabulary version; its id. ``min_count``: 95, "95" or "5%"
     (None: the grouping file's). A vocabulary that cannot train a model is a ``UserError``
     (``vocab.check_trainable``), so the retrain stops here."""
     from . import vocab
 
-    return int(vocab.build_vocab(settings(), groups_file or None, min_count))
+    return int(vocab.build_vocab(_settings(settings), groups_file or None, min_count))
 
 
-def suggest_vocabulary(groups_file: str | None = None) -> dict:
+def suggest_vocabulary(groups_file: str | None = None, *, settings: Settings | None = None) -> dict:
     """Measure grouping suggestions for a grouping file (``instatag vocab suggest``; None: the configured
     one) and store the report, which the Airflow UI's instatag page shows (Suggestions); nothing is
     applied. Returns the report's path, the suggestions (id and title) and the label counts."""
     from . import suggest
 
-    s = settings()
+    s = _settings(settings)
     report = suggest.suggest(s, groups_file or None)
     path = suggest.save_report(s, report)
     log.info("%s", suggest.describe(report))
@@ -162,37 +131,38 @@ def train_config(preset: str = "default", **overrides) -> dict:
     return config_from(preset, **overrides).to_dict()
 
 
-def train_model(vocab_version_id: int, preset: str = "default", **overrides) -> int:
+def train_model(vocab_version_id: int, preset: str = "default", *, settings: Settings | None = None,
+                **overrides) -> int:
     """Train on a vocabulary version with a preset and overrides (None values keep the preset's);
     the new candidate model version's id."""
     from .train import TrainConfig, train
 
     config = TrainConfig(**train_config(preset, **overrides))
-    return int(train(settings(), config, vocab_version_id=vocab_version_id))
+    return int(train(_settings(settings), config, vocab_version_id=vocab_version_id))
 
 
-def evaluate_model(model_version_id: int) -> dict:
+def evaluate_model(model_version_id: int, *, settings: Settings | None = None) -> dict:
     """Evaluate a model version on its validation split; the stored metrics."""
     from . import evaluate
 
-    return _jsonable(evaluate.evaluate(settings(), model_version_id))
+    return _jsonable(evaluate.evaluate(_settings(settings), model_version_id))
 
 
-def promote_model(model_version_id: int, force: bool = False) -> dict:
+def promote_model(model_version_id: int, force: bool = False, *, settings: Settings | None = None) -> dict:
     """Decide whether the model version becomes the champion; the decision (``promoted``, ``reason``...).
     Running it again for the champion changes nothing (``promote.decide_once``)."""
     from . import promote
 
-    decision = promote.decide_once(settings(), model_version_id, force=force)
+    decision = promote.decide_once(_settings(settings), model_version_id, force=force)
     log.info("model version %d: %s (%s)", model_version_id, decision.decision, decision.reason)
     return decision.as_dict()
 
 
-def champion() -> int | None:
+def champion(*, settings: Settings | None = None) -> int | None:
     """The champion model version's id, None when there is none yet."""
     from . import db, registry
 
-    s = settings()
+    s = _settings(settings)
     with db.get_engine(s).connect() as conn:
         return registry.champion_id(conn)
 
@@ -205,12 +175,13 @@ def shard_list(n: int, **common) -> list[dict]:
     return [{"shard": i, "shards": n, **common} for i in range(n)]
 
 
-def score_shard(shard: int, shards: int, model: str | int = "champion", all_images: bool = False) -> dict:
+def score_shard(shard: int, shards: int, model: str | int = "champion", all_images: bool = False, *,
+                settings: Settings | None = None) -> dict:
     """Score shard ``shard`` of ``shards`` with a model (default: the champion): the images it has not
     scored yet, or with ``all_images`` every image again. The score report."""
     from . import score
 
-    return _jsonable(score.score(settings(), model=model, new=not all_images, shard=(shard, shards)))
+    return _jsonable(score.score(_settings(settings), model=model, new=not all_images, shard=(shard, shards)))
 
 
 def sum_scores(reports: list[dict]) -> dict:
@@ -224,19 +195,19 @@ def sum_scores(reports: list[dict]) -> dict:
     }
 
 
-def make_report(model_version_id: int) -> str:
+def make_report(model_version_id: int, *, settings: Settings | None = None) -> str:
     """Write the model version's report (plots + HTML); its path."""
     from . import report
 
-    return str(report.build_report(settings(), model_version_id))
+    return str(report.build_report(_settings(settings), model_version_id))
 
 
-def grade_drops() -> list[dict]:
+def grade_drops(*, settings: Settings | None = None) -> list[dict]:
     """Grade the drops the champion has scored and not graded yet (``drops.grade_pending``): fresh-label
     metrics and drift, stored in ``drop_evaluations``; flagged figures are logged as warnings."""
     from . import drops
 
-    return drops.grade_pending(settings())
+    return drops.grade_pending(_settings(settings))
 
 
 def drift_reasons(graded: list[dict]) -> list[str]:
@@ -246,20 +217,20 @@ def drift_reasons(graded: list[dict]) -> list[str]:
     return drops.reasons_of(graded)
 
 
-def retrain_request(graded: list[dict]) -> dict | None:
+def retrain_request(graded: list[dict], *, settings: Settings | None = None) -> dict | None:
     """The conf of an ``instatag_retrain`` run when a graded drop was flagged and
     ``INSTATAG_RETRAIN_ON_DRIFT`` is on (``{"reason": ...}``); None otherwise."""
     reasons = drift_reasons(graded)
-    if not reasons or not settings().retrain_on_drift:
+    if not reasons or not _settings(settings).retrain_on_drift:
         return None
     return {"reason": "; ".join(reasons)}
 
 
-def retrain_check(scheduled: bool, reason: str = "") -> tuple[bool, str]:
+def retrain_check(scheduled: bool, reason: str = "", *, settings: Settings | None = None) -> tuple[bool, str]:
     """(run?, why) of a retrain run (``drops.retrain_check``; ``INSTATAG_RETRAIN_WHEN``)."""
     from . import drops
 
-    return drops.retrain_check(settings(), scheduled=scheduled, reason=reason)
+    return drops.retrain_check(_settings(settings), scheduled=scheduled, reason=reason)
 
 
 # --------------------------------------------------------------------------- Airflow task glue

@@ -207,7 +207,7 @@ def label_figures(vocab: dict | None, vocab_labels: list[tuple[str, int]],
                   scrape: frozenset[str] = frozenset()) -> list[Figure]:
     """Figures 1-2 from the vocabulary version's frequency tables."""
     from . import plots
-    from .webapp import plural
+    from .rendering import plural
 
     f1 = Figure("fig1", "Hashtags before lemmatizing and grouping")
     f2 = Figure("fig2", "Labels after lemmatizing and grouping")
@@ -529,7 +529,7 @@ def build_report(settings, model_version_id: int | None = None) -> Path:
 
 def write(settings, model_version_id: int, ctx: Context, valid: Validation | None) -> Path:
     """The PNGs (stale ones of figures missing now removed) and report.html, written atomically."""
-    from .webapp import templates
+    from .rendering import templates
 
     folder = settings.reports_dir / str(model_version_id)
     folder.mkdir(parents=True, exist_ok=True)

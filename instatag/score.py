@@ -3,7 +3,7 @@
 Shards: image ``id % n == i`` belongs to shard ``i`` of ``n``; the n shards partition the images,
 so Airflow can map one task per shard. A shard predicts all its images first (batched, from the
 resized store, decoding overlapped with inference), then writes every row in ONE transaction
-(PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT; SQLite: executemany). A
+(PostgreSQL: ``db.copy_rows`` into a temporary table, then one INSERT ... SELECT; SQLite: executemany). A
 shard that fails or is killed midway leaves none of its rows; running it again completes the job,
 and the primary key (model, image, label) with ON CONFLICT DO NOTHING rules out duplicates.
 
@@ -169,31 +169,36 @@ def write(settings, model_id: int, image_ids: list[int], rows: Iterable[tuple], 
     return _write_sqlite(engine, model_id, image_ids, rows, replace)
 
 
+def _scored_table():
+    """The temporary table a PostgreSQL shard's rows are copied into, dropped at commit."""
+    from sqlalchemy import Column, MetaData, Table
+
+    from . import schema as t
+
+    p = t.predictions.c
+    return Table("scored", MetaData(), *(Column(c.name, c.type) for c in (p.image_id, p.label, p.probability, p.rank)),
+                 prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
+
+
 def _write_postgres(engine, model_id: int, rows: Iterable[tuple], replace: bool) -> int:
+    """COPY the rows (``db.copy_rows``) into the ``scored`` temporary table, then, in the same
+    transaction, one DELETE (``replace``) and one INSERT ... SELECT ... ON CONFLICT DO NOTHING."""
+    from sqlalchemy import text
+
     from . import db
 
-    raw = engine.raw_connection()
-    n = 0
-    try:
-        cur = raw.cursor()
-        cur.execute("CREATE TEMP TABLE scored (image_id bigint, label text, probability double precision, "
-                    "rank integer) ON COMMIT DROP")
+    scored, n = _scored_table(), 0
+    with engine.begin() as conn:
+        scored.create(conn)
         for chunk in _chunks(rows, WRITE_CHUNK):
-            db.copy_from(cur, "COPY scored (image_id, label, probability, rank) FROM STDIN", chunk)
-            n += len(chunk)
-        cur.execute("ANALYZE scored")  # planner statistics for the joins below
+            n += db.copy_rows(conn, scored, chunk)
+        conn.execute(text("ANALYZE scored"))  # planner statistics for the joins below
         if replace:
-            cur.execute("DELETE FROM predictions p USING (SELECT DISTINCT image_id FROM scored) s "
-                        "WHERE p.model_version_id = %s AND p.image_id = s.image_id", (model_id,))
-        cur.execute("INSERT INTO predictions (model_version_id, image_id, label, probability, rank) "
-                    "SELECT %s, image_id, label, probability, rank FROM scored "
-                    "ON CONFLICT (model_version_id, image_id, label) DO NOTHING", (model_id,))
-        raw.commit()
-    except BaseException:
-        raw.rollback()
-        raise
-    finally:
-        raw.close()
+            conn.execute(text("DELETE FROM predictions p USING (SELECT DISTINCT image_id FROM scored) s "
+                              "WHERE p.model_version_id = :model AND p.image_id = s.image_id"), {"model": model_id})
+        conn.execute(text("INSERT INTO predictions (model_version_id, image_id, label, probability, rank) "
+                          "SELECT :model, image_id, label, probability, rank FROM scored "
+                          "ON CONFLICT (model_version_id, image_id, label) DO NOTHING"), {"model": model_id})
     return n
 
 

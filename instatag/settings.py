@@ -3,8 +3,10 @@
 Every value comes, in order of precedence, from an ``INSTATAG_<NAME>`` environment
 variable, then from the optional TOML file named by ``INSTATAG_CONFIG`` (keys are the
 field names below, lower case), then from the default. Airflow deployments may give the
-database as the connection ``AIRFLOW_CONN_INSTATAG_DB`` instead of
-``INSTATAG_DATABASE_URL``.
+database as the Airflow connection ``instatag_db`` (``AIRFLOW_CONN_INSTATAG_DB``, or inside a
+task one from Airflow's metadata database or secrets backend) instead of
+``INSTATAG_DATABASE_URL``: ``airflow_connection_url`` is the one place that turns a connection
+into a URL.
 
 Only the standard library is imported here: DAG files read settings at parse time.
 """
@@ -104,10 +106,6 @@ class Settings:
 
     # ------------------------------------------------------------------ derived paths
     @property
-    def store_dir(self) -> Path:
-        return self.data_dir / imagestore.STORE
-
-    @property
     def originals_dir(self) -> Path:
         return self.data_dir / imagestore.ORIGINALS
 
@@ -123,32 +121,91 @@ class Settings:
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
 
-    @property
-    def is_postgres(self) -> bool:
-        return self.database_url.startswith("postgresql")
-
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _airflow_conn_url() -> str:
-    """``AIRFLOW_CONN_INSTATAG_DB`` in Airflow's URI form, as a SQLAlchemy URL."""
-    uri = os.environ.get("AIRFLOW_CONN_INSTATAG_DB", "").strip()
-    if not uri:
-        return ""
-    if uri.startswith("{"):
+#: Airflow connection id of the instatag database (``AIRFLOW_CONN_INSTATAG_DB``, or one made in the UI)
+AIRFLOW_CONN_ID = "instatag_db"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A database URL as SQLAlchemy reads it: ``postgres://`` (Heroku's and many hosts' form, which
+    SQLAlchemy no longer reads) becomes ``postgresql://``; anything else stays as it is."""
+    return "postgresql://" + url[len("postgres://"):] if url.startswith("postgres://") else url
+
+
+def connection_url(conn_type: str, host: str | None = None, login: str | None = None, password: str | None = None,
+                   port: int | str | None = None, schema: str | None = None, query: str = "") -> str:
+    """The SQLAlchemy URL of an Airflow connection's fields (login and password percent-encoded).
+
+    A ``postgres`` or ``postgresql`` connection gives ``postgresql://``: SQLAlchemy's default
+    PostgreSQL driver, psycopg 3 under SQLAlchemy 2.x, the form users write. A type that names a
+    driver (``postgresql+psycopg2``, from a URI such as ``postgresql+psycopg2://...``) keeps it, so
+    psycopg2 is still chosen by writing it. Any other type is written as ``<type>://...`` for
+    ``db.get_engine`` to accept or refuse. ``query``: the URI's query string, kept (e.g.
+    ``sslmode=require``)."""
+    from urllib.parse import quote
+
+    scheme = "postgresql" if conn_type in ("postgres", "postgresql") else conn_type
+    auth = ""
+    if login:
+        auth = quote(login, safe="") + (f":{quote(password, safe='')}" if password else "") + "@"
+    netloc = f"{auth}{host or ''}{f':{port}' if port else ''}"
+    url = f"{scheme}://{netloc}/{quote(schema or '', safe='')}"
+    return f"{url}?{query}" if query else url
+
+
+def _connection_from_env(value: str) -> str:
+    """``AIRFLOW_CONN_<ID>``: Airflow's URI form (``postgres://user:pw@host:5432/db?sslmode=require``,
+    parts percent-encoded) or its JSON form (``{"conn_type": "postgres", "login": ..., "host": ...,
+    "port": ..., "schema": ...}``), as a SQLAlchemy URL (``connection_url``)."""
+    value = value.strip()
+    if value.startswith("{"):
         import json
 
-        c = json.loads(uri)
-        user = c.get("login") or ""
-        pw = f":{c['password']}" if c.get("password") else ""
-        auth = f"{user}{pw}@" if user else ""
-        port = f":{c['port']}" if c.get("port") else ""
-        return f"postgresql+psycopg2://{auth}{c.get('host', '')}{port}/{c.get('schema', '')}"
-    for prefix in ("postgres://", "postgresql://"):
-        if uri.startswith(prefix):
-            return "postgresql+psycopg2://" + uri[len(prefix):]
-    return uri
+        try:
+            c = json.loads(value)
+        except ValueError as exc:
+            raise SettingsError(f"AIRFLOW_CONN_{AIRFLOW_CONN_ID.upper()} is neither a URI nor JSON ({exc})") from None
+        return connection_url(c.get("conn_type") or "postgres", c.get("host"), c.get("login"), c.get("password"),
+                              c.get("port"), c.get("schema"))
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(value)
+    if not parts.scheme.startswith("postgres"):
+        return value  # sqlite:///..., or anything db.get_engine will refuse with the forms it takes
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise SettingsError(f"AIRFLOW_CONN_{AIRFLOW_CONN_ID.upper()}: {exc}") from None
+    return connection_url(parts.scheme, unquote(parts.hostname or ""), unquote(parts.username or ""),
+                          unquote(parts.password or ""), port, unquote(parts.path.lstrip("/")), parts.query)
+
+
+def airflow_connection_url(env=None, conn_id: str = AIRFLOW_CONN_ID) -> str | None:
+    """The SQLAlchemy URL of the Airflow connection ``conn_id``; None when there is none.
+
+    ``AIRFLOW_CONN_<CONN_ID>`` in ``env`` (default ``os.environ``) is read here, in any process.
+    Without it, inside an Airflow task (``AIRFLOW_CTX_DAG_ID`` is set) the connection is asked of
+    Airflow (``airflow.sdk.Connection.get``: the metadata database or a secrets backend); outside a
+    task Airflow is never imported. Both go through ``connection_url``."""
+    env = os.environ if env is None else env
+    value = env.get(f"AIRFLOW_CONN_{conn_id.upper()}", "").strip()
+    if value:
+        return _connection_from_env(value)
+    if not env.get("AIRFLOW_CTX_DAG_ID"):
+        return None
+    try:
+        from airflow.sdk import Connection
+        from airflow.sdk.exceptions import AirflowNotFoundException
+    except ImportError:
+        return None
+    try:
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+    return connection_url(conn.conn_type, conn.host, conn.login, conn.password, conn.port, conn.schema)
 
 
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
@@ -201,10 +258,9 @@ def load_settings(env: dict[str, str] | None = None, **overrides) -> Settings:
     values.update(overrides)
     s = Settings(**values)
     if not s.database_url:
-        url = _airflow_conn_url() if env is os.environ else ""
+        url = airflow_connection_url(env) if env is os.environ else None
         s = s.replace(database_url=url or f"sqlite:///{(s.data_dir / 'instatag.db').absolute()}")
-    if s.database_url.startswith("postgres://"):  # Heroku's form: SQLAlchemy reads only postgresql://
-        s = s.replace(database_url="postgresql://" + s.database_url[len("postgres://"):])
+    s = s.replace(database_url=sqlalchemy_url(s.database_url))
     if s.device not in ("auto", "cpu", "cuda"):
         raise SettingsError(f"INSTATAG_DEVICE must be auto, cpu or cuda, not {s.device!r}")
     if s.store_originals not in ("link", "copy"):
@@ -222,6 +278,26 @@ def load_settings(env: dict[str, str] | None = None, **overrides) -> Settings:
         raise SettingsError("INSTATAG_DRIFT_PSI must be over 0; INSTATAG_DRIFT_MIN_IMAGES and "
                             "INSTATAG_RETRAIN_MIN_NEW_LABELLED at least 0")
     return s
+
+
+def misspelt_variables(env=None) -> list[tuple[str, str]]:
+    """(variable, the setting's variable it is close to) for each ``INSTATAG_*`` variable of ``env``
+    (default ``os.environ``) that names no setting but is spelt almost like one (difflib ratio of the
+    part after ``INSTATAG_`` at least 0.8: ``INSTATAG_DATA_DIRS`` → ``INSTATAG_DATA_DIR``). Other
+    ``INSTATAG_*`` names (``INSTATAG_CONFIG``, the deployment's and the tests' own) are left alone."""
+    import difflib
+
+    env = os.environ if env is None else env
+    known = [f.name.upper() for f in fields(Settings)]
+    out = []
+    for name in sorted(env):
+        suffix = name[len(ENV_PREFIX):]
+        if not name.startswith(ENV_PREFIX) or suffix in known or suffix == "CONFIG":
+            continue
+        close = difflib.get_close_matches(suffix, known, n=1, cutoff=0.8)
+        if close:
+            out.append((name, ENV_PREFIX + close[0]))
+    return out
 
 
 def describe() -> list[tuple[str, str, str]]:

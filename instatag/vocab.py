@@ -382,7 +382,7 @@ def add_cli(sub) -> None:
     s.set_defaults(handler=_show_cmd)
     ls = vs.add_parser("list", help="list the vocabulary versions")
     ls.set_defaults(handler=_list_cmd)
-    e = vs.add_parser("explain", help="show how hashtags map to lemmas and labels",
+    e = vs.add_parser("trace", help="trace hashtags to their match key, lemmas and labels",
                       description="Trace hashtags through the label pipeline: the match key every rule "
                       "compares (separators and a trailing number folded, emoji named), lemma(s), split "
                       "parts, label or why there is none. With --version, under that stored vocabulary.")

@@ -42,6 +42,7 @@ from sqlalchemy import case, exists, func, literal, select, union_all
 
 from . import feedback, registry
 from . import schema as t
+from .rendering import templates
 from .settings import Settings, load_settings
 
 PER_PAGE = 48
@@ -346,23 +347,6 @@ def suggestion_report(settings: Settings, name: str = ""):
 
 
 # --------------------------------------------------------------------------- rendering
-def plural(n: int, noun: str) -> str:
-    """``1 label``, ``2 labels``, ``1,024 labels``."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
-
-
-@functools.cache
-def templates():
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    env = Environment(loader=PackageLoader("instatag", "templates"), autoescape=select_autoescape(["html"]),
-                      trim_blocks=True, lstrip_blocks=True)
-    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}"
-    env.filters["day"] = lambda v: "" if v is None else v.strftime("%Y-%m-%d %H:%M")
-    env.filters["plural"] = plural
-    return env
-
-
 def _links(request: Request):
     root = request.scope.get("root_path", "").rstrip("/")
 

@@ -148,13 +148,19 @@ def food10() -> Path:
     return FOOD10
 
 
-@pytest.fixture(autouse=True)
-def _restore_instatag_environment():
-    """Every test starts with the INSTATAG_* variables it inherited: code under test that sets them
-    (``instatag demo`` passes its settings to the pipeline functions that way) must not leak into
-    the next test."""
-    before = {k: v for k, v in os.environ.items() if k.startswith("INSTATAG_")}
-    yield
-    for k in [k for k in os.environ if k.startswith("INSTATAG_") and k not in before]:
-        del os.environ[k]
-    os.environ.update(before)
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved, untrained resnet18 at size 32 for ``builders.LABELS`` (``builders.save_tiny_model``)."""
+    from builders import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def groups_file(tmp_path) -> Path:
+    """``builders.GROUPS`` (the grouping of ``builders.TAGGED_POSTS``) as a file."""
+    from builders import GROUPS
+
+    path = tmp_path / "groups.yaml"
+    path.write_text(GROUPS)
+    return path

@@ -117,7 +117,7 @@ def test_ingest_retrain_score_on_celery(airflow, tmp_path):
     airflow.wait_for_run("instatag_retrain", run["dag_run_id"], timeout=900)
     tis = {ti["task_id"]: ti for ti in airflow.task_instances("instatag_retrain", run["dag_run_id"])}
     assert {k: ti["state"] for k, ti in tis.items()} == {**dict.fromkeys(
-        ["changes", "vocabulary", "train", "evaluate", "promote", "rescore", "report"], "success"),
+        ["changes", "vocabulary", "train", "evaluate", "promote", "publish_champion", "report"], "success"),
         "suggest": "skipped"}  # the param suggest is off by default
     assert (tis["train"]["queue"], tis["train"]["pool"], tis["train"]["hostname"]) == ("gpu", "gpu", "worker-gpu")
     assert {ti["hostname"] for k, ti in tis.items() if k not in ("train", "suggest")} == {"worker-default"}

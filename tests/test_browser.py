@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from browser_support import headless_chromium, require_browser
-from test_score import LABELS, add_images, add_model, add_vocab, tiny_model_dir  # noqa: F401
+from builders import add_images, add_model, add_vocab
 
 from instatag import db, evaluate, promote, report, score
 from instatag.settings import load_settings
@@ -51,7 +51,7 @@ def _tail(path: Path, n: int = 40) -> str:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, tiny_model_dir):  # noqa: F811
+def data(tmp_path_factory, tiny_model_dir):
     """instatag settings on SQLite with a champion, its predictions (by the scorer) and its report."""
     require_browser()
     settings = load_settings(env={}, data_dir=tmp_path_factory.mktemp("instatag") / "var")

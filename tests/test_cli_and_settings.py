@@ -66,10 +66,44 @@ def test_bad_settings_are_clear_errors(env, message):
         load_settings(env=env)
 
 
-def test_airflow_connection_is_used(monkeypatch):
+@pytest.mark.parametrize("conn,url", [
+    # Airflow's URI form: SQLAlchemy's default driver (psycopg 3), the query kept
+    ("postgres://user:pw@db:5432/instatag", "postgresql://user:pw@db:5432/instatag"),
+    ("postgresql://us%40er:p%2Fw@db/instatag?sslmode=require", "postgresql://us%40er:p%2Fw@db/instatag?sslmode=require"),
+    # a driver written in the URI is kept: psycopg2 stays a choice
+    ("postgresql+psycopg2://user@db:5432/instatag", "postgresql+psycopg2://user@db:5432/instatag"),
+    # Airflow's JSON form, through the same builder
+    ('{"conn_type": "postgres", "login": "user", "password": "p@ss", "host": "db", "port": 5433, "schema": "tags"}',
+     "postgresql://user:p%40ss@db:5433/tags"),
+    ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+])
+def test_airflow_connection_is_used(monkeypatch, conn, url):
+    from sqlalchemy import make_url
+
     monkeypatch.delenv("INSTATAG_DATABASE_URL", raising=False)
-    monkeypatch.setenv("AIRFLOW_CONN_INSTATAG_DB", "postgres://user:pw@db:5432/instatag")
-    assert load_settings().database_url == "postgresql+psycopg2://user:pw@db:5432/instatag"
+    monkeypatch.delenv("INSTATAG_CONFIG", raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_INSTATAG_DB", conn)
+    assert load_settings().database_url == url
+    make_url(url)  # SQLAlchemy reads it
+    assert load_settings(env={"AIRFLOW_CONN_INSTATAG_DB": conn}).database_url.startswith("sqlite")  # only the process's
+
+
+def test_postgres_scheme_is_read_as_postgresql():
+    assert load_settings(env={"INSTATAG_DATABASE_URL": "postgres://u@h/d"}).database_url == "postgresql://u@h/d"
+    assert load_settings(env={}, database_url="postgres://u@h/d").database_url == "postgresql://u@h/d"
+
+
+def test_config_warns_of_a_misspelt_variable(monkeypatch, capsys):
+    from instatag.settings import misspelt_variables
+
+    env = {"INSTATAG_DATA_DIRS": "x", "INSTATAG_SCORE_SHARD": "2", "INSTATAG_DATA_DIR": "var", "INSTATAG_CONFIG": "",
+           "INSTATAG_DATA_HOST_DIR": "/srv", "INSTATAG_DB": "instatag", "INSTATAG_TEST_PG_DRIVER": "psycopg"}
+    assert misspelt_variables(env) == [("INSTATAG_DATA_DIRS", "INSTATAG_DATA_DIR"),
+                                       ("INSTATAG_SCORE_SHARD", "INSTATAG_SCORE_SHARDS")]
+    monkeypatch.setenv("INSTATAG_INGEST_WORKER", "3")
+    assert main(["config"]) == 0
+    assert "INSTATAG_INGEST_WORKER is no setting and is not read; did you mean INSTATAG_INGEST_WORKERS?" in (
+        capsys.readouterr().err)
 
 
 def test_describe_documents_every_setting():

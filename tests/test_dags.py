@@ -78,7 +78,7 @@ def test_retrain_dag(dagbag):
     dag = dagbag.dags["instatag_retrain"]
     # the default of INSTATAG_RETRAIN_SCHEDULE, @daily
     assert _cron(dag) == ("CronTriggerTimetable", "0 0 * * *", "UTC", timedelta(minutes=5))
-    chain = ["changes", "vocabulary", "train", "evaluate", "promote", "rescore", "report"]
+    chain = ["changes", "vocabulary", "train", "evaluate", "promote", "publish_champion", "report"]
     assert {t.task_id for t in dag.tasks} == {*chain, "suggest"}
     for up, down in zip(chain, chain[1:], strict=False):
         assert up in dag.get_task(down).upstream_task_ids, (up, down)
@@ -88,7 +88,7 @@ def test_retrain_dag(dagbag):
     assert train.retries >= 1
     assert {t.queue for t in dag.tasks if t.task_id != "train"} == {"default"}
     assert {t.pool for t in dag.tasks if t.task_id != "train"} == {"default_pool"}
-    assert [a.name for a in dag.get_task("rescore").outlets] == ["instatag_champion"]
+    assert [a.name for a in dag.get_task("publish_champion").outlets] == ["instatag_champion"]
     assert dag.get_task("report").trigger_rule == "none_failed_min_one_success"  # not when `changes` skipped
     assert set(dag.params) == {"preset", "arch", "size", "epochs", "freeze_epochs", "lr", "bs", "pretrained",
                                "groups_file", "min_count", "force_promote", "reason", "suggest"}
@@ -132,8 +132,9 @@ def test_retrain_dags_suggest_task_is_optional_and_applies_nothing(dagbag, monke
 def test_retrain_params_accept(dagbag, conf):
     """Accepted by Airflow's validation and by instatag's check alike."""
     dag = dagbag.dags["instatag_retrain"]
-    _valid(dag, conf)
-    check_conf("instatag_retrain", conf, dag.params)
+    assert set(conf) <= set(_valid(dag, conf))
+    checked = check_conf("instatag_retrain", conf, dag.params)
+    assert set(conf) <= set(checked) and checked["preset"] == conf.get("preset", dag.params["preset"])
 
 
 @pytest.mark.parametrize("conf, name", [

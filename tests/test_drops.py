@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from builders import make_champion
 from sqlalchemy import func, insert, select, text, update
-from test_score import make_champion, tiny_model_dir  # noqa: F401
 
 from instatag import cli, db, drops, evaluate, metrics, sample, score, vocab, webapp
 from instatag import schema as t
@@ -95,7 +95,7 @@ def test_probabilities_round_trip_and_are_replaced(settings):
 
 
 @pytest.mark.pg_drivers
-def test_scoring_stores_every_probability_the_model_gave(settings, tiny_model_dir):  # noqa: F811
+def test_scoring_stores_every_probability_the_model_gave(settings, tiny_model_dir):
     from instatag.inference import Predictor
 
     mid, images = make_champion(settings, tiny_model_dir, n=12)
@@ -375,7 +375,7 @@ def test_a_trained_champion_grades_new_drops(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("INSTATAG_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("INSTATAG_DEVICE", "cpu")
-    db.upgrade(pipeline.settings())
+    db.upgrade(load_settings())
     sample.make_scrape(tmp_path / "d1", n_posts=240, seed=5, start=START)
     pipeline.ingest_drops([str(tmp_path / "d1")])
     vocab_id = pipeline.build_vocabulary(min_count="10%")

@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
+from builders import LABELS, add_images, add_model, add_vocab
 from sqlalchemy import func, select
-from test_score import LABELS, add_images, add_model, add_vocab, tiny_model_dir  # noqa: F401
 
 from instatag import cli, db, evaluate, metrics, modelfile, promote, registry
 from instatag import schema as t
@@ -28,7 +28,7 @@ def _status(settings, mid):
         return conn.execute(select(t.model_versions.c.status).where(t.model_versions.c.id == mid)).scalar()
 
 
-def test_evaluate_stores_metrics_thresholds_and_is_idempotent(settings, tiny_model_dir):  # noqa: F811
+def test_evaluate_stores_metrics_thresholds_and_is_idempotent(settings, tiny_model_dir):
     images = add_images(settings, 24)
     mid = add_model(settings, add_vocab(settings, images), tiny_model_dir)
     meta_file = settings.data_dir / "models" / str(mid) / modelfile.META
@@ -65,7 +65,7 @@ def test_evaluate_stores_metrics_thresholds_and_is_idempotent(settings, tiny_mod
     assert len(_label_rows(settings, mid)) == len(LABELS)
 
 
-def test_evaluate_stores_dominant_recall_under_both_rankings(sqlite_settings, tiny_model_dir, tmp_path):  # noqa: F811
+def test_evaluate_stores_dominant_recall_under_both_rankings(sqlite_settings, tiny_model_dir, tmp_path):
     """Whatever the model's own ranking, the evaluation stores the top-k metrics under probability
     order and under dominant_first; the headline metrics follow the model's ranking."""
     from instatag import ranking
@@ -103,7 +103,7 @@ def test_evaluate_stores_dominant_recall_under_both_rankings(sqlite_settings, ti
     assert d.comparison["candidate"]["metrics"] == d.comparison["champion"]["metrics"]
 
 
-def test_evaluate_errors(settings, tiny_model_dir):  # noqa: F811
+def test_evaluate_errors(settings, tiny_model_dir):
     with pytest.raises(UserError, match="no candidate model"):
         evaluate.evaluate(settings)
     with pytest.raises(UserError, match="no model version 5"):
@@ -155,7 +155,7 @@ def test_evaluate_cli_evaluates_only_and_promote_decides(sqlite_settings, tiny_m
 
 
 @pytest.mark.slow
-def test_vocabulary_change_with_real_models(sqlite_settings, tiny_model_dir, tmp_path):  # noqa: F811
+def test_vocabulary_change_with_real_models(sqlite_settings, tiny_model_dir, tmp_path):
     s = sqlite_settings
     images = add_images(s, 16)
     champ = add_model(s, add_vocab(s, images), tiny_model_dir)
@@ -208,7 +208,7 @@ def _verify(settings, image_ids, verdicts):
                 feedback.record(conn, i, label, verdict, "ann", None)
 
 
-def test_verified_images_get_their_own_metrics_from_the_minimum_on(sqlite_settings, tiny_model_dir, capsys):  # noqa: F811
+def test_verified_images_get_their_own_metrics_from_the_minimum_on(sqlite_settings, tiny_model_dir, capsys):
     s = sqlite_settings
     images = add_images(s, 80)
     mid = add_model(s, add_vocab(s, images), tiny_model_dir)
@@ -241,7 +241,7 @@ def test_verified_images_get_their_own_metrics_from_the_minimum_on(sqlite_settin
 
 
 @pytest.mark.slow
-def test_promotion_can_decide_on_the_verified_set(sqlite_settings, tiny_model_dir):  # noqa: F811
+def test_promotion_can_decide_on_the_verified_set(sqlite_settings, tiny_model_dir):
     import dataclasses
 
     s = dataclasses.replace(sqlite_settings, promotion_set="verified")

@@ -1,5 +1,5 @@
 """Grad-CAM heatmaps (instatag.explain): a hand-set network whose label is decided by a bright square,
-the heatmap of real architectures on the model's exact input, and ``instatag explain``."""
+the heatmap of real architectures on the model's exact input, and ``instatag heatmap``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import io
 
 import numpy as np
 import pytest
+from builders import LABELS, SIZE, client_for, make_champion
 from PIL import Image
-from test_score import LABELS, SIZE, make_champion, tiny_model_dir  # noqa: F401
 
 from instatag import archs, cli, explain, modelfile
 from instatag.errors import UserError
@@ -80,7 +80,7 @@ def test_target_layer_is_the_last_conv_block_of_each_arch():
         assert len(seen) == 1 and len(seen[0]) == 4 and seen[0][-1] == 2, (arch, seen)  # 64 px / 32
 
 
-def test_heatmap_of_a_model_uses_the_tensor_it_scored(tiny_model_dir):  # noqa: F811
+def test_heatmap_of_a_model_uses_the_tensor_it_scored(tiny_model_dir):
     predictor = Predictor.from_files(tiny_model_dir, device="cpu")
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
     heat = explain.explain(predictor, img, LABELS[1])
@@ -92,7 +92,7 @@ def test_heatmap_of_a_model_uses_the_tensor_it_scored(tiny_model_dir):  # noqa: 
         explain.explain(predictor, img, "no-such-label")
 
 
-def test_flip_tta_model_heatmap_averages_the_mirror(tiny_model_dir):  # noqa: F811
+def test_flip_tta_model_heatmap_averages_the_mirror(tiny_model_dir):
     """A model scored with flip TTA: the heatmap's probability is the TTA probability."""
     tensors, meta = modelfile.load(modelfile.weights_path(tiny_model_dir), None)
     predictor = Predictor(tensors, {**meta, "flip_tta": True}, device="cpu")
@@ -101,26 +101,25 @@ def test_flip_tta_model_heatmap_averages_the_mirror(tiny_model_dir):  # noqa: F8
     assert heat.probability == pytest.approx(float(predictor.predict_images([img])[0, 0]), abs=1e-5)
 
 
-def test_explain_cli_writes_the_overlay(sqlite_settings, tiny_model_dir, tmp_path, capsys):  # noqa: F811
+def test_explain_cli_writes_the_overlay(sqlite_settings, tiny_model_dir, tmp_path, capsys):
     s = sqlite_settings
     base = ["--database-url", s.database_url, "--data-dir", str(s.data_dir)]
     make_champion(s, tiny_model_dir, n=8)
     photo = sorted((s.data_dir / "store" / "resized").rglob("*.jpg"))[0]
     out = tmp_path / "why.png"
     capsys.readouterr()
-    assert cli.main(base + ["explain", str(photo), "--label", LABELS[0], "-o", str(out)]) == 0
+    assert cli.main(base + ["heatmap", str(photo), "--label", LABELS[0], "-o", str(out)]) == 0
     io_ = capsys.readouterr()
     assert io_.out.strip() == str(out) and f"#{LABELS[0]} " in io_.err
     with Image.open(out) as im:
         assert im.size == (SIZE, SIZE) and im.mode == "RGB"
-    assert cli.main(base + ["explain", str(photo), "--label", "nope", "-o", str(out)]) == 2
+    assert cli.main(base + ["heatmap", str(photo), "--label", "nope", "-o", str(out)]) == 2
     assert "'nope' is not a label" in capsys.readouterr().err
-    assert cli.main(base + ["explain", str(tmp_path / "absent.jpg"), "--label", LABELS[0]]) == 2
+    assert cli.main(base + ["heatmap", str(tmp_path / "absent.jpg"), "--label", LABELS[0]]) == 2
     assert "no such file" in capsys.readouterr().err
 
 
-def test_tag_browser_serves_and_caches_heatmaps(sqlite_settings, tiny_model_dir):  # noqa: F811
-    from test_webapp import client_for
+def test_tag_browser_serves_and_caches_heatmaps(sqlite_settings, tiny_model_dir):
 
     from instatag import score
 

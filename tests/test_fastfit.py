@@ -9,7 +9,9 @@ import random
 
 import numpy as np
 import pytest
-from test_train import LABELS, TINY, _photos
+from builders import TINY_TRAIN as TINY
+from builders import TRAIN_LABELS as LABELS
+from builders import varied_photos as _photos
 
 from instatag import fastfit, modelfile
 from instatag import fitting as ft

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from builders import TAGGED_POSTS, add_posts, unchecked_vocab, vocab_rows
 from sqlalchemy import func, select, text
-from test_vocab import POSTS, add_posts, groups_file, stored, unchecked  # noqa: F401
 
 from instatag import db, feedback
 from instatag import schema as t
@@ -18,7 +18,7 @@ def correct(settings, ids, rows):
 
 
 def test_latest_verdict_counts_and_the_history_stays(sqlite_settings, groups_file):  # noqa: F811
-    ids = add_posts(sqlite_settings, POSTS)
+    ids = add_posts(sqlite_settings, TAGGED_POSTS)
     correct(sqlite_settings, ids, [("p1", "pie", "rejected"), ("p1", "pie", "confirmed"), ("p2", "bbq", "rejected")])
     with db.get_engine(sqlite_settings).connect() as conn:
         assert feedback.latest_verdicts(conn) == {ids["p1"]: {"pie": "confirmed"}, ids["p2"]: {"bbq": "rejected"}}
@@ -29,26 +29,26 @@ def test_latest_verdict_counts_and_the_history_stays(sqlite_settings, groups_fil
 
 @pytest.mark.pg_drivers
 def test_a_correction_changes_the_next_vocabulary_build(settings, groups_file):  # noqa: F811
-    ids = add_posts(settings, POSTS)
-    before = unchecked(settings, groups_file)
-    _, per_image, _ = stored(settings, before)
+    ids = add_posts(settings, TAGGED_POSTS)
+    before = unchecked_vocab(settings, groups_file)
+    _, per_image, _ = vocab_rows(settings, before)
     assert per_image["p1"] == {"apple", "pie", "sweets_sum"} and "p7" not in per_image
     # a person rejects p1's pie and adds bbq to p7 (an image the uploader tagged with nothing that counts)
     correct(settings, ids, [("p1", "pie", "rejected"), ("p7", "bbq", "confirmed")])
-    after = unchecked(settings, groups_file)
+    after = unchecked_vocab(settings, groups_file)
     assert after != before
-    labels, per_image, row = stored(settings, after)
+    labels, per_image, row = vocab_rows(settings, after)
     assert per_image["p1"] == {"apple", "sweets_sum"}
     assert per_image["p7"] == {"bbq"}
     counts = {r[0]: r[2] for r in labels}
     assert counts["bbq"] == 3 and "pie" not in counts  # pie is left on one image: below min_count 2
     assert row.stats["n_verified_images"] == 2
-    assert unchecked(settings, groups_file) == after  # nothing new: the same version again
+    assert unchecked_vocab(settings, groups_file) == after  # nothing new: the same version again
 
 
 def test_feedback_export_import_round_trip_and_idempotent(sqlite_settings, groups_file, tmp_path, capsys):  # noqa: F811
-    ids = add_posts(sqlite_settings, POSTS)
-    unchecked(sqlite_settings, groups_file)
+    ids = add_posts(sqlite_settings, TAGGED_POSTS)
+    unchecked_vocab(sqlite_settings, groups_file)
     good = tmp_path / "good.csv"
     sha_p2 = db.get_engine(sqlite_settings).connect().execute(
         select(t.images.c.sha256).where(t.images.c.id == ids["p2"])).scalar()
@@ -69,8 +69,8 @@ def test_feedback_export_import_round_trip_and_idempotent(sqlite_settings, group
 
 def test_feedback_import_refuses_bad_rows_by_line_and_writes_nothing(sqlite_settings, groups_file, tmp_path,  # noqa: F811
                                                                       capsys):
-    ids = add_posts(sqlite_settings, POSTS)
-    unchecked(sqlite_settings, groups_file)
+    ids = add_posts(sqlite_settings, TAGGED_POSTS)
+    unchecked_vocab(sqlite_settings, groups_file)
     bad = tmp_path / "bad.csv"
     bad.write_text(f"image_id,label,verdict,user\n{ids['p1']},pie,rejected,ann\n{ids['p1']},tofu,confirmed,ann\n"
                    f"999,pie,rejected,ann\n{ids['p2']},pie,maybe,ann\n{ids['p2']},pie,rejected,\n")

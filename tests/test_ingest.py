@@ -4,79 +4,33 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import lzma
 import multiprocessing
 import os
-import resource
 import shutil
-import struct
 import time
-import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from builders import counts, errors_by_name, huge_png, photo_bytes, rows
 from PIL import Image
-from sqlalchemy import func, select
 
-from instatag import db
+from instatag import db, imagestore, ingest_read
 from instatag import ingest as ingest_mod
 from instatag.cli import main
-from instatag.db import get_engine
 from instatag.errors import UserError
-from instatag.files import link_or_copy, write_atomic
 from instatag.hashtags import parse_hashtags
-from instatag.imagestore import Rejected, original_path, resized_path, store_image
-from instatag.ingest import ingest, parse_time
+from instatag.imagestore import original_path, resized_path
+from instatag.ingest import ingest
+from instatag.ingest_read import read_bytes
+from instatag.ingest_sources import parse_time
 from instatag.sample import make_scrape
 from instatag.schema import images, ingest_errors, post_hashtags, posts
 from instatag.settings import SettingsError, load_settings
 
 # --------------------------------------------------------------------------- helpers
-
-
-def counts(settings) -> dict[str, int]:
-    with get_engine(settings).connect() as conn:
-        return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in (images, posts, post_hashtags, ingest_errors)}
-
-
-def rows(settings, table) -> list[dict]:
-    with get_engine(settings).connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(select(table))]
-
-
-def tags_by_post(settings) -> dict[str, list[str]]:
-    """{post name: its hashtags in caption order}."""
-    ids = {r["id"]: r["post"] for r in rows(settings, posts)}
-    out: dict[str, list[str]] = {p: [] for p in ids.values()}
-    for r in sorted(rows(settings, post_hashtags), key=lambda r: r["position"]):
-        out[ids[r["post_id"]]].append(r["tag"])
-    return out
-
-
-def errors_by_name(settings) -> dict[str, str]:
-    return {Path(r["path"]).name: r["reason"] for r in rows(settings, ingest_errors)}
-
-
-def photo_bytes(fmt="JPEG", mode="RGB", size=(64, 48), color=(200, 30, 30), **save) -> bytes:
-    im = Image.new("RGB", size, color)
-    im = im.convert(mode) if mode != "RGB" else im
-    buf = io.BytesIO()
-    im.save(buf, fmt, **save)
-    return buf.getvalue()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def huge_png(width=20000, height=20000) -> bytes:
-    """A few hundred bytes whose header claims width × height greyscale pixels."""
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + png_chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + png_chunk(b"IEND", b""))
 
 
 def broken_drop(folder: Path) -> dict[str, str]:
@@ -152,7 +106,7 @@ def test_generated_scrape(settings, tmp_path):
         small = Image.open(data_dir / img["resized_path"])
         assert small.format == "JPEG" and small.mode == "RGB" and max(small.size) <= settings.resized_side
         assert (img["format"], img["width"], img["height"]) == ("JPEG", 96, 96)
-    assert not [p for p in settings.store_dir.rglob(".*")], "temporary files left in the store"
+    assert not [p for p in (settings.data_dir / imagestore.STORE).rglob(".*")], "temporary files left in the store"
 
 
 def test_rerun_and_later_drop_with_a_repost(settings, tmp_path):
@@ -223,119 +177,6 @@ def test_broken_files_rejected_with_reasons(settings, tmp_path):
     assert left["2026-11-03_23-59-10_UTC.json.xz"] == "unreadable_metadata"  # still wrong: still there
 
 
-def test_decompression_bomb_refused_fast_and_small(tmp_path):
-    data = huge_png()
-    assert len(data) < 1000
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.monotonic()
-    with pytest.raises(Rejected) as exc:
-        store_image(data, tmp_path, 160, 40_000_000)
-    assert exc.value.reason == "too_many_pixels"
-    assert time.monotonic() - start < 1
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 50_000  # KiB
-    with pytest.raises(Rejected) as exc:  # just over the limit (PIL only warns up to 2x its own limit)
-        store_image(huge_png(2001, 2000), tmp_path, 160, 4_000_000)
-    assert exc.value.reason == "too_many_pixels"
-    assert not list(tmp_path.rglob("*"))
-
-
-@pytest.mark.parametrize("fmt,mode,expected", [
-    ("JPEG", "CMYK", (200, 30, 30)),
-    ("PNG", "L", (81, 81, 81)),
-    ("PNG", "P", (200, 30, 30)),
-    ("PNG", "LA", (81, 81, 81)),
-    ("WEBP", "RGB", (200, 30, 30)),
-    ("TIFF", "I;16", (128, 128, 128)),
-])
-def test_colour_modes_become_rgb(tmp_path, fmt, mode, expected):
-    if mode == "I;16":
-        buf = io.BytesIO()
-        Image.new("I;16", (300, 200), 32896).save(buf, fmt)
-        data = buf.getvalue()
-    else:
-        data = photo_bytes(fmt, mode, (300, 200), **({} if fmt == "PNG" else {"quality": 95}))
-    stored = store_image(data, tmp_path, 160, 40_000_000)
-    small = Image.open(tmp_path / stored.resized_path)
-    assert (small.mode, small.size, stored.width, stored.height) == ("RGB", (160, 107), 300, 200)
-    assert small.getpixel((80, 50)) == pytest.approx(expected, abs=6)
-
-
-def test_transparency_over_white_and_exif_orientation(tmp_path):
-    rgba = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
-    rgba.paste((0, 0, 255, 255), (0, 0, 20, 40))
-    palette = Image.new("P", (40, 40), 0)
-    palette.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
-    palette.paste(1, (0, 0, 20, 40))
-    for im, extra in ((rgba, {}), (palette, {"transparency": 0})):
-        buf = io.BytesIO()
-        im.save(buf, "PNG", **extra)
-        small = Image.open(tmp_path / store_image(buf.getvalue(), tmp_path, 160, 10**8).resized_path)
-        assert small.getpixel((5, 20)) == pytest.approx((0, 0, 255), abs=8)
-        assert small.getpixel((35, 20)) == pytest.approx((255, 255, 255), abs=8)
-
-    # stored 300x200, left half red, right half blue, EXIF "rotate 90° clockwise to view" (6)
-    im = Image.new("RGB", (300, 200), (255, 0, 0))
-    im.paste((0, 0, 255), (150, 0, 300, 200))
-    exif = im.getexif()
-    exif[0x0112] = 6
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", exif=exif, quality=95)
-    stored = store_image(buf.getvalue(), tmp_path, 160, 10**8)
-    assert (stored.width, stored.height) == (200, 300)
-    small = Image.open(tmp_path / stored.resized_path)
-    assert small.size == (107, 160)
-    assert small.getpixel((50, 20)) == pytest.approx((255, 0, 0), abs=30)  # red on top once upright
-    assert small.getpixel((50, 140)) == pytest.approx((0, 0, 255), abs=30)
-
-
-def test_store_files_are_reused_and_written_whole(tmp_path, monkeypatch):
-    target = tmp_path / "a" / "b.bin"
-    write_atomic(target, b"first")
-    synced = []
-    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
-    write_atomic(target, b"second", durable=True)
-    assert target.read_bytes() == b"second" and os.listdir(target.parent) == ["b.bin"] and len(synced) == 1
-    monkeypatch.undo()
-    data = photo_bytes(size=(320, 200))
-    one = store_image(data, tmp_path, 160, 10**8)
-    mtime = (tmp_path / one.resized_path).stat().st_mtime_ns
-    assert store_image(data, tmp_path, 160, 10**8) == one
-    assert (tmp_path / one.resized_path).stat().st_mtime_ns == mtime  # not decoded again
-    assert Image.open(tmp_path / one.resized_path).size == (160, 100)
-
-
-def test_link_or_copy_keeps_the_bytes_that_were_read(tmp_path, monkeypatch):
-    src, store = tmp_path / "drop" / "a.jpg", tmp_path / "store"
-    src.parent.mkdir()
-    src.write_bytes(b"photo")
-    data, st = src.read_bytes(), os.stat(src)
-    assert link_or_copy(str(store / "ab" / "1"), data, str(src), st) is False  # linked, folder made
-    assert os.path.samefile(store / "ab" / "1", src)
-    (store / "ab" / "2").write_bytes(b"kept")
-    assert link_or_copy(str(store / "ab" / "2"), data, str(src), st) is False  # already there: kept
-    assert (store / "ab" / "2").read_bytes() == b"kept"
-
-    with src.open("ab") as fh:  # grew after it was read: the bytes read are written instead
-        fh.write(b"+more")
-    assert link_or_copy(str(store / "3"), data, str(src), st) is True
-    assert (store / "3").read_bytes() == b"photo" and not os.path.samefile(store / "3", src)
-    other = tmp_path / "drop" / "b.jpg"  # replaced by another file of the same size
-    other.write_bytes(b"PHOTO")
-    os.replace(other, src)
-    assert link_or_copy(str(store / "4"), data, str(src), st) is True
-    assert (store / "4").read_bytes() == b"photo"
-    src.unlink()  # gone
-    assert link_or_copy(str(store / "5"), data, str(src), st) is True
-    assert (store / "5").read_bytes() == b"photo"
-
-    src.write_bytes(b"photo")
-    data, st = src.read_bytes(), os.stat(src)
-    monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EXDEV, "cross-device")))
-    assert link_or_copy(str(store / "6"), data, str(src), st) is True
-    assert (store / "6").read_bytes() == b"photo" and not os.path.samefile(store / "6", src)
-    assert not list(store.rglob(".*")), "temporary files left"
-
-
 def test_originals_copied_when_set_or_when_no_link_can_be_made(sqlite_settings, tmp_path, monkeypatch, caplog):
     drop = tmp_path / "drop1"
     make_scrape(drop, n_posts=3, seed=4)
@@ -362,21 +203,21 @@ def test_originals_copied_when_set_or_when_no_link_can_be_made(sqlite_settings, 
 def test_files_are_read_whole(tmp_path, size):
     path = tmp_path / "f"
     path.write_bytes(os.urandom(size))
-    assert ingest_mod._read_bytes(str(path), 10**6)[0] == path.read_bytes()
+    assert read_bytes(str(path), 10**6)[0] == path.read_bytes()
 
 
 def test_files_whose_size_stat_does_not_tell_are_read_whole():
     status = Path("/proc/self/status")
     if not status.exists() or status.stat().st_size:
         pytest.skip("needs Linux's /proc")
-    assert ingest_mod._read_bytes(str(status), 10**6)[0].startswith(b"Name:")
+    assert read_bytes(str(status), 10**6)[0].startswith(b"Name:")
 
 
 def test_size_limits_refuse_before_reading(sqlite_settings, tmp_path, monkeypatch):
     """Photos, captions and metadata over their size limits are rejected, not read whole."""
-    monkeypatch.setattr(ingest_mod, "MAX_IMAGE_BYTES", 2000)
-    monkeypatch.setattr(ingest_mod, "MAX_CAPTION_BYTES", 100)
-    monkeypatch.setattr(ingest_mod, "MAX_METADATA_BYTES", 300)
+    monkeypatch.setattr(ingest_read, "MAX_IMAGE_BYTES", 2000)
+    monkeypatch.setattr(ingest_read, "MAX_CAPTION_BYTES", 100)
+    monkeypatch.setattr(ingest_read, "MAX_METADATA_BYTES", 300)
     drop = tmp_path / "drop"
     drop.mkdir()
     big = photo_bytes(size=(300, 300), quality=100)
@@ -453,7 +294,7 @@ def test_folders_symlinks_and_unreadable_folders(settings, tmp_path, monkeypatch
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(ingest_mod.os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", scandir)
     report = ingest(settings, [drop, drop / "a"])  # overlapping sources
     assert report.accepted == 2 and report.duplicates == 0
     assert errors_by_name(settings) == {"loop": "symlink_loop", "self.jpg": "symlink_loop",

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from builders import counts, photo_bytes, rows, tags_by_post
 from sqlalchemy import update
-from test_ingest import counts, photo_bytes, rows, tags_by_post
 
-from instatag import ingest as ingest_mod
+from instatag import ingest_read, ingest_sources
 from instatag.db import get_engine
 from instatag.ingest import ingest
 from instatag.schema import images, ingest_errors, post_hashtags, posts
@@ -139,7 +139,7 @@ def instaloader_side_files(root: Path) -> dict[str, str]:
     write_json(cook / "madeup_cook_4242.json.xz", {"id": "4242", "username": "madeup_cook"}, node_type="Profile")
     (root / "#dessert").mkdir()
     write_json(root / "#dessert" / "#dessert.json", {"name": "dessert"}, node_type="Hashtag")  # --no-compress-json
-    kinds = {name: ingest_mod._side_file(Path(name).name.lower()) for name in side}
+    kinds = {name: ingest_sources._side_file(Path(name).name.lower()) for name in side}
     kinds.update({"2026-11-05_10-00-00_UTC_comments.json": "comments", "#recipe/#recipe.json.xz": "not_a_post_metadata",
                   "madeup_cook/madeup_cook_4242.json.xz": "not_a_post_metadata",
                   "#dessert/#dessert.json": "not_a_post_metadata"})
@@ -255,8 +255,8 @@ def test_an_edited_caption_updates_the_posts_hashtags_and_nothing_else(settings,
     before_images = {r["id"]: r for r in rows(settings, images)}
 
     reads = []
-    real = ingest_mod.read_caption
-    monkeypatch.setattr(ingest_mod, "read_caption", lambda path: reads.append(path) or real(path))
+    real = ingest_read.read_caption
+    monkeypatch.setattr(ingest_read, "read_caption", lambda path: reads.append(path) or real(path))
     quiet = ingest(settings, [drop])
     assert (quiet.duplicates, quiet.notes, reads) == (5, {}, [])  # nothing changed: no caption read again
 
@@ -355,7 +355,7 @@ def test_the_next_vocabulary_uses_the_edited_hashtags(sqlite_settings, tmp_path)
     ("2026-11-03_08-00-00_UTC_location.txt", "location"), ("2026-11-03_08-00-00_UTC.jpg.temp", "download_in_progress"),
 ])
 def test_side_file_names(name, kind):
-    assert ingest_mod._side_file(name.lower()) == kind
+    assert ingest_sources._side_file(name.lower()) == kind
 
 
 def test_owner_comment_tags_setting():

@@ -9,12 +9,15 @@ import random
 from pathlib import Path
 
 import pytest
+from builders import errors_by_name, photo_bytes, rows, tags_by_post
 from PIL import Image
-from test_ingest import errors_by_name, photo_bytes, rows, tags_by_post
 
 from instatag import ingest as ingest_mod
+from instatag import ingest_read, ingest_sources
 from instatag.imagestore import Rejected, store_image
-from instatag.ingest import decode_caption, ingest, tag_cell
+from instatag.ingest import ingest
+from instatag.ingest_read import decode_caption
+from instatag.ingest_sources import tag_cell
 from instatag.schema import ingest_errors, posts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +134,7 @@ def test_utf8_and_utf16_are_no_fallback():
 @pytest.mark.parametrize("data", [photo_bytes("PNG"), photo_bytes(), bytes(range(256)), "café".encode("utf-16-le"),
                                   random.Random(1).randbytes(300)])
 def test_binary_captions_stay_unreadable(data):
-    with pytest.raises(ingest_mod._Unreadable):
+    with pytest.raises(ingest_read.Unreadable):
         decode_caption(data)
 
 
@@ -209,5 +212,5 @@ def test_ingest_accepts_a_jpeg_without_end_marker(sqlite_settings, tmp_path):
 
 def test_docs_list_every_reason_skipped_kind_and_note():
     doc = (ROOT / "docs" / "ingest.md").read_text()
-    for key in [*ingest_mod.REASONS, *ingest_mod.SKIPPED, *ingest_mod.NOTES]:
+    for key in [*ingest_mod.REASONS, *ingest_sources.SKIPPED, *ingest_read.NOTES]:
         assert f"`{key}`" in doc, key

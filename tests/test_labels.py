@@ -35,18 +35,18 @@ def test_plurals_and_irregulars(plain, tag, lemma):
 
 
 def test_wordnet_quirks_are_grouped_in_the_default(default):
-    assert default.label_for("cookies") == "cookie" == default.label_for("cookie")
-    assert default.label_for("desserts") == "sweets_sum" == default.label_for("sweets")
+    assert default.labels_for_tag("cookies") == ("cookie",) == default.labels_for_tag("cookie")
+    assert default.labels_for_tag("desserts") == ("sweets_sum",) == default.labels_for_tag("sweets")
 
 
 def test_camelcase_and_unicode_tags(plain, default):
     assert plain.lemmas("#ChocolateCake") == ("chocolate", "cake")
     assert plain.labels_for_tag("TomatoSoups") == ("soup", "tomato")
     assert plain.lemmas("Cafés") == ("cafés",)  # not in WordNet: passes through unchanged
-    assert plain.lemmas("디저트") == ("디저트",) and plain.label_for("디저트") == "디저트"
+    assert plain.lemmas("디저트") == ("디저트",) and plain.labels_for_tag("디저트") == ("디저트",)
     assert plain.lemmas("торты") == ("торты",)
-    assert default.label_for("디저트") == "sweets_sum"  # a Unicode member of a group
-    assert plain.resolve("°°") == () and plain.label_for("!!!") is None
+    assert default.labels_for_tag("디저트") == ("sweets_sum",)  # a Unicode member of a group
+    assert plain.resolve("°°") == () and plain.labels_for_tag("!!!") == ()
 
 
 def test_separator_and_number_variants_resolve_like_their_plain_form(default):
@@ -60,23 +60,23 @@ def test_separator_and_number_variants_resolve_like_their_plain_form(default):
     assert default.resolve("insta_food")[0].why == "drop" and default.resolve("recipes2026")[0].why == "scrape"
     assert default.labels_for_tag("dessert_recipe") == ("sweets_sum",)
     assert default.labels_for_tag("apple_pies_2026") == ("apple", "pie")
-    assert default.label_for("gluten_free") == "gluten_free"
+    assert default.labels_for_tag("gluten_free") == ("gluten_free",)
     assert default.splits["dessertrecipe"] == ["dessert", "recipe"]  # the splitter sees the key
 
 
 def test_emoji_tags_resolve_through_their_cldr_name(plain, default):
     """Field case emoji-hashtags: #🍕 is pizza; an emoji tag resolves like its name typed as a tag."""
-    assert plain.lemmas("🍕") == ("pizza",) and plain.label_for("🍕") == "pizza"
-    assert plain.label_for("🍰") == "shortcake" and plain.label_for("🥧") == "pie"
-    assert plain.lemmas("🍪") == plain.lemmas("cookie") and default.label_for("🍪") == "cookie"
-    assert default.label_for("🍩") == "doughnut"
+    assert plain.lemmas("🍕") == ("pizza",) and plain.labels_for_tag("🍕") == ("pizza",)
+    assert plain.labels_for_tag("🍰") == ("shortcake",) and plain.labels_for_tag("🥧") == ("pie",)
+    assert plain.lemmas("🍪") == plain.lemmas("cookie") and default.labels_for_tag("🍪") == ("cookie",)
+    assert default.labels_for_tag("🍩") == ("doughnut",)
     assert default.labels_for_tag("🧀") == default.labels_for_tag("cheese_wedge") == ("cheese", "wedge")
     assert plain.labels_for_tag("🍎") == plain.labels_for_tag("red_apple") == ("apple", "red")
     assert plain.lemmas("🍕🍕") == ("pizza",)
-    assert plain.label_for("👍🏽") == plain.label_for("👍")
+    assert plain.labels_for_tag("👍🏽") == plain.labels_for_tag("👍")
     p = LabelPipeline(grouping_from_dict({"drop": ["😋", "❤️"], "groups": {"pizza": ["🍕", "pizza_slice"]}}))
     assert [p.resolve(t)[0].why for t in ("😋", "face_savoring_food", "❤", "red_heart")] == ["drop"] * 4
-    assert p.label_for("🍕") == "pizza" and p.label_for("pizzaslice") == "pizza"
+    assert p.labels_for_tag("🍕") == ("pizza",) and p.labels_for_tag("pizzaslice") == ("pizza",)
 
 
 def test_splitting(plain):
@@ -104,14 +104,12 @@ def test_grouping_entries_steer_the_splitter():
         "drop": ["foodporn"],
         "groups": {"ribs": ["rib", "babybackribs"], "tartare": ["tartare"], "comfort_food": ["comfortfood"]},
     }))
-    assert p.lemmas("foodporn") == ("foodporn",) and p.label_for("foodporn") is None  # dropped whole
-    assert p.label_for("babybackribs") == "ribs" and p.label_for("ribs") == "ribs"
-    assert p.label_for("comfortfood") == "comfort_food"
+    assert p.lemmas("foodporn") == ("foodporn",) and p.labels_for_tag("foodporn") == ()  # dropped whole
+    assert p.labels_for_tag("babybackribs") == ("ribs",) and p.labels_for_tag("ribs") == ("ribs",)
+    assert p.labels_for_tag("comfortfood") == ("comfort_food",)
     # "tartare" is no WordNet word; as a grouping entry it becomes a known word for splitting
     assert p.lemmas("beeftartare") == ("beef", "tartare")
     assert p.labels_for_tag("beeftartare") == ("beef", "tartare")
-    with pytest.raises(ValueError, match="labels_for_tag"):
-        p.label_for("beeftartare")
 
 
 def test_scrape_tags_drop_and_groups():
@@ -119,12 +117,12 @@ def test_scrape_tags_drop_and_groups():
         "scrape_tags": ["recipe"], "drop": ["foodie", "instafood"],
         "groups": {"sweets_sum": ["dessert", "sweet"]},
     }).with_scrape_tags(["dinner"]))
-    assert [p.label_for(t) for t in ("recipe", "Recipes", "recipe.", "dinners")] == [None] * 4
+    assert [p.labels_for_tag(t) for t in ("recipe", "Recipes", "recipe.", "dinners")] == [()] * 4
     assert p.resolve("recipes")[0].why == "scrape"
     assert p.resolve("foodies") == p.resolve("foodie")  # an entry matches through the tag's lemma
     assert p.resolve("foodies")[0].why == "drop"
-    assert p.label_for("desserts") == "sweets_sum" and p.label_for("sweets") == "sweets_sum"
-    assert p.label_for("cakes") == "cake"
+    assert p.labels_for_tag("desserts") == ("sweets_sum",) and p.labels_for_tag("sweets") == ("sweets_sum",)
+    assert p.labels_for_tag("cakes") == ("cake",)
     assert p.labels_for_tags(["recipe", "desserts", "sweet", "foodie", "pies", "applepie"]) == {
         "sweets_sum", "pie", "apple"}
     # a split tag's parts go through drop and scrape tags too
@@ -133,14 +131,14 @@ def test_scrape_tags_drop_and_groups():
 
 def test_entries_match_through_their_own_lemma():
     p = LabelPipeline(grouping_from_dict({"drop": ["foodies"], "groups": {"cookie": ["cookies"]}}))
-    assert p.label_for("foodie") is None
-    assert p.label_for("cookies") == "cookie" and p.label_for("cooky") == "cookie"
+    assert p.labels_for_tag("foodie") == ()
+    assert p.labels_for_tag("cookies") == ("cookie",) and p.labels_for_tag("cooky") == ("cookie",)
 
 
 def test_two_entries_with_one_lemma_in_different_roles_is_an_error():
     p = LabelPipeline(grouping_from_dict({"groups": {"a": ["cookies"], "b": ["cookys"]}}, source="g.yaml"))
     with pytest.raises(UserError, match="grouping file g.yaml: 'cookies' and 'cookys' have the same WordNet lemma"):
-        p.label_for("cake")
+        p.labels_for_tag("cake")
 
 
 def test_missing_wordnet_says_how_to_install(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ rebuilding the network from the files alone (same outputs, flip TTA, thresholds)
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -186,7 +187,7 @@ def test_cache_reuses_a_model_until_its_files_change(saved, tmp_path, monkeypatc
     loads = []
     real_load = modelfile.load
     monkeypatch.setattr(modelfile, "load", lambda *a: loads.append(a) or real_load(*a))
-    inference.clear_cache()
+    monkeypatch.setattr(inference, "_cache", OrderedDict())  # no version loaded yet in this process
     first = Predictor.from_files(copy, sha, device="cpu")
     assert Predictor.from_files(copy / modelfile.WEIGHTS, sha, device="cpu") is first and len(loads) == 1  # no re-hash
     # a changed model.json: loaded again, seen
@@ -219,7 +220,7 @@ def test_cache_reuses_a_model_until_its_files_change(saved, tmp_path, monkeypatc
         Predictor.from_files(copy, sha, device="cpu")
     # a fresh start verifies again
     n = len(loads)
-    inference.clear_cache()
+    monkeypatch.setattr(inference, "_cache", OrderedDict())  # no version loaded yet in this process
     Predictor.from_files(copy, other_sha, device="cpu")
     assert len(loads) == n + 1
-    inference.clear_cache()
+    monkeypatch.setattr(inference, "_cache", OrderedDict())  # no version loaded yet in this process

@@ -113,23 +113,34 @@ def test_ingest_needs_a_source(env, tmp_path):
 def test_settings_use_the_airflow_connection_only_inside_a_task_without_a_database_setting(env, tmp_path):
     from airflow.sdk import Connection
 
+    from instatag.settings import airflow_connection_url, load_settings
+
     env.setenv("INSTATAG_DATA_DIR", str(tmp_path / "var"))
     conn = Connection(conn_id="instatag_db", conn_type="postgres", host="db.internal", login="tagger",
                       password="p@ss/w:rd", schema="instatag", port=5433)
-    env.setattr(Connection, "get", classmethod(lambda cls, conn_id: conn))
-    url = "postgresql+psycopg2://tagger:p%40ss%2Fw%3Ard@db.internal:5433/instatag"
-    assert pipeline.airflow_connection_url("instatag_db") == url
+    asked = []
+    env.setattr(Connection, "get", classmethod(lambda cls, conn_id: asked.append(conn_id) or conn))
+    url = "postgresql://tagger:p%40ss%2Fw%3Ard@db.internal:5433/instatag"  # psycopg 3, SQLAlchemy's default
 
-    assert pipeline.settings().database_url.startswith("sqlite")  # not in a task: never asks Airflow
+    assert load_settings().database_url.startswith("sqlite")  # not in a task: never asks Airflow
+    assert asked == []
     env.setenv("AIRFLOW_CTX_DAG_ID", "instatag_retrain")
-    assert pipeline.settings().database_url == url
+    assert airflow_connection_url() == url
+    assert load_settings().database_url == url
+    assert asked == ["instatag_db", "instatag_db"]
+    from sqlalchemy import make_url
+
+    parsed = make_url(url)
+    assert (parsed.password, parsed.port, parsed.get_driver_name()) == ("p@ss/w:rd", 5433, "psycopg")
     env.setenv("INSTATAG_DATABASE_URL", "postgresql+psycopg2://other/db")  # an explicit setting wins
-    assert pipeline.settings().database_url == "postgresql+psycopg2://other/db"
+    assert load_settings().database_url == "postgresql+psycopg2://other/db"
 
 
 def test_missing_airflow_connection_keeps_the_default(env, tmp_path):
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from instatag.settings import airflow_connection_url, load_settings
 
     def missing(cls, conn_id):
         raise AirflowNotFoundException(f"The conn_id `{conn_id}` isn't defined")
@@ -137,8 +148,8 @@ def test_missing_airflow_connection_keeps_the_default(env, tmp_path):
     env.setenv("INSTATAG_DATA_DIR", str(tmp_path / "var"))
     env.setenv("AIRFLOW_CTX_DAG_ID", "instatag_ingest")
     env.setattr(Connection, "get", classmethod(missing))
-    assert pipeline.airflow_connection_url("instatag_db") is None
-    assert pipeline.settings().database_url == f"sqlite:///{(tmp_path / 'var' / 'instatag.db').absolute()}"
+    assert airflow_connection_url() is None
+    assert load_settings().database_url == f"sqlite:///{(tmp_path / 'var' / 'instatag.db').absolute()}"
 
 
 def test_fail_fast_turns_bad_input_into_a_failure_without_retries(env):
@@ -207,6 +218,6 @@ def test_stages_end_to_end_and_idempotent(use, tmp_path):
     with db.get_engine(use).connect() as conn:
         assert conn.execute(text("select count(*) from predictions")).scalar() == everything["n_rows"]
 
-    if not use.is_postgres:  # the report does not depend on the database; once is enough
+    if not use.database_url.startswith("postgresql"):  # the report does not depend on the database; once is enough
         path = pipeline.make_report(model)
         assert path.endswith(".html") and Path(path).is_file()

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from builders import add_model, add_vocab, make_champion, prediction_rows
 from sqlalchemy import func, select, update
-from test_score import add_images, add_model, add_vocab, make_champion, tiny_model_dir  # noqa: F401
 
 from instatag import cli, db, predict
 from instatag import schema as t
@@ -64,7 +64,7 @@ def test_load_image_applies_exif_orientation(tmp_path):
         predict.load_image(tmp_path / "absent.jpg")
 
 
-def test_predict_cli_prints_tags_and_writes_nothing(sqlite_settings, tiny_model_dir, tmp_path, capsys):  # noqa: F811
+def test_predict_cli_prints_tags_and_writes_nothing(sqlite_settings, tiny_model_dir, tmp_path, capsys):
     s = sqlite_settings
     base = ["--database-url", s.database_url, "--data-dir", str(s.data_dir)]
     assert cli.main(base + ["predict", str(tmp_path / "x.jpg")]) == 2
@@ -94,9 +94,8 @@ def test_predict_cli_prints_tags_and_writes_nothing(sqlite_settings, tiny_model_
 
 
 def test_predict_shows_the_tags_score_writes_and_goes_on_past_a_bad_file(
-        sqlite_settings, tiny_model_dir, tmp_path, capsys):  # noqa: F811
+        sqlite_settings, tiny_model_dir, tmp_path, capsys):
     """Every label over its threshold, not only the first two: the tags predicted_tags gets."""
-    from test_score import prediction_rows
 
     from instatag import modelfile, score
 
@@ -126,7 +125,7 @@ def test_predict_shows_the_tags_score_writes_and_goes_on_past_a_bad_file(
 
 
 def test_predict_lists_the_most_probable_tag_first_unless_the_model_ranks_dominant_first(
-        sqlite_settings, tiny_model_dir):  # noqa: F811
+        sqlite_settings, tiny_model_dir):
     """model.json as train writes it by default (ranking probability): tags most probable first; a model
     trained with ranking dominant_first lists the likely dominant label first."""
     from instatag import modelfile, ranking
@@ -149,7 +148,7 @@ def test_predict_lists_the_most_probable_tag_first_unless_the_model_ranks_domina
     assert [row[0][0] for row in ranked] != [row[0][0] for row in tags]  # the orders differ here
 
 
-def test_an_ad_hoc_file_gets_the_probabilities_of_its_ingested_copy(sqlite_settings, tiny_model_dir, tmp_path):  # noqa: F811
+def test_an_ad_hoc_file_gets_the_probabilities_of_its_ingested_copy(sqlite_settings, tiny_model_dir, tmp_path):
     from PIL import Image
 
     from instatag import ingest

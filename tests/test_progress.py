@@ -5,18 +5,9 @@ from __future__ import annotations
 
 import logging
 
+from builders import FakeClock
+
 from instatag import progress
-
-
-class FakeClock:
-    """Seconds that advance by ``step`` at every reading."""
-
-    def __init__(self, step: float):
-        self.t, self.step = 0.0, step
-
-    def __call__(self) -> float:
-        self.t += self.step
-        return self.t
 
 
 def test_ticker_is_due_every_few_seconds_with_the_rate_since_the_previous_line():

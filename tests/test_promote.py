@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sqlalchemy import func, insert, select
+from builders import model_row, vocab_row
+from sqlalchemy import func, select
 
 from instatag import cli, evaluate, promote
 from instatag import schema as t
@@ -17,20 +18,8 @@ MEDIUM = np.where(Y, 0.6, 0.3) + np.array([[0.0, 0.35, 0.0], [0, 0, 0.2], [0.4, 
 BAD = 1.0 - GOOD
 
 
-def _vocab(conn, labels):
-    vid = conn.execute(insert(t.vocab_versions).values(
-        config={}, config_sha256="c" * 64, n_posts=5, n_images=5, n_unlabelled=0, n_raw_tags=3, n_lemmas=3,
-        n_labels=len(labels), stats={}, valid_pct=0.2)).inserted_primary_key[0]
-    conn.execute(insert(t.vocab_labels), [{"vocab_version_id": vid, "label": label, "idx": i, "count": 10 - i,
-                                           "members": [label]} for i, label in enumerate(labels)])
-    return vid
 
 
-def _model(conn, vocab_id, evaluated=True):
-    return conn.execute(insert(t.model_versions).values(
-        vocab_version_id=vocab_id, arch="resnet18", params={}, artifact_path="models/x/model.safetensors",
-        sha256="0" * 64, status="candidate",
-        metrics={"global_threshold": 0.5, "model": {}} if evaluated else None)).inserted_primary_key[0]
 
 
 @pytest.fixture
@@ -40,7 +29,8 @@ def world(settings, monkeypatch):
 
     engine = db.get_engine(settings)
     with engine.begin() as conn:
-        v1, v2 = _vocab(conn, ["a", "b", "c"]), _vocab(conn, ["a", "b", "d"])
+        v1 = vocab_row(conn, ["a", "b", "c"], [10, 9, 8], n_images=5)
+        v2 = vocab_row(conn, ["a", "b", "d"], [10, 9, 8], n_images=5)
     outputs: dict[int, tuple[list[str], np.ndarray]] = {}
 
     def fake_predict(settings_, model_id, paths, batch_size=256):
@@ -58,7 +48,8 @@ def world(settings, monkeypatch):
 
     def model(probs, vocab=None, labels=("a", "b", "c"), evaluated=True):
         with engine.begin() as conn:
-            mid = _model(conn, vocab or v1, evaluated)
+            metrics = {"global_threshold": 0.5, "model": {}} if evaluated else None
+            mid = model_row(conn, vocab or v1, metrics=metrics, run=False)
         outputs[mid] = (list(labels), probs)
         return mid
 
@@ -146,7 +137,7 @@ def test_vocabulary_change_compares_shared_labels_and_says_so(world):
     _decide(world, a)
     # the candidate's vocabulary is (a, b, c, d): it kept every label of the champion's and gained d
     with world.engine.begin() as conn:
-        v3 = _vocab(conn, ["a", "b", "c", "d"])
+        v3 = vocab_row(conn, ["a", "b", "c", "d"], [10, 9, 8, 7], n_images=5)
     y4 = np.hstack([GOOD, np.full((5, 1), 0.05)])
     b = world.model(y4, vocab=v3, labels=("a", "b", "c", "d"))
     d = _decide(world, b)
@@ -289,7 +280,7 @@ def test_models_cli_lists_promotes_and_rolls_back(world, capsys):
 def test_models_list_shows_label_count_and_training_set_size(world, capsys):
     a = world.model(GOOD)
     with world.engine.begin() as conn:
-        v3 = _vocab(conn, ["a", "b", "c", "d"])
+        v3 = vocab_row(conn, ["a", "b", "c", "d"], [10, 9, 8, 7], n_images=5)
     b = world.model(GOOD, vocab=v3)
     with world.engine.begin() as conn:
         conn.execute(t.model_versions.update().where(t.model_versions.c.id == b)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import LABELS, add_images, add_model, add_vocab
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select, update
-from test_score import LABELS, add_images, add_model, add_vocab, tiny_model_dir  # noqa: F401
 
 from instatag import cli, db, plots, report, webapp
 from instatag import schema as t
@@ -167,7 +167,7 @@ def test_report_is_served_by_the_web_app(trained):
 
 
 # --------------------------------------------------------------------------- missing parts
-def _untrained(settings, tiny_model_dir, **params):  # noqa: F811
+def _untrained(settings, tiny_model_dir, **params):
     images = add_images(settings, 24)
     mid = add_model(settings, add_vocab(settings, images), tiny_model_dir)
     with db.get_engine(settings).begin() as conn:
@@ -176,7 +176,7 @@ def _untrained(settings, tiny_model_dir, **params):  # noqa: F811
     return mid
 
 
-def test_report_of_a_model_without_lr_find_epochs_or_evaluation(settings, tiny_model_dir):  # noqa: F811
+def test_report_of_a_model_without_lr_find_epochs_or_evaluation(settings, tiny_model_dir):
     mid = _untrained(settings, tiny_model_dir, lr=0.002)
     path = report.build_report(settings, mid)
     html = path.read_text()
@@ -197,7 +197,7 @@ def test_report_of_a_model_without_lr_find_epochs_or_evaluation(settings, tiny_m
 
 
 @pytest.mark.slow
-def test_report_without_the_model_file_still_writes_the_rest(settings, tiny_model_dir):  # noqa: F811
+def test_report_without_the_model_file_still_writes_the_rest(settings, tiny_model_dir):
     mid = _untrained(settings, tiny_model_dir)
     first = report.build_report(settings, mid)
     assert (first.parent / report.FIGURES["fig4"]).is_file()
@@ -210,7 +210,7 @@ def test_report_without_the_model_file_still_writes_the_rest(settings, tiny_mode
     assert 'id="example-grid"' not in html
 
 
-def test_report_picks_the_champion_else_the_newest(settings, tiny_model_dir):  # noqa: F811
+def test_report_picks_the_champion_else_the_newest(settings, tiny_model_dir):
     first = _untrained(settings, tiny_model_dir)
     second = _untrained(settings, tiny_model_dir)
     with db.get_engine(settings).connect() as conn:
@@ -223,7 +223,7 @@ def test_report_picks_the_champion_else_the_newest(settings, tiny_model_dir):  #
 
 
 @pytest.mark.slow
-def test_report_cli_prints_the_path(sqlite_settings, tiny_model_dir, capsys):  # noqa: F811
+def test_report_cli_prints_the_path(sqlite_settings, tiny_model_dir, capsys):
     s = sqlite_settings
     argv = ["--database-url", s.database_url, "--data-dir", str(s.data_dir), "report"]
     assert cli.main(argv) == 2
@@ -315,7 +315,7 @@ def test_label_figures_say_label_in_the_singular(tmp_path):
     assert f2.note == "1 label."
 
 
-def test_heatmaps_show_each_labels_best_and_most_confident_wrong_image(tiny_model_dir, tmp_path):  # noqa: F811
+def test_heatmaps_show_each_labels_best_and_most_confident_wrong_image(tiny_model_dir, tmp_path):
     """Per label (most given first): best = the most probable image given the label, worst = the most
     probable one not given it; the probability shown is the one the model scored for that image."""
     from instatag.inference import Predictor

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from builders import image_row, model_row, post_row, vocab_row
 from sqlalchemy import func, insert, inspect, select, text
 
 from instatag import db
@@ -15,39 +16,7 @@ from instatag import schema as t
 
 def _image(conn, sha="a" * 64, post="2026-11-01_06-01-38_UTC"):
     """An image and its first post, as ingest writes them."""
-    image_id = conn.execute(
-        insert(t.images).values(
-            sha256=sha, post=post, source_path=f"/drop/{post}.jpg", format="JPEG", width=10, height=8,
-            original_path=f"store/originals/{sha}.jpg", resized_path=f"store/resized/{sha}.jpg",
-            taken_at=datetime(2026, 11, 1, tzinfo=UTC), caption="#cake",
-        )
-    ).inserted_primary_key[0]
-    _post(conn, image_id, post, f"/drop/{post}.jpg", datetime(2026, 11, 1, tzinfo=UTC))
-    return image_id
-
-
-def _post(conn, image_id, post, source_path, taken_at=None):
-    return conn.execute(insert(t.posts).values(image_id=image_id, post=post, source_path=source_path,
-                                               taken_at=taken_at)).inserted_primary_key[0]
-
-
-def _model(conn, vocab_id, status):
-    run = conn.execute(insert(t.training_runs).values(vocab_version_id=vocab_id, params={}, status="succeeded"))
-    return conn.execute(
-        insert(t.model_versions).values(
-            training_run_id=run.inserted_primary_key[0], vocab_version_id=vocab_id, arch="resnet18", params={},
-            artifact_path="models/1/model.safetensors", sha256="0" * 64, status=status,
-        )
-    ).inserted_primary_key[0]
-
-
-def _vocab(conn):
-    return conn.execute(
-        insert(t.vocab_versions).values(
-            config={"min_count": 1}, config_sha256="c" * 64, n_posts=1, n_images=1, n_unlabelled=0,
-            n_raw_tags=1, n_lemmas=1, n_labels=1, stats={}, valid_pct=0.2,
-        )
-    ).inserted_primary_key[0]
+    return image_row(conn, sha, post, width=10, height=8, taken_at=datetime(2026, 11, 1, tzinfo=UTC), caption="#cake")
 
 
 @pytest.mark.pg_drivers
@@ -80,9 +49,9 @@ def test_round_trip_and_predicted_tags_shows_only_the_champion(settings):
     engine = db.get_engine(settings)
     with engine.begin() as conn:
         img = _image(conn)
-        vocab = _vocab(conn)
-        champion = _model(conn, vocab, "champion")
-        retired = _model(conn, vocab, "retired")
+        vocab = vocab_row(conn, config={"min_count": 1})
+        champion = model_row(conn, vocab, "champion")
+        retired = model_row(conn, vocab, "retired")
         conn.execute(insert(t.predictions), [
             {"model_version_id": champion, "image_id": img, "label": "cake", "probability": 0.9, "rank": 1},
             {"model_version_id": champion, "image_id": img, "label": "pie", "probability": 0.4, "rank": 2},
@@ -107,11 +76,11 @@ def test_a_repost_finds_its_predicted_tags_by_its_own_name(settings):
     engine = db.get_engine(settings)
     with engine.begin() as conn:
         img = _image(conn)  # first posted as 2026-11-01_06-01-38_UTC
-        _post(conn, img, "2026-11-20_09-00-00_UTC", "/drop-2/2026-11-20_09-00-00_UTC.jpg",
+        post_row(conn, img, "2026-11-20_09-00-00_UTC", "/drop-2/2026-11-20_09-00-00_UTC.jpg",
               datetime(2026, 11, 20, 9, tzinfo=UTC))
-        _post(conn, img, "2026-11-20_09-00-00_UTC", "/drop-copy/2026-11-20_09-00-00_UTC.jpg")
+        post_row(conn, img, "2026-11-20_09-00-00_UTC", "/drop-copy/2026-11-20_09-00-00_UTC.jpg")
         other = _image(conn, sha="b" * 64, post="2026-11-02_07-00-00_UTC")
-        champion = _model(conn, _vocab(conn), "champion")
+        champion = model_row(conn, vocab_row(conn, config={"min_count": 1}), "champion")
         conn.execute(insert(t.predictions), [
             {"model_version_id": champion, "image_id": img, "label": "cake", "probability": 0.9, "rank": 1},
             {"model_version_id": champion, "image_id": img, "label": "pie", "probability": 0.4, "rank": 2},
@@ -147,7 +116,7 @@ def test_a_query_by_post_name_reads_the_post_index(backend, request):
     s = request.getfixturevalue("sqlite_settings" if backend == "sqlite" else "pg_settings")
     engine = db.get_engine(s)
     with engine.begin() as conn:
-        champion = _model(conn, _vocab(conn), "champion")
+        champion = model_row(conn, vocab_row(conn, config={"min_count": 1}), "champion")
         n = 3000
         conn.execute(insert(t.images), [
             {"sha256": f"{i:064x}", "post": f"post-{i}", "source_path": f"/d/{i}.jpg", "format": "JPEG", "width": 1,
@@ -178,12 +147,29 @@ def test_unique_content_hash_is_enforced(settings):
 
 
 def test_example_queries_run(settings):
+    """Each query of sql/examples on one image of the champion, tagged cake (0.9) and pie (0.6)."""
     from instatag.db import SQL_DIR
 
-    params = {"since": "2000-01-01", "tag": "cake", "min_probability": 0.5, "post": "2026-11-01_06-01-38_UTC"}
+    post = "2026-11-01_06-01-38_UTC"
+    with db.get_engine(settings).begin() as conn:
+        img = _image(conn, post=post)
+        champion = model_row(conn, vocab_row(conn, ["cake", "pie"]), "champion")
+        scored = [("cake", 0.9), ("pie", 0.6)]
+        conn.execute(insert(t.predictions), [
+            {"model_version_id": champion, "image_id": img, "label": label, "probability": p, "rank": r,
+             "scored_at": datetime(2026, 11, 2, tzinfo=UTC)} for r, (label, p) in enumerate(scored, 1)])
+    params = {"since": "2000-01-01", "tag": "cake", "min_probability": 0.5, "post": post}
+    got = {}
     with db.get_engine(settings).connect() as conn:
         for path in sorted((SQL_DIR / "examples").glob("*.sql")):
-            conn.execute(text(path.read_text()), {k: v for k, v in params.items() if f":{k}" in path.read_text()})
+            sql = path.read_text()
+            got[path.stem] = [tuple(r) for r in conn.execute(text(sql), {k: v for k, v in params.items()
+                                                                         if f":{k}" in sql})]
+    assert got["images_with_tag"] == [(img, post, pytest.approx(0.9), 1)]
+    assert got["tag_cooccurrence"] == [("cake", "pie", 1)]
+    assert [(r[0], r[1], r[2], r[3]) for r in got["tags_of_post"]] == [(post, img, 1, "cake"), (post, img, 2, "pie")]
+    assert [(label, n_images, n_posts) for label, n_images, n_posts, _ in got["top_tags_since"]] == [
+        ("cake", 1, 1), ("pie", 1, 1)]
 
 
 @pytest.mark.pg_drivers

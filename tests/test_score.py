@@ -1,132 +1,20 @@
 """Batch scoring on SQLite and PostgreSQL: rows, idempotent re-runs, atomic shards, shard coverage,
-hash check. The helpers here (a few generated images, a vocabulary and a tiny untrained resnet18 at
-size 32, registered by hand) are shared with test_evaluate.py and test_predict.py."""
+hash check, on generated images, a vocabulary and a tiny untrained resnet18 registered by hand (tests/builders.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import random
-import shutil
-from pathlib import Path
 
 import pytest
-from sqlalchemy import func, insert, select, text, update
+from builders import LABELS, add_images, add_model, add_vocab, make_champion, prediction_rows
+from sqlalchemy import func, select, text
 
 from instatag import cli, db, evaluate, modelfile, registry, score
 from instatag import schema as t
 from instatag.errors import UserError
 from instatag.imagestore import resized_path
 from instatag.sample import DISHES, draw
-
-LABELS = ["dessert", "cake", "soup", "salad", "tart", "tomato"]  # model-output order
-DISH_LABELS = {
-    "tomato_soup": ("soup", "tomato"),
-    "green_salad": ("salad",),
-    "chocolate_cake": ("cake", "dessert"),
-    "lemon_tart": ("dessert", "tart"),
-}
-SIZE = 32
-
-
-# --------------------------------------------------------------------------- shared helpers
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A saved, untrained resnet18 (fastai head) for LABELS at size 32: files only, no database."""
-    import torch
-
-    from instatag import archs
-
-    torch.manual_seed(0)
-    net = archs.build("resnet18", len(LABELS), pretrained=False)
-    mean, std = archs.stats("resnet18")
-    folder = tmp_path_factory.mktemp("tiny-model")
-    modelfile.save(folder, net.state_dict(), {"arch": "resnet18", "size": SIZE, "mean": mean, "std": std,
-                                              "labels": LABELS})
-    return folder
-
-
-def add_images(settings, n: int = 24, seed: int = 0, labelled: bool = True) -> list[tuple[int, str, tuple]]:
-    """``n`` generated photos in the resized store and table images: (id, sha256, labels)."""
-    rng = random.Random(seed)
-    dishes = [d for d in DISHES if d.name in DISH_LABELS]
-    out = []
-    with db.get_engine(settings).begin() as conn:
-        before = conn.execute(select(func.count()).select_from(t.images)).scalar_one()
-        for k in range(n):
-            dish = dishes[k % len(dishes)]
-            buf = io.BytesIO()
-            draw(dish, rng, size=48).save(buf, "JPEG", quality=85)
-            # unique per call, and the same in every run: the training/validation split (by hash) is fixed
-            sha = hashlib.sha256(buf.getvalue() + f"{seed}/{before + k}".encode()).hexdigest()
-            rel = resized_path(sha)
-            path = settings.data_dir / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(buf.getvalue())
-            image_id = conn.execute(insert(t.images).values(
-                sha256=sha, post=f"post-{seed}-{k}", source_path=f"/drop/{seed}-{k}.jpg", format="JPEG", width=48,
-                height=48, original_path=rel, resized_path=rel)).inserted_primary_key[0]
-            conn.execute(insert(t.posts).values(image_id=image_id, post=f"post-{seed}-{k}",
-                                                source_path=f"/drop/{seed}-{before + k}.jpg"))
-            out.append((image_id, sha, DISH_LABELS[dish.name] if labelled else ()))
-    return out
-
-
-def add_vocab(settings, images, labels=LABELS, valid_pct: float = 0.5) -> int:
-    """A vocabulary version over ``images`` (as add_images returns them), its validation split
-    ``valid_pct`` of them."""
-    counts = {label: sum(label in lab for _, _, lab in images) for label in labels}
-    with db.get_engine(settings).begin() as conn:
-        vid = conn.execute(insert(t.vocab_versions).values(
-            config={"grouping": {}}, config_sha256="c" * 64, n_posts=len(images), n_images=len(images),
-            n_unlabelled=0, n_raw_tags=len(labels), n_lemmas=len(labels), n_labels=len(labels),
-            stats={"train_counts": counts}, valid_pct=valid_pct)).inserted_primary_key[0]
-        conn.execute(insert(t.vocab_labels), [{"vocab_version_id": vid, "label": label, "idx": i,
-                                               "count": counts[label], "members": [label]}
-                                              for i, label in enumerate(labels)])
-        rows = [{"vocab_version_id": vid, "image_id": i, "label": label} for i, _, lab in images for label in lab
-                if label in labels]
-        if rows:
-            conn.execute(insert(t.image_labels), rows)
-    return vid
-
-
-def add_model(settings, vocab_id: int, model_dir: Path) -> int:
-    """Register a copy of ``model_dir`` as a candidate model version of ``vocab_id``."""
-    engine = db.get_engine(settings)
-    sha = hashlib.sha256((model_dir / modelfile.WEIGHTS).read_bytes()).hexdigest()
-    with engine.begin() as conn:
-        run = conn.execute(insert(t.training_runs).values(vocab_version_id=vocab_id, params={},
-                                                          status="succeeded")).inserted_primary_key[0]
-        mid = conn.execute(insert(t.model_versions).values(
-            training_run_id=run, vocab_version_id=vocab_id, arch="resnet18", params={},
-            artifact_path="", sha256=sha, status="candidate")).inserted_primary_key[0]
-        rel = f"models/{mid}/{modelfile.WEIGHTS}"
-        conn.execute(update(t.model_versions).where(t.model_versions.c.id == mid).values(artifact_path=rel))
-    shutil.copytree(model_dir, settings.data_dir / "models" / str(mid))
-    modelfile.update_meta(settings.data_dir / "models" / str(mid), vocab_version_id=vocab_id)
-    return mid
-
-
-def make_champion(settings, model_dir: Path, n: int = 24) -> tuple[int, list]:
-    """Images, a vocabulary and an evaluated champion model: (model id, images)."""
-    from instatag import promote
-
-    images = add_images(settings, n)
-    mid = add_model(settings, add_vocab(settings, images), model_dir)
-    evaluate.evaluate(settings, mid)
-    promote.promote(settings, mid, reason="test")
-    return mid, images
-
-
-def prediction_rows(settings, model_id: int | None = None) -> list:
-    p = t.predictions
-    q = select(p.c.model_version_id, p.c.image_id, p.c.label, p.c.probability, p.c.rank).order_by(
-        p.c.image_id, p.c.rank)
-    if model_id is not None:
-        q = q.where(p.c.model_version_id == model_id)
-    with db.get_engine(settings).connect() as conn:
-        return conn.execute(q).all()
 
 
 # --------------------------------------------------------------------------- tests

@@ -5,14 +5,15 @@ database (SQLite and PostgreSQL), failures registering nothing, presets and the 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import random
 
 import numpy as np
 import pytest
+from builders import TINY_TRAIN as TINY
+from builders import TRAIN_LABELS as LABELS
+from builders import FakeClock
+from builders import varied_photos as _photos
 from sqlalchemy import insert, select
-from test_progress import FakeClock
 
 from instatag import cli, db, modelfile, ranking
 from instatag import fitting as ft
@@ -21,25 +22,9 @@ from instatag import train as tr
 from instatag.errors import UserError
 from instatag.imagestore import resized_path
 from instatag.labels import Item, LabelPipeline, is_valid
-from instatag.sample import DISHES, draw
 
-LABELS = ["dessert", "cake", "soup", "salad", "tart"]  # model-output order
-DISH_LABELS = {"tomato_soup": ("soup",), "green_salad": ("salad",), "chocolate_cake": ("dessert", "cake"),
-               "lemon_tart": ("dessert", "tart")}
-TINY = dict(arch="resnet18", size=32, epochs=1, freeze_epochs=1, lr=1e-3, bs=8, pretrained=False)
 #: the validation share of these tests' items (a vocabulary version's ``valid_pct``)
 VALID = 0.3
-
-
-def _photos(n: int, seed: int = 0):
-    """(jpeg bytes, labels) of ``n`` generated photos of varied sizes (so an uncropped batch cannot collate)."""
-    rng = random.Random(seed)
-    dishes = [d for d in DISHES if d.name in DISH_LABELS]
-    for k in range(n):
-        dish = dishes[k % len(dishes)]
-        buf = io.BytesIO()
-        draw(dish, rng, size=96).resize((48 + 4 * (k % 5), 40 + 3 * (k % 4))).save(buf, "JPEG", quality=85)
-        yield buf.getvalue(), DISH_LABELS[dish.name]
 
 
 @pytest.fixture

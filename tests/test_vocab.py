@@ -8,13 +8,13 @@ import hashlib
 
 import numpy as np
 import pytest
-from sqlalchemy import func, insert, select
+from builders import TAGGED_POSTS, add_posts, unchecked_vocab, vocab_rows, write_post
+from sqlalchemy import func, select
 
 from instatag import db
 from instatag import schema as t
 from instatag.cli import main
 from instatag.errors import UserError
-from instatag.imagestore import original_path, resized_path
 from instatag.labels import VALID_PCT, LabelPipeline, is_valid, valid_pct_of
 from instatag.vocab import (
     MIN_LABELS,
@@ -26,82 +26,12 @@ from instatag.vocab import (
     describe,
 )
 
-GROUPS = """
-scrape_tags: [recipe]
-drop: [foodie, yummy]
-min_count: 2
-groups:
-  sweets_sum: [dessert, sweet]
-  bbq: [barbecue, grill]
-"""
-
-#: (image key, post hashtags); an image key twice = the same photo posted twice
-POSTS = [
-    ("p1", ["recipe", "applepie", "dessert", "foodie"]),
-    ("p2", ["recipes", "pies", "apples", "sweets"]),
-    ("p3", ["recipe", "barbecue", "ribs"]),
-    ("p4", ["recipe", "grill", "ribs", "yummy"]),
-    ("p3", ["recipe", "bbq", "desserts"]),  # p3 re-posted: its labels are the union
-    ("p5", ["recipe"]),  # nothing but the scrape tag: unlabelled
-    ("p6", ["foodie", "yummy", "tofu"]),  # only generic tags and one rare label: unlabelled
-    ("p7", ["recipe", "chocolatecake", "Cakes"]),
-]
-
-
-def add_posts(settings, posts, scrape_flag=("recipe", "recipes")):
-    """Insert images, posts and post_hashtags as ingest would (tags case-folded by ingest)."""
-    with db.get_engine(settings).begin() as conn:
-        ids = dict(conn.execute(select(t.images.c.post, t.images.c.id)).all())
-        n = conn.execute(select(func.count()).select_from(t.posts)).scalar_one()
-        for key, tags in posts:
-            if key not in ids:
-                sha = hashlib.sha256(key.encode()).hexdigest()
-                ids[key] = conn.execute(insert(t.images).values(
-                    sha256=sha, post=key, source_path=f"/drop/{key}.jpg", format="jpeg", width=32, height=32,
-                    original_path=original_path(sha, "jpg"), resized_path=resized_path(sha))).inserted_primary_key[0]
-            n += 1
-            post_id = conn.execute(insert(t.posts).values(
-                image_id=ids[key], post=f"{key}-{n}", source_path=f"/drop/{key}-{n}.txt")).inserted_primary_key[0]
-            if tags:
-                conn.execute(insert(t.post_hashtags), [
-                    {"post_id": post_id, "tag": tag.casefold(), "position": i, "is_scrape_tag": tag in scrape_flag}
-                    for i, tag in enumerate(tags)])
-    return ids
-
-
-@pytest.fixture
-def groups_file(tmp_path):
-    path = tmp_path / "groups.yaml"
-    path.write_text(GROUPS)
-    return path
-
-
-def unchecked(settings, groups_file=None, min_count=None) -> int:
-    """A version built and stored even though it cannot train a model: these tests look at how tags become
-    labels and how a version is stored, on a handful of posts (trainability has tests of its own)."""
-    return build(settings, groups_file, min_count, check=False).version_id
-
-
-def stored(settings, vid):
-    """(labels rows in idx order, {image post key: labels}) of a version."""
-    with db.get_engine(settings).connect() as conn:
-        labels = [tuple(r) for r in conn.execute(
-            select(t.vocab_labels.c.label, t.vocab_labels.c.idx, t.vocab_labels.c.count, t.vocab_labels.c.members)
-            .where(t.vocab_labels.c.vocab_version_id == vid).order_by(t.vocab_labels.c.idx))]
-        per_image = collections.defaultdict(set)
-        for post, label in conn.execute(select(t.images.c.post, t.image_labels.c.label)
-                                        .join(t.images, t.images.c.id == t.image_labels.c.image_id)
-                                        .where(t.image_labels.c.vocab_version_id == vid)):
-            per_image[post].add(label)
-        row = conn.execute(select(t.vocab_versions).where(t.vocab_versions.c.id == vid)).one()
-    return labels, dict(per_image), row
-
 
 @pytest.mark.pg_drivers
 def test_build_stores_labels_images_and_stats(settings, groups_file):
-    add_posts(settings, POSTS)
-    vid = unchecked(settings, groups_file)
-    labels, per_image, row = stored(settings, vid)
+    add_posts(settings, TAGGED_POSTS)
+    vid = unchecked_vocab(settings, groups_file)
+    labels, per_image, row = vocab_rows(settings, vid)
     assert [(r[0], r[2]) for r in labels] == [("sweets_sum", 3), ("apple", 2), ("bbq", 2), ("pie", 2), ("rib", 2)]
     assert [r[1] for r in labels] == [0, 1, 2, 3, 4]
     assert dict((r[0], r[3]) for r in labels)["bbq"] == ["barbecue", "bbq", "grill"]
@@ -135,43 +65,44 @@ def _sha(key):
 def test_is_scrape_tag_flag_and_settings_scrape_tags_exclude_tags(settings, groups_file):
     add_posts(settings, [("a", ["pie", "dinner"]), ("b", ["pie", "dinner"]), ("c", ["pies", "cake"])],
               scrape_flag=("pie",))
-    labels, per_image, row = stored(settings, unchecked(settings.replace(scrape_tags=("dinner",)), groups_file))
+    vid = unchecked_vocab(settings.replace(scrape_tags=("dinner",)), groups_file)
+    labels, per_image, row = vocab_rows(settings, vid)
     assert [r[0] for r in labels] == []  # pie flagged at ingest, dinner from the settings, cake rare
     assert row.n_unlabelled == 3 and row.stats["scrape"] == {"dinner": 2, "pie": 2}
     assert row.stats["dropped_rare"] == {"cake": 1, "pie": 1}  # "pies" on c carried no flag
 
 
 def test_min_count_override_and_identical_rebuilds(settings, groups_file):
-    add_posts(settings, POSTS)
+    add_posts(settings, TAGGED_POSTS)
     first = build(settings, groups_file, check=False)
     again = build(settings, groups_file, check=False)
     assert again.reused and again.version_id == first.version_id and not first.reused
     one = build(settings, groups_file, min_count=1, check=False)
     assert not one.reused and one.version_id > first.version_id
-    labels, _, row = stored(settings, one.version_id)
+    labels, _, row = vocab_rows(settings, one.version_id)
     assert {"cake", "chocolate", "tofu"} <= {r[0] for r in labels} and row.stats["dropped_rare"] == {}
-    assert row.config_sha256 != stored(settings, first.version_id)[2].config_sha256
+    assert row.config_sha256 != vocab_rows(settings, first.version_id)[2].config_sha256
     add_posts(settings, [("p8", ["grill"])])
     grown = build(settings, groups_file, check=False)
     assert not grown.reused
-    assert [r[:3] for r in stored(settings, grown.version_id)[0][:2]] == [("bbq", 0, 3), ("sweets_sum", 1, 3)]
+    assert [r[:3] for r in vocab_rows(settings, grown.version_id)[0][:2]] == [("bbq", 0, 3), ("sweets_sum", 1, 3)]
 
 
 def test_same_posts_in_another_order_give_the_same_vocabulary(sqlite_settings, tmp_path, groups_file):
     other = sqlite_settings.replace(database_url=f"sqlite:///{tmp_path / 'other.db'}")
     db.upgrade(other)
-    add_posts(sqlite_settings, POSTS)
-    add_posts(other, [(k, list(reversed(tags))) for k, tags in reversed(POSTS)])
-    a_labels, a_images, a = stored(sqlite_settings, unchecked(sqlite_settings, groups_file))
-    b_labels, b_images, b = stored(other, unchecked(other, groups_file))
+    add_posts(sqlite_settings, TAGGED_POSTS)
+    add_posts(other, [(k, list(reversed(tags))) for k, tags in reversed(TAGGED_POSTS)])
+    a_labels, a_images, a = vocab_rows(sqlite_settings, unchecked_vocab(sqlite_settings, groups_file))
+    b_labels, b_images, b = vocab_rows(other, unchecked_vocab(other, groups_file))
     assert a_labels == b_labels and a_images == b_images and a.config_sha256 == b.config_sha256
     for key in ("raw_tags", "lemmas", "labels", "splits", "dropped_rare"):
         assert list(a.stats[key].items()) == list(b.stats[key].items())
 
 
 def test_for_version_items_encode_decode(settings, groups_file):
-    ids = add_posts(settings, POSTS)
-    vid = unchecked(settings, groups_file)
+    ids = add_posts(settings, TAGGED_POSTS)
+    vid = unchecked_vocab(settings, groups_file)
     p = LabelPipeline.for_version(settings)
     assert p.version_id == vid and p.labels == ["sweets_sum", "apple", "bbq", "pie", "rib"]
     items = p.items(settings)
@@ -183,7 +114,7 @@ def test_for_version_items_encode_decode(settings, groups_file):
     vec = p.encode(p3.labels)
     assert vec.dtype == np.float32 and vec.tolist() == [1, 0, 1, 0, 1]
     assert p.decode(2) == "bbq"
-    assert p.counts == stored(settings, vid)[2].stats["train_counts"]
+    assert p.counts == vocab_rows(settings, vid)[2].stats["train_counts"]
     assert p.valid_pct == VALID_PCT
     with db.get_engine(settings).connect() as conn:
         assert valid_pct_of(conn, vid) == VALID_PCT
@@ -192,7 +123,8 @@ def test_for_version_items_encode_decode(settings, groups_file):
     with pytest.raises(ValueError, match="'tofu' is not a label of vocabulary version"):
         p.encode(["tofu"])
     # the stored pipeline maps new hashtags under the same config, keeping only its labels
-    assert p.label_for("Grilling") is None and p.label_for("grill") == "bbq" and p.label_for("tofu") is None
+    assert p.labels_for_tag("Grilling") == () and p.labels_for_tag("tofu") == ()
+    assert p.labels_for_tag("grill") == ("bbq",)
     assert p.resolve("tofu")[0].why == "rare"
     assert p.labels_for_tag("applepies") == ("apple", "pie")
 
@@ -205,8 +137,8 @@ def test_no_version_and_unknown_version(sqlite_settings):
 
 
 def test_empty_database_builds_an_empty_version(sqlite_settings):
-    vid = unchecked(sqlite_settings)
-    labels, _, row = stored(sqlite_settings, vid)
+    vid = unchecked_vocab(sqlite_settings)
+    labels, _, row = vocab_rows(sqlite_settings, vid)
     assert labels == [] and (row.n_images, row.n_posts, row.n_labels) == (0, 0, 0)
     assert "0 raw tags -> 0 lemmas -> 0 labels" in describe(sqlite_settings, vid)
 
@@ -222,7 +154,7 @@ def test_missing_wordnet_stops_the_build(sqlite_settings, tmp_path, monkeypatch)
 
 
 def test_cli_build_show_list_explain(sqlite_settings, groups_file, tmp_path, capsys):
-    add_posts(sqlite_settings, POSTS)
+    add_posts(sqlite_settings, TAGGED_POSTS)
     base = ["--database-url", sqlite_settings.database_url, "--data-dir", str(sqlite_settings.data_dir)]
     assert main([*base, "vocab", "build", "--no-check", "--groups", str(groups_file)]) == 0
     out = capsys.readouterr().out
@@ -237,11 +169,11 @@ def test_cli_build_show_list_explain(sqlite_settings, groups_file, tmp_path, cap
     assert '"splits"' in capsys.readouterr().out
     assert main([*base, "vocab", "list"]) == 0
     assert "5 labels" in capsys.readouterr().out
-    assert main([*base, "vocab", "explain", "#Recipes", "ApplePies", "foodie", "--groups", str(groups_file)]) == 0
+    assert main([*base, "vocab", "trace", "#Recipes", "ApplePies", "foodie", "--groups", str(groups_file)]) == 0
     out = capsys.readouterr().out
     assert "lemma 'recipe' -> no label (scrape tag)" in out and "label 'pie'" in out and "(split: apple pie)" in out
     assert "#ApplePies [key applepies] (split: apple pie)" in out
-    assert main([*base, "vocab", "explain", "tofu", "grill", "--version", "1"]) == 0
+    assert main([*base, "vocab", "trace", "tofu", "grill", "--version", "1"]) == 0
     assert "not in this vocabulary version" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("groups: {a: [x], b: [x]}\n")
@@ -250,18 +182,11 @@ def test_cli_build_show_list_explain(sqlite_settings, groups_file, tmp_path, cap
     assert main([*base, "vocab", "build", "--min-count", "0"]) == 2
 
 
-def write_post(folder, stamp: str, caption: str, color=(200, 30, 30)) -> None:
-    """One instaloader post: ``<stamp>_UTC.jpg`` and its caption."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (32, 24), color).save(folder / f"{stamp}_UTC.jpg")
-    (folder / f"{stamp}_UTC.txt").write_text(caption, encoding="utf-8")
 
 
 def test_hashtag_rules_from_caption_to_label(sqlite_settings, tmp_path, capsys):
     """Issue 19.3/19.4 end to end: captions as users write them -> ingest (tags as typed) ->
-    vocab build under the packaged grouping (labels by match key) -> vocab explain."""
+    vocab build under the packaged grouping (labels by match key) -> vocab trace."""
     drop = tmp_path / "drop"
     write_post(drop, "2026-11-04_10-00-00", "Lasagna night! Card: https://www.example-food-blog.com/lasagna/"
                "#wprm-recipe-container-812 and https://youtu.be/xyz?si=a#t=1m22s #lasagna #recipe", (10, 20, 30))
@@ -286,7 +211,7 @@ def test_hashtag_rules_from_caption_to_label(sqlite_settings, tmp_path, capsys):
     }
     capsys.readouterr()
     assert main([*base, "vocab", "build", "--min-count", "1", "--no-check"]) == 0
-    labels, per_image, row = stored(sqlite_settings, 1)
+    labels, per_image, row = vocab_rows(sqlite_settings, 1)
     assert per_image == {
         "2026-11-04_10-00-00_UTC": {"lasagna"},
         "2026-11-04_10-00-02_UTC": {"pizza", "shortcake"},
@@ -295,7 +220,7 @@ def test_hashtag_rules_from_caption_to_label(sqlite_settings, tmp_path, capsys):
     }
     assert row.stats["raw_tags"]["food_porn"] == 1 and row.stats["dropped"]["foodporn"] == 2
     assert "wprm" not in row.stats["raw_tags"] and "t" not in row.stats["raw_tags"]
-    assert main([*base, "vocab", "explain", "#🍕", "food_porn", "recipes2026", "--version", "1"]) == 0
+    assert main([*base, "vocab", "trace", "#🍕", "food_porn", "recipes2026", "--version", "1"]) == 0
     out = capsys.readouterr().out
     assert "#🍕 [key pizza]: lemma 'pizza' -> label 'pizza'" in out
     assert "#food_porn [key foodporn]: lemma 'foodporn' -> no label (dropped by the grouping file)" in out
@@ -317,7 +242,7 @@ def test_a_min_count_share_scales_with_the_images_with_a_candidate_label(sqlite_
                                                                           candidates, images):
     # 5% of the images with a candidate label: the same three labels at both sizes, pie (3.3%) dropped
     add_posts(sqlite_settings, scaled_posts(n))
-    labels, _, row = stored(sqlite_settings, unchecked(sqlite_settings, groups_file, min_count="5%"))
+    labels, _, row = vocab_rows(sqlite_settings, unchecked_vocab(sqlite_settings, groups_file, min_count="5%"))
     assert [r[0] for r in labels] == ["apple", "bbq", "cake"] and list(row.stats["dropped_rare"]) == ["pie"]
     assert (row.stats["n_candidates"], row.stats["min_count_images"]) == (candidates, images)
     assert row.n_images == n + n // 4  # the images without a candidate label do not move the cut
@@ -325,7 +250,7 @@ def test_a_min_count_share_scales_with_the_images_with_a_candidate_label(sqlite_
     assert f"min_count 5% = {images} of the {candidates} images with a candidate label" in \
         describe(sqlite_settings, row.id)
     # an absolute min_count does not scale: 20 keeps bbq at 100 images only because it is on exactly 20
-    labels, _, row = stored(sqlite_settings, unchecked(sqlite_settings, groups_file, min_count=20))
+    labels, _, row = vocab_rows(sqlite_settings, unchecked_vocab(sqlite_settings, groups_file, min_count=20))
     assert [r[0] for r in labels] == (["apple", "bbq"] if n == 100 else ["apple", "bbq", "cake"])
     assert row.stats["min_count_images"] == 20 and row.config["grouping"]["min_count"] == 20
 
@@ -369,7 +294,7 @@ def test_a_vocabulary_that_cannot_train_a_model_is_refused_and_not_stored(sqlite
         "label in the grouping file, or ingest more posts.")
     assert versions() == 0
     vid = build_vocab(sqlite_settings, groups_file, min_count="5%")  # fits: stored
-    assert versions() == 1 and stored(sqlite_settings, vid)[2].n_labels == 3
+    assert versions() == 1 and vocab_rows(sqlite_settings, vid)[2].n_labels == 3
 
 
 def test_too_few_images_per_label_is_refused_with_what_to_change(sqlite_settings, groups_file):
@@ -383,7 +308,7 @@ def test_too_few_images_per_label_is_refused_with_what_to_change(sqlite_settings
         "the labels on at least 3 images: raise min_count to 15.1% (10 images) to drop them (2 labels would "
         "remain); or group those tags with a related label in the grouping file, or ingest more posts.")
     vid = build_vocab(sqlite_settings, groups_file, min_count="15.1%")  # the suggestion works
-    assert [r[0] for r in stored(sqlite_settings, vid)[0]] == ["apple", "bbq"]
+    assert [r[0] for r in vocab_rows(sqlite_settings, vid)[0]] == ["apple", "bbq"]
 
 
 def test_cli_min_count_forms_and_the_refusal(sqlite_settings, groups_file, capsys):
@@ -432,7 +357,7 @@ def test_food10_labels_reflect_the_dishes(sqlite_settings, food10):
 
     ingest(sqlite_settings, sorted(food10.glob("drop-*")))
     vid = build_vocab(sqlite_settings)
-    labels, _, row = stored(sqlite_settings, vid)
+    labels, _, row = vocab_rows(sqlite_settings, vid)
     names = [r[0] for r in labels]
     assert len(names) == 26, names  # docs/grouping.md; as min_count 95 gave before min_count was a share
     assert (row.stats["min_count_images"], row.stats["n_candidates"]) == (98, 1949)  # 5% of 1,949 rounded up
@@ -463,6 +388,6 @@ def test_food10_one_drop_gives_a_trainable_vocabulary(sqlite_settings, food10):
     ingest(sqlite_settings, [food10 / "drop-2026-11-01"])
     with pytest.raises(UserError, match=r"only sweets_sum \(on \d+ images\), and a model needs at least 2 labels"):
         build_vocab(sqlite_settings, min_count=95)
-    labels, _, row = stored(sqlite_settings, build_vocab(sqlite_settings))
+    labels, _, row = vocab_rows(sqlite_settings, build_vocab(sqlite_settings))
     assert len(labels) >= 20, labels
     assert row.stats["min_count_images"] < 40 and min(row.stats["valid_counts"].values()) >= MIN_VALID_IMAGES

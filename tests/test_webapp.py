@@ -6,51 +6,20 @@ import random
 from datetime import UTC, datetime
 
 import pytest
+from builders import SECRET, client_for, model_row, plain_images, vocab_row
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, text
 
 from instatag import db, webapp
 from instatag import schema as t
-from instatag.imagestore import resized_path
 
 LABELS = ("cake", "pie", "salad", "soup")
 
 
-def make_vocab(conn, labels=LABELS) -> int:
-    vid = conn.execute(insert(t.vocab_versions).values(
-        config={}, config_sha256="c" * 64, n_posts=1, n_images=1, n_unlabelled=0, n_raw_tags=1, n_lemmas=1,
-        n_labels=len(labels), stats={}, valid_pct=0.2)).inserted_primary_key[0]
-    conn.execute(insert(t.vocab_labels), [
-        {"vocab_version_id": vid, "label": label, "idx": i, "count": 10 + i, "members": [label]}
-        for i, label in enumerate(labels)])
-    return vid
 
 
-def make_model(conn, vocab_id: int, status: str, metrics=None) -> int:
-    run = conn.execute(insert(t.training_runs).values(vocab_version_id=vocab_id, params={}, status="succeeded",
-                                                      device="cpu")).inserted_primary_key[0]
-    return conn.execute(insert(t.model_versions).values(
-        training_run_id=run, vocab_version_id=vocab_id, arch="resnet18", params={}, metrics=metrics,
-        artifact_path="models/x/model.safetensors", sha256="0" * 64, status=status)).inserted_primary_key[0]
 
 
-def make_images(settings, conn, n: int, files: bool = True) -> list[int]:
-    """``n`` images; with ``files`` a small JPEG each in the resized store."""
-    from PIL import Image
-
-    rows = []
-    for i in range(n):
-        sha = f"{i:064x}"
-        rel = resized_path(sha)
-        if files:
-            path = settings.data_dir / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (32, 24), (40 * (i % 6), 120, 200)).save(path)
-        rows.append({"sha256": sha, "post": f"2026-11-01_06-{i // 60 % 60:02d}-{i % 60:02d}_UTC",
-                     "source_path": f"/drop/{i}.jpg", "format": "JPEG", "width": 32, "height": 24,
-                     "original_path": f"store/originals/{sha}.jpg", "resized_path": rel})
-    conn.execute(insert(t.images), rows)
-    return [r[0] for r in conn.execute(text("select id from images order by id"))]
 
 
 def predict_all(conn, model_id: int, image_ids, seed: int = 0, labels=LABELS, per_image: int = 2) -> None:
@@ -69,12 +38,12 @@ def predict_all(conn, model_id: int, image_ids, seed: int = 0, labels=LABELS, pe
 def filled(settings):
     """A champion (2) and a retired model (1) with predictions on 30 images; a report for the champion."""
     with db.get_engine(settings).begin() as conn:
-        vid = make_vocab(conn)
-        old = make_model(conn, vid, "retired")
+        vid = vocab_row(conn, LABELS)
+        old = model_row(conn, vid, "retired")
         metrics = {"model": {"dominant_recall@1": 0.61, "dominant_recall@2": 0.7, "map": 0.55},
                    "baseline": {"dominant_recall@1": 0.3, "dominant_recall@2": 0.4, "map": 0.2}}
-        champ = make_model(conn, vid, "champion", metrics)
-        ids = make_images(settings, conn, 30)
+        champ = model_row(conn, vid, "champion", metrics)
+        ids = plain_images(settings, conn, 30)
         predict_all(conn, champ, ids, seed=1)
         predict_all(conn, old, ids[:5], seed=2)
     report_dir = settings.reports_dir / str(champ)
@@ -84,15 +53,8 @@ def filled(settings):
     return settings, champ, old, ids
 
 
-SECRET = b"test secret"
 
 
-def client_for(settings, editor: bool = False, user: str = "tester") -> TestClient:
-    """The app as ``user``, who may record corrections when ``editor`` (read-only by default)."""
-    app = webapp.create_app(settings, secret_key=SECRET)
-    app.dependency_overrides[webapp.airflow_auth()] = lambda: user
-    app.dependency_overrides[webapp.edit_rights()] = lambda: editor
-    return TestClient(app)
 
 
 def test_models_page_lists_versions_with_metrics_and_champion(filled):
@@ -111,8 +73,8 @@ def test_models_page_shows_each_models_label_count_and_training_set_size(sqlite_
     import re
 
     with db.get_engine(sqlite_settings).begin() as conn:
-        small = make_model(conn, make_vocab(conn, ("sweets_sum",)), "retired")  # registered without sizes
-        big = make_model(conn, make_vocab(conn), "champion")
+        small = model_row(conn, vocab_row(conn, ("sweets_sum",)), "retired")  # registered without sizes
+        big = model_row(conn, vocab_row(conn, LABELS), "champion")
         conn.execute(t.model_versions.update().where(t.model_versions.c.id == big)
                      .values(params={"n_train": 1525, "n_valid": 360}))
     html = client_for(sqlite_settings).get("/").text
@@ -159,10 +121,10 @@ def test_browse_chips_are_most_probable_first_and_say_the_rank_rule(settings):
     """A model ranked dominant_first stored rank 1 on a less probable tag: the browser still shows the
     most probable tag first, and says how predicted_tags ranks."""
     with db.get_engine(settings).begin() as conn:
-        mid = make_model(conn, make_vocab(conn), "champion")
+        mid = model_row(conn, vocab_row(conn, LABELS), "champion")
         conn.execute(t.model_versions.update().where(t.model_versions.c.id == mid)
                      .values(params={"ranking": "dominant_first"}))
-        (image,) = make_images(settings, conn, 1)
+        (image,) = plain_images(settings, conn, 1)
         conn.execute(insert(t.predictions), [
             {"model_version_id": mid, "image_id": image, "label": "cake", "probability": 0.34, "rank": 1},
             {"model_version_id": mid, "image_id": image, "label": "pie", "probability": 0.99, "rank": 2},
@@ -179,8 +141,8 @@ def test_browse_newest_means_post_time(settings):
     """Unfiltered, the newest post comes first (images.taken_at, the image's first post), not the
     newest ingested; images without a post time come last."""
     with db.get_engine(settings).begin() as conn:
-        mid = make_model(conn, make_vocab(conn), "champion")
-        ids = make_images(settings, conn, 4)
+        mid = model_row(conn, vocab_row(conn, LABELS), "champion")
+        ids = plain_images(settings, conn, 4)
         posted = {ids[0]: datetime(2026, 11, 20, tzinfo=UTC), ids[1]: None,
                   ids[2]: datetime(2026, 11, 1, tzinfo=UTC), ids[3]: datetime(2026, 11, 10, tzinfo=UTC)}
         for image_id, when in posted.items():
@@ -369,9 +331,9 @@ def test_only_the_index_serves_filtered_pages(sqlite_settings):
     s = sqlite_settings
     engine = db.get_engine(s)
     with engine.begin() as conn:
-        vid = make_vocab(conn, tuple(f"label{i:02d}" for i in range(40)))
-        mid = make_model(conn, vid, "champion")
-        ids = make_images(s, conn, 50_000, files=False)
+        vid = vocab_row(conn, tuple(f"label{i:02d}" for i in range(40)))
+        mid = model_row(conn, vid, "champion")
+        ids = plain_images(s, conn, 50_000, files=False)
         predict_all(conn, mid, ids, labels=tuple(f"label{i:02d}" for i in range(40)))
         assert conn.execute(text("select count(*) from predictions")).scalar() == 100_000
     with engine.connect() as conn:
@@ -402,8 +364,8 @@ def test_postgres_plan_uses_the_index(pg_settings):
     engine = db.get_engine(s)
     labels = tuple(f"label{i:02d}" for i in range(40))
     with engine.begin() as conn:
-        mid = make_model(conn, make_vocab(conn, labels), "champion")
-        predict_all(conn, mid, make_images(s, conn, 20_000, files=False), labels=labels)
+        mid = model_row(conn, vocab_row(conn, labels), "champion")
+        predict_all(conn, mid, plain_images(s, conn, 20_000, files=False), labels=labels)
         conn.execute(text("ANALYZE"))
     with engine.connect() as conn:
         compiled = webapp.browse_statement(mid, "label07", 0.3, 49, 48).compile(
@@ -533,9 +495,9 @@ def test_review_queue_puts_the_largest_disagreement_first(settings):
     """Uploader labels against predictions: a probable tag the uploader did not give, an uploader's label the
     model finds improbable or did not predict; corrected images last."""
     with db.get_engine(settings).begin() as conn:
-        vid = make_vocab(conn)
-        champ = make_model(conn, vid, "champion")
-        a, b, c, d = make_images(settings, conn, 4, files=False)
+        vid = vocab_row(conn, LABELS)
+        champ = model_row(conn, vid, "champion")
+        a, b, c, d = plain_images(settings, conn, 4, files=False)
         rows = [(a, "soup", 0.9, 1), (a, "cake", 0.05, 2),  # uploader gave cake only: soup 0.9 missed -> 0.95
                 (b, "pie", 0.6, 1),  # uploader gave pie: agree; soup not predicted -> 1 - 0 = 1.0
                 (c, "salad", 0.7, 1),  # uploader gave salad: 0.3
