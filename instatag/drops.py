@@ -148,6 +148,22 @@ def fresh_labels(pipeline, tags: dict[int, set[str]]) -> dict[int, set[str]]:
     return {image_id: pipeline.labels_for_tags(ts) for image_id, ts in tags.items()}
 
 
+def labels_since(conn, pipeline, since: datetime) -> dict[int, set[str]]:
+    """{image id: its fresh labels in ``pipeline``'s vocabulary} of every new photo of the ingest runs
+    that started after ``since`` (``runs_since``; the vocabulary version's ``created_at``): the photos
+    the vocabulary version's ``image_labels`` cannot hold. Each photo's labels come from its own
+    drop's posts (``drop_hashtags``, ``fresh_labels``), as grading takes them; photos without a label
+    map to an empty set."""
+    out: dict[int, set[str]] = {}
+    for run in runs_since(conn, since):
+        new = {p["id"] for p in new_photos(conn, run)}
+        if not new:
+            continue
+        tags = drop_hashtags(conn, run)
+        out.update(fresh_labels(pipeline, {i: tags.get(i, set()) for i in new}))
+    return out
+
+
 def unknown_to(pipeline, tag: str) -> bool:
     """A hashtag the vocabulary does not know: it gives no label, and not because it is a scrape
     tag or dropped by the grouping file."""

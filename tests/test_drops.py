@@ -354,6 +354,40 @@ def test_the_drops_page(world):
     assert html.count('src="data:image/png;base64,') == 2
 
 
+def test_the_tag_browser_labels_photos_newer_than_the_champions_vocabulary(world):
+    """The drops' photos came after the champion's vocabulary version (no ``image_labels`` row): the browser
+    maps their own hashtags through that vocabulary as grading does, in the cards, the tag counts and the
+    review queue."""
+    from fastapi.testclient import TestClient
+
+    s, mid, run = world["settings"], world["model"], world["runs"]["same mix"]
+    pipeline = LabelPipeline.for_version(s, world["vocab"])
+    with db.get_engine(s).connect() as conn:
+        labels = drops.labels_since(conn, pipeline, drops.champion_vocab_created(conn, mid))
+        mine = drops.fresh_labels(pipeline, drops.drop_hashtags(conn, run))
+        counts = dict(webapp.model_labels(conn, mid))
+    cake = min(i for i, ls in mine.items() if ls == {"cake"})
+    assert labels[cake] == {"cake"} and len(labels) == 360  # every new photo of the three drops
+    with db.get_engine(s).begin() as conn:  # the champion's tags of this photo (what scoring writes)
+        conn.execute(insert(t.predictions), [{"model_version_id": mid, "image_id": cake, "label": lb,
+                                              "probability": p, "rank": r}
+                                             for r, (lb, p) in enumerate((("cake", 0.6), ("pie", 0.2)), 1)])
+    app = webapp.create_app(s)
+    app.dependency_overrides[webapp.airflow_auth()] = lambda: "tester"
+    app.dependency_overrides[webapp.edit_rights()] = lambda: False
+    client = TestClient(app)
+    for order in ("newest", "review"):
+        html = client.get(f"/browse?order={order}").text
+        card = html[html.index(f'id="image-{cake}"'):html.index('class="pager"')]
+        assert '<div class="muted uploader">uploader: cake</div>' in card
+    n_cake = sum(1 for ls in labels.values() if "cake" in ls)
+    assert f'cake ({counts["cake"] + n_cake} images tagged by uploaders)' in html
+    with db.get_engine(s).connect() as conn:
+        later = webapp.later_uploader_labels(s, conn, world["vocab"])
+        (card,) = webapp.browse(conn, mid, order="review", later=later).cards
+    assert card.uploader == ("cake",) and card.disagreement < 0.99  # the uploader's cake is not a disagreement of 1
+
+
 def test_the_drops_page_without_drops(sqlite_settings):
     app = webapp.create_app(sqlite_settings)
     app.dependency_overrides[webapp.airflow_auth()] = lambda: "tester"

@@ -556,3 +556,34 @@ def test_review_queue_puts_the_largest_disagreement_first(settings):
     assert "Needs review" in html and html.index(f'id="image-{b}"') < html.index(f'id="image-{a}"')
     with db.get_engine(settings).connect() as conn:  # with a tag: only images predicted with it
         assert [c.image_id for c in webapp.browse(conn, champ, tag="soup", order="review").cards] == [a]
+
+
+def test_review_queue_reads_every_labels_stored_probability(settings):
+    """The stored predictions keep only the tags over threshold and the top 2: an uploader's label missing
+    there is not probability 0 when scoring stored its probability (``image_probabilities``), so the queue
+    does not saturate at 1.00; equal disagreements go newest post first."""
+    from instatag import drops
+
+    with db.get_engine(settings).begin() as conn:
+        vid = make_vocab(conn)
+        champ = make_model(conn, vid, "champion")
+        a, b, c, d, e = make_images(settings, conn, 5, files=False)
+        for i, day in ((a, 1), (b, 2), (c, 3), (d, 4), (e, 5)):
+            conn.execute(t.images.update().where(t.images.c.id == i).values(taken_at=datetime(2026, 11, day,
+                                                                                               tzinfo=UTC)))
+        # every image: the uploader gave cake; the stored predictions hold soup and pie only
+        conn.execute(insert(t.predictions), [{"model_version_id": champ, "image_id": i, "label": lb,
+                                              "probability": p, "rank": r}
+                                             for i in (a, b, c, d, e)
+                                             for lb, p, r in (("soup", 0.3, 1), ("pie", 0.2, 2))])
+        conn.execute(insert(t.image_labels), [{"vocab_version_id": vid, "image_id": i, "label": "cake"}
+                                              for i in (a, b, c, d, e)])
+    # LABELS: cake, pie, salad, soup; e has no stored probabilities: cake counts as 0 there
+    drops.store_probabilities(settings, champ, [a, b, c, d], [[0.05, 0.2, 0.01, 0.3],   # 1 - 0.05 = 0.95
+                                                              [0.6, 0.2, 0.01, 0.3],    # 1 - 0.6 = 0.4
+                                                              [0.3, 0.2, 0.01, 0.25],   # 0.7
+                                                              [0.3, 0.2, 0.01, 0.25]])  # 0.7, newer than c
+    with db.get_engine(settings).connect() as conn:
+        page = webapp.browse(conn, champ, order="review")
+    assert [(c_.image_id, round(c_.disagreement, 2)) for c_ in page.cards] == [(e, 1.0), (a, 0.95), (d, 0.7),
+                                                                              (c, 0.7), (b, 0.4)]
