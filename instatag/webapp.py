@@ -32,7 +32,7 @@ import re
 import secrets
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -351,6 +351,16 @@ def browse(conn, model_version_id: int, tag: str = "", min_p: float = 0.0, page:
         ids = [r.image_id for r in conn.execute(browse_statement(model_version_id, tag, min_p, per_page + 1,
                                                                  offset))]
     has_next, ids = len(ids) > per_page, ids[:per_page]
+    total = conn.execute(count_statement(model_version_id, tag, min_p)).scalar() if tag else None
+    cards = make_cards(conn, model_version_id, vocab, ids, scores, later)
+    return Page(model_version_id, tag, min_p, page, cards, has_next, total, order)
+
+
+def make_cards(conn, model_version_id: int, vocab_version_id: int | None, ids: list[int],
+               scores: dict[int, float] | None = None, later: dict[int, set[str]] | None = None) -> list[Card]:
+    """The cards of images ``ids`` (in that order; unknown ids give empty cards): the model's predicted
+    tags most probable first, the uploader's labels (``image_labels`` of the vocabulary version, and
+    ``later``), the latest verdicts and the review ``scores``."""
     uploader: dict[int, list[str]] = {i: [] for i in ids}
     verdicts = feedback.latest_verdicts(conn, ids) if ids else {}
     tags: dict[int, list[tuple[str, float]]] = {i: [] for i in ids}
@@ -368,15 +378,14 @@ def browse(conn, model_version_id: int, tag: str = "", min_p: float = 0.0, page:
         posts = {r.id: (r.post, r.taken_at) for r in conn.execute(
             select(im.id, im.post, im.taken_at).where(im.id.in_(ids)))}
         il = t.image_labels.c
-        for r in conn.execute(select(il.image_id, il.label).where(il.vocab_version_id == vocab, il.image_id.in_(ids))
+        for r in conn.execute(select(il.image_id, il.label)
+                              .where(il.vocab_version_id == vocab_version_id, il.image_id.in_(ids))
                               .order_by(il.image_id, il.label)):
             uploader[r.image_id].append(r.label)
         for i in ids:
             uploader[i] = sorted(set(uploader[i]) | set((later or {}).get(i, ())))
-    total = conn.execute(count_statement(model_version_id, tag, min_p)).scalar() if tag else None
-    cards = [Card(i, posts.get(i, ("", None))[0], tags[i], posts.get(i, ("", None))[1], tuple(uploader[i]),
-                  verdicts.get(i, {}), scores.get(i)) for i in ids]
-    return Page(model_version_id, tag, min_p, page, cards, has_next, total, order)
+    return [Card(i, posts.get(i, ("", None))[0], tags[i], posts.get(i, ("", None))[1], tuple(uploader[i]),
+                 verdicts.get(i, {}), (scores or {}).get(i)) for i in ids]
 
 
 def model_rows(conn) -> list[dict]:
@@ -534,7 +543,7 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
         request: Request,
         tag: str = Query("", max_length=255, description="only images predicted with this tag"),
         min_p: float = Query(0.0, ge=0.0, le=1.0, description="minimum probability"),
-        page: int = Query(1, ge=1, le=MAX_PAGE),
+        page: int = Query(1, description=f"page number, clamped to 1..{MAX_PAGE}"),
         model: int | None = Query(None, ge=1, description="model version (default: the champion)"),
         order: str = Query("newest", pattern=f"^({'|'.join(ORDERS)})$", description=" | ".join(ORDERS)),
         conn=Depends(connect),
@@ -543,6 +552,7 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
     ):
         if model is not None and not model_exists(conn, model):
             return _not_found(request, "No such model version", f"There is no model version {model}.")
+        page = min(max(page, 1), MAX_PAGE)
         model = model or default_model(conn)
         vocab = conn.execute(select(t.model_versions.c.vocab_version_id).where(t.model_versions.c.id == model)
                              ).scalar() if model else None
@@ -557,10 +567,17 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
             result = Page(model, tag, min_p, page, [], False, 0)
         else:
             result = browse(conn, model, tag, min_p, page, order=order, later=later)
+        saved = request.query_params.get("saved", "")
+        saved_card = None
+        if model and saved.isdigit() and conn.execute(select(t.images.c.id).where(t.images.c.id == int(saved))
+                                                      ).first():
+            (saved_card,) = make_cards(conn, model, vocab, [int(saved)], later=later)
+            if result is not None:  # shown once, at the top: the grid leaves it out
+                result = replace(result, cards=[c for c in result.cards if c.image_id != saved_card.image_id])
         return _html(request, "browse.html", page=result, labels=labels, tag=tag, min_p=min_p, model=model,
                      message=message, vocab=vocab, ranking=model_ranking(conn, model) if model else "probability",
                      order=order, editor=editor, csrf=csrf_token(secret(), user_name(user)) if editor else "",
-                     saved=request.query_params.get("saved", ""),
+                     saved=saved, saved_card=saved_card, nolabel=request.query_params.get("nolabel", ""),
                      back=urlencode([(k, v) for k, v in request.query_params.multi_items() if k in BACK_PARAMS]))
 
     @app.post("/correct", name="correct")
@@ -585,6 +602,10 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
             raise HTTPException(403, "refused: the form's token is missing or wrong; reload the tag browser")
         verdict, _, chosen = action.partition(":")
         chosen = chosen or label
+        keep = {k: v for k, v in parse_qsl(back.lstrip("?")) if k in BACK_PARAMS}
+        if verdict == "confirmed" and not chosen:  # "add" with no label chosen: back to the page, which says so
+            target = _links(request)("/browse", **{**keep, "nolabel": image_id})
+            return RedirectResponse(f"{target}#image-{image_id}", status_code=303)
         problem = (None if model_exists(conn, model) else f"there is no model version {model}")
         if problem is None and not conn.execute(select(t.images.c.id).where(t.images.c.id == image_id)).first():
             problem = f"there is no image {image_id}"
@@ -594,7 +615,6 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
                          message=f"Correction refused: {problem}. Nothing was stored.")
         feedback.record(conn, image_id, chosen, verdict, user_name(user), model)
         conn.commit()
-        keep = {k: v for k, v in parse_qsl(back.lstrip("?")) if k in BACK_PARAMS}
         target = _links(request)("/browse", **{**keep, "saved": image_id})
         return RedirectResponse(f"{target}#image-{image_id}", status_code=303)
 

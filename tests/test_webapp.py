@@ -478,7 +478,9 @@ def test_a_correction_outside_the_vocabulary_or_malformed_is_refused_with_a_mess
     assert r.status_code == 400 and "Correction refused: &#39;tofu&#39; is not a label of the vocabulary" in r.text
     r = correction(client, ids[0], champ, "maybe:soup")
     assert r.status_code == 400 and "verdict &#39;maybe&#39; is not one of confirmed, rejected" in r.text
-    assert correction(client, ids[0], champ, "confirmed:").status_code == 400  # add without a label
+    r = correction(client, ids[0], champ, "confirmed:")  # "add" with no label chosen: the page says so
+    assert r.status_code == 303 and r.headers["location"] == f"/browse?order=review&nolabel={ids[0]}#image-{ids[0]}"
+    assert f"Nothing stored for image #{ids[0]}: choose a label" in client.get(r.headers["location"]).text
     assert correction(client, 99999, champ, "confirmed:soup").status_code == 400
     assert correction(client, ids[0], 999, "confirmed:soup").status_code == 400
     assert corrections_rows(settings) == []
@@ -587,3 +589,40 @@ def test_review_queue_reads_every_labels_stored_probability(settings):
         page = webapp.browse(conn, champ, order="review")
     assert [(c_.image_id, round(c_.disagreement, 2)) for c_ in page.cards] == [(e, 1.0), (a, 0.95), (d, 0.7),
                                                                               (c, 0.7), (b, 0.4)]
+
+
+def test_after_a_correction_in_the_review_queue_the_corrected_image_is_on_the_page(sqlite_settings):
+    """A corrected image goes to the end of the queue (here page 2); the page the redirect lands on shows it
+    at the top with its new verdict, once, and says what happened."""
+    s = sqlite_settings
+    with db.get_engine(s).begin() as conn:
+        champ = make_model(conn, make_vocab(conn), "champion")
+        ids = make_images(s, conn, 60, files=False)
+        predict_all(conn, champ, ids, seed=3)
+    client = client_for(s, editor=True)
+    with db.get_engine(s).connect() as conn:
+        first = webapp.browse(conn, champ, order="review").cards[0]
+    label = first.tags[0][0]
+    r = correction(client, first.image_id, champ, f"rejected:{label}")
+    assert r.status_code == 303
+    with db.get_engine(s).connect() as conn:  # the queue moved it off page 1
+        assert first.image_id not in {c.image_id for c in webapp.browse(conn, champ, order="review").cards}
+    html = client.get(r.headers["location"]).text
+    banner = html[html.index('id="saved"'):html.index('id="results"')]
+    assert f"Correction of image #{first.image_id} stored; its verdicts" in banner and f"✗ {label}" in banner
+    assert "end of the queue" in banner
+    card = banner[banner.index(f'id="image-{first.image_id}"'):]
+    assert f'class="verdict rejected" data-label="{label}"' in card and '<form class="correct"' in card
+    assert html.count(f'id="image-{first.image_id}"') == 1
+
+
+def test_browse_page_numbers_are_clamped_and_the_order_says_what_it_sorts_by(filled):
+    settings, champ, _, ids = filled
+    client = client_for(settings)
+    for page in (0, -3):
+        r = client.get("/browse", params={"page": page})
+        assert r.status_code == 200 and "Page 1." in r.text and f'id="image-{ids[-1]}"' in r.text
+    assert "Page 100000." in client.get("/browse", params={"page": 10**9}).text
+    html = client.get("/browse", params={"tag": "cake"}).text
+    assert "most probably “cake” first</option>" in html and "newest post first</option>" not in html
+    assert "newest post first</option>" in client.get("/browse").text
