@@ -211,7 +211,8 @@ def test_drops_wait_until_the_champion_scored_them_and_are_graded_once(world):
     assert world["again"] == []  # graded once
     training_drop = world["rows"][1]
     assert training_drop["model_version_id"] is None
-    assert training_drop["note"] == f"in model version {world['model']}'s training data"
+    assert training_drop["note"].startswith(f"in model version {world['model']}'s training data: ingested before "
+                                            "its vocabulary version was built, so it is never graded by it")
 
 
 def test_fresh_labels_come_from_the_champions_vocabulary(world):
@@ -275,7 +276,8 @@ def test_flags_are_logged_as_warnings(world, caplog):
     s = world["settings"]
     with caplog.at_level("WARNING", logger="instatag.drops"):
         drops.grade(s, world["runs"]["trending tag"], world["model"])  # grading again replaces the row
-    assert any("rose: #airfryer" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert any("rose (hashtags the vocabulary does not know): #airfryer" in r.getMessage()
+               and r.levelname == "WARNING" for r in caplog.records)
     with db.get_engine(s).connect() as conn:
         assert conn.execute(select(func.count()).select_from(t.drop_evaluations)).scalar() == 3
     with pytest.raises(UserError, match="no ingest run 99"):
@@ -322,7 +324,8 @@ def test_instatag_drops_prints_the_table_and_one_drop(world, capsys, tmp_path):
 
     assert cli.main([*base, str(world["runs"]["trending tag"]), "--no-grade"]) == 0
     detail = capsys.readouterr().out
-    assert "dominant_recall@2" in detail and "FLAG hashtags the vocabulary does not know rose: #airfryer" in detail
+    assert "dominant_recall@2" in detail
+    assert "FLAG new tags rose (hashtags the vocabulary does not know): #airfryer" in detail
 
     assert cli.main([*base, "--no-grade", "--json", "--plots", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out
@@ -436,3 +439,52 @@ def test_a_trained_champion_grades_new_drops(tmp_path, monkeypatch):
     assert pipeline.retrain_request(graded) is None  # INSTATAG_RETRAIN_ON_DRIFT is off
     monkeypatch.setenv("INSTATAG_RETRAIN_ON_DRIFT", "true")
     assert pipeline.retrain_request(graded)["reason"].startswith("drop 3 (model version 1): tag mix")
+
+
+# --------------------------------------------------------------------------- (last: they add drops to the world)
+def test_new_tags_are_one_figure_in_the_table_the_detail_and_the_page(world, capsys):
+    s = world["settings"]
+    base = ["--database-url", s.database_url, "--data-dir", str(s.data_dir), "drops", "--no-grade"]
+    for name, run in world["runs"].items():
+        row = world["rows"][run]
+        fig = row["figures"]["new_tags"]
+        assert row["n_new_tags"] == fig["count"] and all(t["rise"] > 0 for t in fig["tags"]), name
+        assert len(fig["tags"]) == min(fig["count"], drops.TOP_TAGS)
+        assert cli.main([*base, str(run)]) == 0
+        detail = capsys.readouterr().out
+        assert f"{row['n_new_tags']} new tags" in detail
+        listed = re.search(r"new tags \(hashtags the vocabulary does not know whose share rose\), .*", detail)
+        assert (listed is not None) == bool(fig["tags"])
+        if listed:
+            assert listed.group(0).count("#") == len(fig["tags"])
+    assert world["rows"][world["runs"]["same mix"]]["n_new_tags"] == 0  # rare hashtags' chance rises are not new
+
+
+def test_a_drop_too_small_to_test_says_so_and_a_training_drop_why_it_is_never_graded(world, tmp_path, capsys):
+    s, mid = world["settings"], world["model"]
+    sample.make_scrape(tmp_path / "tiny", n_posts=3, seed=9, start=START.replace(day=9), dishes=("chocolate_cake",))
+    run = ingest(s, [tmp_path / "tiny"]).ingest_run_id
+    oracle_score(s, mid, world["vocab"], run)
+    drops.grade(s, run, mid)
+    with db.get_engine(s).connect() as conn:
+        row = next(r for r in drops.drop_rows(conn) if r["id"] == run)
+    assert row["n_images"] == 3 and row["flags"] == []
+    assert row["too_few"] == "too few photos to test: 3 < 30"
+    assert all(drops.untested(row, f) for f in row["figures"].values())
+    base = ["--database-url", s.database_url, "--data-dir", str(s.data_dir), "drops", "--no-grade"]
+    assert cli.main(base) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.split()[0] == str(run))
+    assert line.endswith("too few photos to test: 3 < 30")
+    assert cli.main([*base, str(run)]) == 0
+    assert "too few photos to test: 3 < 30 (INSTATAG_DRIFT_MIN_IMAGES)" in capsys.readouterr().out
+    assert cli.main([*base, "1"]) == 0  # the training drop
+    assert capsys.readouterr().out.strip() == (
+        f"drop 1: not graded: in model version {mid}'s training data: ingested before its vocabulary version was "
+        "built, so it is never graded by it (a model grades only later drops)")
+    app = webapp.create_app(s)
+    app.dependency_overrides[webapp.airflow_auth()] = lambda: "tester"
+    from fastapi.testclient import TestClient
+
+    html = TestClient(app).get("/drops").text
+    tiny = re.search(rf'<td class="num">{run}</td>(.*?)</tr>', html, re.S).group(1)
+    assert "too few photos to test: 3 &lt; 30" in tiny and ">none<" not in tiny
