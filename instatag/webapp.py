@@ -404,6 +404,27 @@ def model_rows(conn) -> list[dict]:
             for r in rows]
 
 
+def run_rows(conn, limit: int = 20) -> list[dict]:
+    """The newest ``limit`` training runs that registered no model version (running or failed), newest
+    first, with ``reason``: the first line of a failed run's error, or why a run still ``running`` looks
+    dead (``train.stale_reason``; the next training marks it failed)."""
+    from .train import stale_reason
+
+    tr, mv = t.training_runs.c, t.model_versions.c
+    rows = conn.execute(select(tr.id, tr.vocab_version_id, tr.status, tr.error, tr.device, tr.started_at,
+                               tr.finished_at, tr.pid, tr.host, tr.heartbeat_at)
+                        .where(~exists().where(mv.training_run_id == tr.id))
+                        .order_by(tr.id.desc()).limit(limit)).mappings().all()
+    out = []
+    for r in rows:
+        row = dict(r)
+        stale = stale_reason(row)
+        row["stale"] = stale
+        row["reason"] = stale or (r["error"] or "").strip().split("\n", 1)[0]
+        out.append(row)
+    return out
+
+
 # --------------------------------------------------------------------------- files
 def safe_file(base: Path, *parts: str) -> Path | None:
     """``base/parts`` when it is a regular file that resolves (symlinks followed) inside ``base``."""
@@ -512,7 +533,7 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
         rows = model_rows(conn)
         for row in rows:
             row["has_report"] = report_file(settings, row["id"], "report.html") is not None
-        return _html(request, "models.html", rows=rows, metric_names=MODEL_METRICS)
+        return _html(request, "models.html", rows=rows, metric_names=MODEL_METRICS, runs=run_rows(conn))
 
     @app.get("/models/{model_version_id}/report", name="report")
     def report(request: Request, model_version_id: int, conn=Depends(connect)):
