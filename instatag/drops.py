@@ -631,7 +631,7 @@ def describe(row: dict) -> str:
     """Every figure of one graded drop, a line each."""
     lines = [f"drop {row['id']} graded by model version {row['model_version_id']} at "
              f"{_utc(row['graded_at']):%Y-%m-%d %H:%M}: {row['n_posts']} new posts, {row['n_images']} new photos, "
-             f"{row['n_labelled']} labelled, {row['n_new_tags']} new tags"]
+             f"{row['n_labelled']} labelled, {row['n_new_tags']} new tag{'s' * (row['n_new_tags'] != 1)}"]
     if row.get("too_few"):
         lines.append(f"{row['too_few']} (INSTATAG_DRIFT_MIN_IMAGES): no figure below can be flagged, however far "
                      "over its threshold")
