@@ -32,6 +32,9 @@ fi
 export PYTHONPATH=$SRC:/tmp/site
 DATA=/tmp/gpu-data
 rm -rf $DATA && cp -rL .gpu/slim $DATA || exit 1
+# the slim database was made by an older schema: bring it to this checkout's head before any timed run
+INSTATAG_DATA_DIR=$DATA $PY -c "from instatag import db; from instatag.settings import load_settings; \
+db.upgrade(load_settings())" >/dev/null 2>&1 || { echo "db upgrade failed"; exit 1; }
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
 
 # run LABEL LIMIT_S ARGS...: one training run in a fresh process, skipped when the deadline is too near

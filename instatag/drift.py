@@ -19,7 +19,8 @@ The statistics (docs/drops.md gives the reasoning and the thresholds' scale):
   distributions (0..1), and its p-value (``scipy.stats.ks_2samp``).
 - a **share** (photos with no label over its threshold; photos carrying a hashtag the vocabulary
   does not know): the rise, drop share - reference share, and the one-sided Fisher exact test that
-  the drop's share is higher (``scipy.stats.fisher_exact``).
+  the drop's share is higher (``scipy.stats.fisher_exact``). A drop's *new tags* are the hashtags
+  the vocabulary does not know whose share rose (``new_tags_figure``).
 - **quality**: how far the fresh-label dominant_recall@2 falls below the model's validation figure;
   its test is a one-sided z-test with each mean's variance bounded by m(1 - m)/n (the largest a
   mean of scores in [0, 1] can have), so it never overstates the evidence.
@@ -228,35 +229,39 @@ def share_figure(name: str, what: str, k: int, n: int, k_ref: int, n_ref: int, t
 
 def new_tags_figure(drop_counts: Mapping[str, int], n: int, ref_counts: Mapping[str, int], n_ref: int,
                     unknown: Iterable[str], th: Thresholds, top: int = 10) -> dict:
-    """The hashtags the vocabulary does not know (``unknown``) that rose fastest: the ``top`` by rise
-    of their share of photos, each with its one-sided Fisher exact p; the figure is the highest
-    rise, flagged when any of them is."""
-    rows = []
+    """The drop's *new tags*: the hashtags the vocabulary does not know (``unknown``) whose share of
+    photos rose, and not by chance (one-sided Fisher exact test, p under ``th.p_value``); a hashtag
+    whose share held or fell is not new, however rare. ``count``: how many there are; ``tags``: the
+    ``top`` of them by rise (each with its share before and after, rise and p). The figure's value
+    is the highest rise of any unknown hashtag (with its p), so a chance rise shows in the plot but
+    is never counted; flagged when a new tag's rise reaches ``th.new_tag_share`` (enough photos
+    given)."""
+    candidates = []
     for tag in unknown:
         k, k_ref = drop_counts.get(tag, 0), ref_counts.get(tag, 0)
-        if n and n_ref:
-            rows.append({"tag": tag, "n": k, "drop_share": k / n, "ref_share": k_ref / n_ref,
-                         "rise": k / n - k_ref / n_ref})
-    rows.sort(key=lambda r: (-r["rise"], r["tag"]))
-    rows = rows[:top]
+        if n and n_ref and k / n > k_ref / n_ref:
+            candidates.append({"tag": tag, "n": k, "drop_share": k / n, "ref_share": k_ref / n_ref,
+                               "rise": k / n - k_ref / n_ref, "p_value": share_rise(k, n, k_ref, n_ref)[1]})
+    candidates.sort(key=lambda r: (-r["rise"], r["tag"]))
+    rising = [r for r in candidates if r["p_value"] < th.p_value]
+    rows = rising[:top]
     for r in rows:
-        r["p_value"] = share_rise(r["n"], n, ref_counts.get(r["tag"], 0), n_ref)[1]
-        r["flagged"] = bool(r["rise"] >= th.new_tag_share and r["p_value"] < th.p_value and n >= th.min_images)
+        r["flagged"] = bool(r["rise"] >= th.new_tag_share and n >= th.min_images)
     fig = {"name": "new_tags", "statistic": "rise", "threshold": th.new_tag_share, "n": n, "n_ref": n_ref,
-           "tags": rows}
-    what = "hashtags the vocabulary does not know"
-    if not rows:
+           "tags": rows, "count": len(rising)}
+    what = "new tags (hashtags the vocabulary does not know whose share rose)"
+    if not candidates:
         if n and n_ref:
             fig.update(value=0.0, p_value=1.0, flagged=False, message=f"{what}: none")
         else:
             fig.update(value=None, p_value=None, flagged=False, message=f"{what}: not measured (no photos)")
         return fig
-    lead = next((r for r in rows if r["flagged"]), rows[0])
+    lead = next((r for r in rows if r["flagged"]), candidates[0])
     fig.update(value=lead["rise"], p_value=lead["p_value"])
-    fig = _judge(fig, th, th.min_images, f"{what} (#{lead['tag']})")
+    fig = _judge(fig, th, th.min_images, f"{what}: {len(rising)}; fastest #{lead['tag']}")
     flagged = [r for r in rows if r["flagged"]]
     if flagged:
-        fig["message"] = f"{what} rose: " + ", ".join(
+        fig["message"] = "new tags rose (hashtags the vocabulary does not know): " + ", ".join(
             f"#{r['tag']} {r['ref_share']:.0%} -> {r['drop_share']:.0%} (p {r['p_value']:.2g})" for r in flagged) + \
             f" (threshold +{th.new_tag_share:g})"
     return fig

@@ -19,11 +19,11 @@ champion's training or validation data), once the champion has scored its new ph
    (``registry.thresholds``: the database), beside
    the popularity baseline on the same photos and the champion's validation figures
    (``model_versions.metrics``).
-3. **Drift** (``instatag.drift``): the tag mix against the champion's vocabulary data, the hashtags
-   it does not know that rose fastest; the top-1 labels, the highest probability and the share of
-   photos with no label over its threshold against the champion's stored predictions on its
-   validation split (``evaluate.validation_set``); the photos' size and brightness against its
-   training photos.
+3. **Drift** (``instatag.drift``): the tag mix against the champion's vocabulary data, its *new
+   tags* (hashtags it does not know whose share rose, ``drift.new_tags_figure``; ``n_new_tags``);
+   the top-1 labels, the highest probability and the share of photos with no label over its
+   threshold against the champion's stored predictions on its validation split
+   (``evaluate.validation_set``); the photos' size and brightness against its training photos.
 
 Each graded drop is one ``drop_evaluations`` row per model (the time series; view ``drop_quality``);
 each flagged figure is logged as a warning and named in ``reasons``. ``retrain_check`` decides
@@ -147,6 +147,22 @@ def drop_hashtags(conn, ingest_run_id: int) -> dict[int, set[str]]:
 def fresh_labels(pipeline, tags: dict[int, set[str]]) -> dict[int, set[str]]:
     """{image id: its labels in ``pipeline``'s stored vocabulary} (the one label pipeline)."""
     return {image_id: pipeline.labels_for_tags(ts) for image_id, ts in tags.items()}
+
+
+def labels_since(conn, pipeline, since: datetime) -> dict[int, set[str]]:
+    """{image id: its fresh labels in ``pipeline``'s vocabulary} of every new photo of the ingest runs
+    that started after ``since`` (``runs_since``; the vocabulary version's ``created_at``): the photos
+    the vocabulary version's ``image_labels`` cannot hold. Each photo's labels come from its own
+    drop's posts (``drop_hashtags``, ``fresh_labels``), as grading takes them; photos without a label
+    map to an empty set."""
+    out: dict[int, set[str]] = {}
+    for run in runs_since(conn, since):
+        new = {p["id"] for p in new_photos(conn, run)}
+        if not new:
+            continue
+        tags = drop_hashtags(conn, run)
+        out.update(fresh_labels(pipeline, {i: tags.get(i, set()) for i in new}))
+    return out
 
 
 def unknown_to(pipeline, tag: str) -> bool:
@@ -418,7 +434,7 @@ def grade(settings, ingest_run_id: int, model_version_id: int, reference: Refere
             fig["message"] += (f" (model version {model_version_id} has no stored probabilities for its validation "
                                "photos: `instatag score --all`)")
     reasons = drift.flags(figures)
-    n_new_tags = sum(1 for tag in tag_counts if tag not in ref.raw_tags)
+    n_new_tags = figures[2].get("count", 0)  # the one definition: drift.new_tags_figure
     row = {
         "ingest_run_id": ingest_run_id, "model_version_id": model_version_id, "n_posts": run["n_posts"],
         "n_images": len(ids), "n_labelled": len(labelled), "n_new_tags": n_new_tags,
@@ -442,7 +458,7 @@ def grade(settings, ingest_run_id: int, model_version_id: int, reference: Refere
     summary.update({"dominant_recall@2": row["dominant_recall_2"],
                     "valid_dominant_recall@2": row["valid_dominant_recall_2"], "reasons": reasons})
     log.info("drop %d graded by model version %d in %.1f s: %d new photos, %d labelled, dominant_recall@2 %s "
-             "(validation %s, baseline %s), %d new hashtags", ingest_run_id, model_version_id,
+             "(validation %s, baseline %s), %d new tags", ingest_run_id, model_version_id,
              time.monotonic() - started, len(ids), len(labelled), _f(row["dominant_recall_2"]),
              _f(row["valid_dominant_recall_2"]), _f(row["baseline_dominant_recall_2"]), n_new_tags)
     for reason in reasons:
@@ -551,14 +567,39 @@ def drop_rows(conn, model_version_id: int | None = None) -> list[dict]:
         row = dict(m)
         if row["model_version_id"] is None:
             row["note"] = ("no champion yet" if since is None else
-                           f"in model version {champion}'s training data"
+                           f"in model version {champion}'s training data: ingested before its vocabulary version "
+                           "was built, so it is never graded by it (a model grades only later drops)"
                            if not started_after(row["started_at"], since) else
                            "waiting: the champion grades a finished drop once it has scored its new photos")
         figures = ((row.get("drift") or {}).get("figures")) or []
         row["flags"] = [FIGURES.get(f["name"], f["name"]) for f in figures if f.get("flagged")]
-        row["figures"] = {f["name"]: f for f in figures}
+        row["figures"] = {f["name"]: {**f, "untested": untested(row, f)} for f in figures}
+        row["too_few"] = too_few(row)
         rows.append(row)
     return rows
+
+
+def min_images(row: dict) -> int | None:
+    """The photos a graded drop needed before a figure could be flagged (``INSTATAG_DRIFT_MIN_IMAGES``
+    when it was graded, stored with its figures); None for a drop not graded."""
+    th = ((row.get("drift") or {}).get("thresholds")) or {}
+    return th.get("min_images") if row.get("model_version_id") is not None else None
+
+
+def untested(row: dict, figure: dict) -> bool:
+    """Whether a figure of a graded drop rests on fewer photos than the drift tests need (its ``n``:
+    the new photos, the labelled ones for quality): it is shown but can never be flagged."""
+    need = min_images(row)
+    return need is not None and figure.get("n") is not None and figure["n"] < need
+
+
+def too_few(row: dict) -> str | None:
+    """'too few photos to test: 3 < 30' for a graded drop with fewer new photos than the drift tests
+    need (none of its figures can be flagged, whatever their size), else None."""
+    need = min_images(row)
+    if need is None or row.get("n_images") is None or row["n_images"] >= need:
+        return None
+    return f"too few photos to test: {row['n_images']} < {need}"
 
 
 def _pct(value) -> str:
@@ -581,7 +622,7 @@ def format_table(rows: list[dict]) -> str:
             f"{r['id']:>5}  {when:16}  {r['n_posts']:>6}  {r['n_images']:>6}  {r['n_labelled']:>8}  "
             f"{r['n_new_tags']:>8}  {r['model_version_id']:>5}  {_pct(r['dominant_recall_2']):>11}  "
             f"{_pct(r['valid_dominant_recall_2']):>7}  {_pct(r['baseline_dominant_recall_2']):>10}  "
-            f"{_pct(r['map']):>6}  {', '.join(r['flags']) or 'none'}")
+            f"{_pct(r['map']):>6}  {', '.join(r['flags']) or r['too_few'] or 'none'}")
     return "\n".join(lines)
 
 
@@ -589,7 +630,10 @@ def describe(row: dict) -> str:
     """Every figure of one graded drop, a line each."""
     lines = [f"drop {row['id']} graded by model version {row['model_version_id']} at "
              f"{_utc(row['graded_at']):%Y-%m-%d %H:%M}: {row['n_posts']} new posts, {row['n_images']} new photos, "
-             f"{row['n_labelled']} labelled, {row['n_new_tags']} new hashtags"]
+             f"{row['n_labelled']} labelled, {row['n_new_tags']} new tag{'s' * (row['n_new_tags'] != 1)}"]
+    if row.get("too_few"):
+        lines.append(f"{row['too_few']} (INSTATAG_DRIFT_MIN_IMAGES): no figure below can be flagged, however far "
+                     "over its threshold")
     m = row["metrics"]
     if m.get("model"):
         lines.append(f"{'fresh labels':24} {'model':>7} {'baseline':>9} {'validation':>11}")
@@ -602,10 +646,11 @@ def describe(row: dict) -> str:
         fig = row["figures"].get(name)
         if fig:
             lines.append(f"  {'FLAG ' if fig['flagged'] else '     '}{fig['message']}")
-    tags = (row["figures"].get("new_tags") or {}).get("tags") or []
+    tags = [r for r in (row["figures"].get("new_tags") or {}).get("tags") or [] if r["rise"] > 0]
     if tags:
-        lines.append("  hashtags the vocabulary does not know, fastest rising: " + ", ".join(
-            f"#{r['tag']} {r['ref_share']:.0%} -> {r['drop_share']:.0%}" for r in tags))
+        some = f"the {len(tags)} " if len(tags) < row["n_new_tags"] else ""
+        lines.append(f"  new tags (hashtags the vocabulary does not know whose share rose), {some}fastest rising: "
+                     + ", ".join(f"#{r['tag']} {r['ref_share']:.1%} -> {r['drop_share']:.1%}" for r in tags))
     return "\n".join(lines)
 
 
@@ -630,8 +675,9 @@ def add_cli(sub) -> None:
         description="Each ingest run is a drop. First grade the drops the champion has scored and not graded "
         "yet: its predictions on their new photos against the labels their own hashtags give (dominant_recall@2, "
         "mAP, precision@k/recall@k beside the popularity baseline and its validation figures), and drift of the "
-        "tag mix, new hashtags, predictions and image properties, each against its INSTATAG_DRIFT_* threshold. "
-        "Then print one row per drop. See docs/drops.md.",
+        "tag mix, new tags (hashtags the vocabulary does not know whose share rose), predictions and image "
+        "properties, each against its INSTATAG_DRIFT_* threshold. Then print one row per drop; a drop with fewer "
+        "new photos than INSTATAG_DRIFT_MIN_IMAGES says it is too few to test. See docs/drops.md.",
     )
     p.add_argument("drop", nargs="?", type=int, metavar="DROP", help="print every figure of this drop instead")
     p.add_argument("--no-grade", dest="grade", action="store_false", help="only print; grade nothing")
@@ -655,7 +701,7 @@ def _cli(args, settings) -> int:
         if not mine:
             raise UserError(f"there is no drop {args.drop} with new posts (see `instatag drops`)")
         print("\n\n".join(describe(r) if r.get("model_version_id") is not None else
-                          f"drop {r['id']}: not graded yet" for r in mine))
+                          f"drop {r['id']}: not graded: {r['note']}" for r in mine))
         return 0
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "figures"} for r in rows], default=str, indent=1))

@@ -13,8 +13,9 @@ CSV (``instatag feedback export/import``): a header line, columns ``image_id`` o
 them), ``label``, ``verdict`` (confirmed | rejected) and ``user``; export writes both ids plus
 ``post``, ``created_at`` and ``model_version``. Import checks every row before writing any (image
 known, label in the vocabulary, verdict valid, user given) and refuses a file with a bad row,
-naming its line; a row equal to the image and label's latest verdict is skipped, so importing the
-same file twice adds nothing.
+naming its line; two rows on the same image and label with different verdicts contradict each other
+and refuse the file too, naming both lines (a file says one thing per image and label). A row equal
+to the image and label's latest verdict is skipped, so importing the same file twice adds nothing.
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ def import_csv(settings, path: Path) -> Imported:
         by_sha = dict(conn.execute(select(t.images.c.sha256, t.images.c.id)).all())
     ids = set(by_sha.values())
     errors, good = [], []
+    first: dict[tuple[int, str], tuple[int, str]] = {}  # (image, label) -> (line, verdict) of its first row
     for line, row in rows:
         row = {k: (v or "").strip() for k, v in row.items() if k}
         image_id = None
@@ -174,7 +176,13 @@ def import_csv(settings, path: Path) -> Imported:
         if problem:
             errors.append(f"line {line}: {problem}")
             continue
-        good.append((image_id, row["label"], row["verdict"].lower(), row["user"]))
+        verdict = row["verdict"].lower()
+        seen = first.setdefault((image_id, row["label"]), (line, verdict))
+        if seen[1] != verdict:
+            errors.append(f"line {line}: {verdict} contradicts line {seen[0]} ({seen[1]}) for image {image_id} and "
+                          f"label {row['label']!r}")
+            continue
+        good.append((image_id, row["label"], verdict, row["user"]))
     if errors:
         more = f" ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         raise UserError(f"{path}: {len(errors)} bad row{'s' * (len(errors) != 1)}, nothing imported:\n  "
@@ -209,8 +217,9 @@ def add_cli(sub) -> None:
         help="export or import people's label corrections (CSV)",
         description="export: write the latest verdict per image and label to FILE (CSV). import: append the "
         "corrections in FILE (columns image_id or sha256, label, verdict = confirmed|rejected, user); every row is "
-        "checked first (image known, label in the vocabulary) and a file with a bad row is refused, naming its "
-        "line; rows equal to the latest verdict are skipped, so a re-import adds nothing. The next `instatag vocab "
+        "checked first (image known, label in the vocabulary, no two rows with different verdicts on the same image "
+        "and label) and a file with a bad row is refused, naming its line(s); rows equal to the latest verdict are "
+        "skipped, so a re-import adds nothing. The next `instatag vocab "
         "build` uses the verified labels in place of the uploaders' (docs/grouping.md).",
     )
     p.add_argument("action", choices=("export", "import"))

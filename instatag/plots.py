@@ -302,15 +302,16 @@ def drop_quality(rows: Sequence[Mapping]) -> bytes:
 
 
 #: (figure name, title) of the drift panels, as instatag.drift names them
-DRIFT_PANELS = (("tag_mix", "tag mix (PSI)"), ("new_tags", "new hashtag (share rise)"),
+DRIFT_PANELS = (("tag_mix", "tag mix (PSI)"), ("new_tags", "fastest new tag (share rise)"),
                 ("top1_labels", "top-1 labels (PSI)"), ("max_probability", "max probability (KS D)"),
                 ("no_label", "no label over threshold (share rise)"), ("image_size", "image size (KS D)"),
                 ("brightness", "brightness (KS D)"), ("quality", "dominant_recall@2 fall"))
 
 
 def drop_drift(rows: Sequence[Mapping]) -> bytes:
-    """Each drift figure per drop with its threshold (dashed); flagged drops in red. ``rows``:
-    ``drops.drop_rows`` (their ``figures``)."""
+    """Each drift figure per drop with its threshold (dashed); flagged drops in red; hollow markers for
+    figures on fewer photos than the drift tests need (``untested``, set by ``drops.drop_rows``: never
+    flagged, whatever their size). ``rows``: ``drops.drop_rows`` (their ``figures``)."""
     rows = [r for r in rows if r.get("model_version_id") is not None]
     fig = _figure(11, 5.6)
     if not rows:
@@ -321,7 +322,10 @@ def drop_drift(rows: Sequence[Mapping]) -> bytes:
         figs = [r["figures"].get(name) or {} for r in rows]
         y = np.array([np.nan if f.get("value") is None else f["value"] for f in figs], dtype=float)
         flagged = np.array([bool(f.get("flagged")) for f in figs])
-        ax.plot(x, y, "-o", color=BLUE, lw=1.5, ms=3)
+        small = np.array([bool(f.get("untested")) for f in figs])
+        ax.plot(x, y, "-", color=BLUE, lw=1.5)
+        ax.plot(x[~small], y[~small], "o", color=BLUE, ms=3)
+        ax.plot(x[small], y[small], "o", mfc="white", mec=GREY, ms=6, mew=1.2)
         ax.plot(x[flagged], y[flagged], "o", color=RED, ms=6)
         thresholds = [f["threshold"] for f in figs if f.get("threshold") is not None]
         if thresholds:
@@ -330,6 +334,6 @@ def drop_drift(rows: Sequence[Mapping]) -> bytes:
         ax.tick_params(axis="y", labelsize=7)
         if ax not in axes[4:]:
             ax.set_xlabel("")
-    fig.suptitle("Drift of every drop against the champion's data (dashed: threshold; red: flagged)", fontsize=11,
-                 fontweight="bold")
+    fig.suptitle("Drift of every drop against the champion's data (dashed: threshold; red: flagged; hollow: too "
+                 "few photos to test)", fontsize=11, fontweight="bold")
     return _png(fig)

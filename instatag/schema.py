@@ -191,6 +191,11 @@ training_runs = Table(
     Column("device", String(64)),
     Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("finished_at", DateTime(timezone=True)),
+    #: the training process (os.getpid(), socket.gethostname()) and its last sign of life (start, lr_find,
+    #: every epoch): a run left "running" by a killed process is told by them (instatag.train.stale_reason)
+    Column("pid", Integer),
+    Column("host", String(255)),
+    Column("heartbeat_at", DateTime(timezone=True)),
 )
 
 training_epochs = Table(

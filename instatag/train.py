@@ -3,8 +3,12 @@
 ``train(settings, config)`` wraps ``fitting.fit`` (the fastai glue) with the bookkeeping: a
 ``training_runs`` row (running -> succeeded | failed), a ``training_epochs`` row per epoch, and at
 the end, in one transaction, the model files moved to ``models/<id>/`` and the ``model_versions``
-row (candidate). A failure marks the run failed with its error and registers nothing. The
-configuration and presets live in ``instatag.trainconfig``; docs/training.md explains the choices.
+row (candidate). A failure marks the run failed with its error and registers nothing (SIGTERM
+included: ``instatag train`` turns it into an exception). A process killed outright (``kill -9``, a
+lost machine) cannot, so every run records its process (``pid``, ``host``) and a heartbeat (start,
+lr_find, every epoch), and each new training first marks the runs left ``running`` by dead processes
+failed, with the reason (``mark_stale_runs``, ``stale_reason``). The configuration and presets live
+in ``instatag.trainconfig``; docs/training.md explains the choices.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import dataclasses
 import logging
 import os
 import shutil
+import socket
 import traceback
 import uuid
+from datetime import UTC, datetime, timedelta
 
 from . import trainconfig
 from .errors import UserError
@@ -24,9 +30,68 @@ from .settings import Settings
 # the configuration's names, for the callers that take them from here (the DAGs, pipeline, params, bench)
 from .trainconfig import LIMITS, LR_RANGE, PRESETS, TrainConfig, config_from, config_from_args
 
-__all__ = ["LIMITS", "LR_RANGE", "PRESETS", "TrainConfig", "add_cli", "config_from", "epochs_table", "train"]
+__all__ = ["LIMITS", "LR_RANGE", "PRESETS", "TrainConfig", "add_cli", "config_from", "epochs_table",
+           "mark_stale_runs", "stale_reason", "train"]
 
 log = logging.getLogger(__name__)
+
+#: a running run with no heartbeat for this long is taken as dead even when its process cannot be looked up (it
+#: ran on another host, or its pid was reused); the heartbeat comes at least once per epoch
+STALE_AFTER = timedelta(hours=6)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (signal 0)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC datetime (SQLite gives naive UTC ones)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def stale_reason(row, now: datetime | None = None, host: str | None = None) -> str | None:
+    """Why a ``training_runs`` row still ``running`` is dead, else None (it may still run; any other status:
+    None). Dead: its process (``pid`` on ``host``, this machine) is gone; or, wherever it ran, it gave no
+    heartbeat (``heartbeat_at``, else ``started_at``) for ``STALE_AFTER``."""
+    if row["status"] != "running":
+        return None
+    now, host = now or datetime.now(UTC), host or socket.gethostname()
+    if row["pid"] and row["host"] == host and not _alive(row["pid"]):
+        return f"its process {row['pid']} on {host} is gone (killed?)"
+    last = _aware(row["heartbeat_at"] or row["started_at"])
+    if last is not None and now - last > STALE_AFTER:
+        return (f"no sign of life since {last:%Y-%m-%d %H:%M} UTC, over {STALE_AFTER.total_seconds() / 3600:g} h: "
+                "its process was killed or lost")
+    return None
+
+
+def mark_stale_runs(settings: Settings) -> list[tuple[int, str]]:
+    """Mark failed, with the reason as their error, the training runs left ``running`` by a dead process
+    (``stale_reason``); returns (run id, reason) of each. Every training calls it first."""
+    from sqlalchemy import func, select, update
+
+    from . import db
+    from .schema import training_runs as tr
+
+    marked = []
+    with db.get_engine(settings).begin() as conn:
+        for row in conn.execute(select(tr).where(tr.c.status == "running").order_by(tr.c.id)).mappings().all():
+            why = stale_reason(row)
+            if why:
+                conn.execute(update(tr).where(tr.c.id == row["id"], tr.c.status == "running").values(
+                    status="failed", error=f"marked failed by a later training: {why}", finished_at=func.now()))
+                marked.append((row["id"], why))
+                log.warning("training run %d was left running: %s; marked failed", row["id"], why)
+    return marked
 
 
 def _device_name(device: str) -> str:
@@ -78,10 +143,12 @@ def train(settings: Settings, config: TrainConfig, vocab_version_id: int | None 
     prefetch = _prefetch(items, config, settings, pipeline.valid_pct)
     engine = db.get_engine(settings)
     params = config.to_dict()
+    mark_stale_runs(settings)
     with engine.begin() as conn:
         run_id = conn.execute(insert(training_runs).values(
             vocab_version_id=pipeline.version_id, params=params, status="running",
-            device=_device_name(resolve_device(settings.device)))).inserted_primary_key[0]
+            device=_device_name(resolve_device(settings.device)), pid=os.getpid(), host=socket.gethostname()[:255],
+            heartbeat_at=datetime.now(UTC))).inserted_primary_key[0]
     log.info("training run %d: %s on vocabulary version %d (%d labels, %d images)", run_id, config.arch,
              pipeline.version_id, len(pipeline.labels), len(items))
 
@@ -90,10 +157,13 @@ def train(settings: Settings, config: TrainConfig, vocab_version_id: int | None 
             conn.execute(insert(training_epochs).values(
                 training_run_id=run_id, epoch=rec.epoch, phase=rec.phase, train_loss=rec.train_loss,
                 valid_loss=rec.valid_loss, metrics=rec.metrics, images_seen=rec.images_seen, seconds=rec.seconds))
+            conn.execute(update(training_runs).where(training_runs.c.id == run_id).values(
+                heartbeat_at=datetime.now(UTC)))
 
     def write_lr_find(curve: dict) -> None:
         with engine.begin() as conn:
-            conn.execute(update(training_runs).where(training_runs.c.id == run_id).values(lr_find=curve))
+            conn.execute(update(training_runs).where(training_runs.c.id == run_id).values(
+                lr_find=curve, heartbeat_at=datetime.now(UTC)))
 
     staging = settings.models_dir / f".run-{run_id}-{uuid.uuid4().hex[:8]}"
     final = None
@@ -157,12 +227,18 @@ def epochs_table(settings: Settings, run_id: int) -> str:
 
 
 def _train_cmd(args, settings: Settings) -> int:
+    import signal
+
     from sqlalchemy import select
 
     from . import db
     from .schema import model_versions
 
+    def terminated(signum, frame):  # SIGTERM as an exception: train() records the run failed
+        raise SystemExit(128 + signum)
+
     config = config_from_args(args)
+    signal.signal(signal.SIGTERM, terminated)
     model_id = train(settings, config, args.vocab_version)
     with db.get_engine(settings).connect() as conn:
         row = conn.execute(select(model_versions).where(model_versions.c.id == model_id)).mappings().one()

@@ -30,15 +30,16 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
-from sqlalchemy import case, exists, func, literal, select, union_all
+from sqlalchemy import exists, func, select
 
 from . import feedback, registry
 from . import schema as t
@@ -182,16 +183,59 @@ def default_model(conn) -> int | None:
     return None if newest is None else int(newest)
 
 
-def model_labels(conn, model_version_id: int) -> list[tuple[str, int]]:
-    """(label, images whose uploaders gave it, in the vocabulary version the model was trained on) of
-    the model's vocabulary, alphabetical."""
+def model_labels(conn, model_version_id: int, later: dict[int, set[str]] | None = None) -> list[tuple[str, int]]:
+    """(label, images whose uploaders gave it) of the model's vocabulary, alphabetical: the images of
+    the vocabulary version the model was trained on, plus those of ``later`` (photos ingested after
+    it, ``later_uploader_labels``)."""
     vocab = registry.vocab_version_id(conn, model_version_id)
     rows = conn.execute(
         select(t.vocab_labels.c.label, t.vocab_labels.c.count)
         .where(t.vocab_labels.c.vocab_version_id == vocab)
         .order_by(t.vocab_labels.c.label)
     )
-    return [(r.label, r.count) for r in rows]
+    added = Counter(label for ls in (later or {}).values() for label in ls)
+    return [(r.label, r.count + added.get(r.label, 0)) for r in rows]
+
+
+#: {(database url, vocabulary version): labels.LabelPipeline}, and the labels they gave per state of the runs
+_PIPELINES: dict = {}
+_LATER: dict = {}
+
+
+def later_uploader_labels(settings: Settings, conn, vocab_version_id: int | None) -> dict[int, set[str]]:
+    """{image id: uploader labels} of the photos ingested after vocabulary version ``vocab_version_id``
+    was built, mapped through that version's label pipeline exactly as drop grading maps them
+    (``drops.labels_since``): the vocabulary's ``image_labels`` predate these photos. Cached per
+    database, vocabulary version and the posts of the ingest runs since; {} when there are none or
+    WordNet is missing (logged)."""
+    import logging
+
+    from . import drops
+    from .errors import UserError
+    from .labels import LabelPipeline
+
+    if vocab_version_id is None:
+        return {}
+    created = conn.execute(select(t.vocab_versions.c.created_at)
+                           .where(t.vocab_versions.c.id == vocab_version_id)).scalar()
+    if created is None:
+        return {}
+    runs = drops.runs_since(conn, drops._utc(created))
+    if not runs:
+        return {}
+    posts = tuple(conn.execute(select(t.posts.c.ingest_run_id, func.count()).where(t.posts.c.ingest_run_id.in_(runs))
+                               .group_by(t.posts.c.ingest_run_id).order_by(t.posts.c.ingest_run_id)).tuples())
+    key = (settings.database_url, vocab_version_id)
+    if _LATER.get(key, (None,))[0] != posts:
+        try:
+            if key not in _PIPELINES:
+                _PIPELINES[key] = LabelPipeline.for_version(settings, vocab_version_id)
+            _LATER[key] = (posts, drops.labels_since(conn, _PIPELINES[key], drops._utc(created)))
+        except UserError as exc:
+            logging.getLogger(__name__).warning("uploader labels of photos newer than vocabulary version %d: %s",
+                                                vocab_version_id, exc)
+            return {}
+    return _LATER[key][1]
 
 
 def browse_statement(model_version_id: int, tag: str, min_p: float, limit: int, offset: int):
@@ -213,28 +257,71 @@ def browse_statement(model_version_id: int, tag: str, min_p: float, limit: int, 
     return select(t.images.c.id.label("image_id")).where(scored).order_by(*newest).limit(limit).offset(offset)
 
 
-def review_statement(model_version_id: int, vocab_version_id: int, tag: str, min_p: float, limit: int, offset: int):
-    """The review queue: image ids (and their disagreement) where the model and the uploader disagree
-    most. An image's disagreement is the largest of: the probability of a predicted tag the uploader
-    did not give, and 1 - the probability of a label the uploader gave (0 when the model did not
-    predict it). Images nobody has corrected yet come first; then by disagreement, highest first."""
-    p, il, c = t.predictions.c, t.image_labels.c, t.label_corrections.c
-    given = exists().where(il.vocab_version_id == vocab_version_id, il.image_id == p.image_id, il.label == p.label)
-    missed = select(p.image_id.label("image_id"), p.probability.label("d")).where(
-        p.model_version_id == model_version_id, ~given)
-    pred = t.predictions.alias("pred")
-    scored = exists().where(pred.c.model_version_id == model_version_id, pred.c.image_id == il.image_id)
-    lost = (select(il.image_id.label("image_id"), (literal(1.0) - func.coalesce(p.probability, 0.0)).label("d"))
-            .select_from(t.image_labels.outerjoin(t.predictions, (p.model_version_id == model_version_id)
-                                                  & (p.image_id == il.image_id) & (p.label == il.label)))
-            .where(il.vocab_version_id == vocab_version_id, scored))
-    u = union_all(missed, lost).subquery()
-    q = select(u.c.image_id, func.max(u.c.d).label("disagreement")).group_by(u.c.image_id)
+def review_queue(conn, model_version_id: int, vocab_version_id: int, tag: str = "", min_p: float = 0.0,
+                 later: dict[int, set[str]] | None = None) -> list[tuple[int, float]]:
+    """The review queue: (image id, disagreement) of every image the model scored (with a prediction at
+    or over ``min_p``, of ``tag`` when given), in review order.
+
+    An image's disagreement (0..1) is the largest of: the probability of a label the uploader did not
+    give, and 1 - the probability of a label the uploader gave. The probabilities are the full
+    per-label ones scoring stores (``image_probabilities``, ``drops.load_probabilities``); an image
+    without them falls back to its stored predictions (tags over threshold and the top 2), where a
+    label not stored counts as probability 0. The uploader's labels are those of the vocabulary
+    version (``image_labels``) and, for photos ingested after it was built, ``later``
+    (``later_uploader_labels``). Order: images nobody has corrected first; then disagreement, highest
+    first; ties newest post first (``images.taken_at``, none last), then highest image id."""
+    import numpy as np
+
+    from . import drops
+
+    p, il, im = t.predictions.c, t.image_labels.c, t.images.c
+    q = select(p.image_id, p.label, p.probability).where(p.model_version_id == model_version_id)
     shown = t.predictions.alias("shown")
-    q = q.having(exists().where(shown.c.model_version_id == model_version_id, shown.c.image_id == u.c.image_id,
-                                shown.c.probability >= min_p, *([shown.c.label == tag] if tag else [])))
-    reviewed = case((exists().where(c.image_id == u.c.image_id), 1), else_=0)
-    return q.order_by(reviewed, func.max(u.c.d).desc(), u.c.image_id.desc()).limit(limit).offset(offset)
+    q = q.where(exists().where(shown.c.model_version_id == model_version_id, shown.c.image_id == p.image_id,
+                               shown.c.probability >= min_p, *([shown.c.label == tag] if tag else [])))
+    predicted: dict[int, dict[str, float]] = {}
+    for r in conn.execute(q):
+        predicted.setdefault(r.image_id, {})[r.label] = r.probability
+    if not predicted:
+        return []
+    ids = sorted(predicted)
+    labels = conn.execute(select(t.vocab_labels.c.label).where(t.vocab_labels.c.vocab_version_id == vocab_version_id)
+                          .order_by(t.vocab_labels.c.idx)).scalars().all()
+    probs = drops.load_probabilities(conn, model_version_id, ids)
+    given: dict[int, set[str]] = {i: set() for i in ids}
+    taken: dict[int, datetime | None] = {}
+    reviewed: set[int] = set()
+    for chunk in (ids[k:k + 500] for k in range(0, len(ids), 500)):
+        for r in conn.execute(select(il.image_id, il.label).where(il.vocab_version_id == vocab_version_id,
+                                                                  il.image_id.in_(chunk))):
+            given[r.image_id].add(r.label)
+        taken.update(conn.execute(select(im.id, im.taken_at).where(im.id.in_(chunk))).tuples().all())
+        reviewed.update(conn.execute(select(t.label_corrections.c.image_id).distinct()
+                                     .where(t.label_corrections.c.image_id.in_(chunk))).scalars())
+    for i, ls in (later or {}).items():
+        if i in given:
+            given[i] |= set(ls)
+    index = {label: j for j, label in enumerate(labels)}
+    scores = []
+    for i in ids:
+        row = probs.get(i)
+        if row is None or len(row) != len(labels):
+            row = np.zeros(len(labels), dtype=np.float32)
+            for label, value in predicted[i].items():
+                if label in index:
+                    row[index[label]] = value
+        mask = np.zeros(len(labels), dtype=bool)
+        mask[[index[label] for label in given[i] if label in index]] = True
+        missed = float(row[~mask].max()) if (~mask).any() else 0.0
+        lost = float((1.0 - row[mask]).max()) if mask.any() else 0.0
+        scores.append((i, max(missed, lost)))
+
+    def key(item):
+        i, d = item
+        when = taken.get(i)
+        return (i in reviewed, -round(d, 6), when is None, -(when.timestamp() if when else 0.0), -i)
+
+    return sorted(scores, key=key)
 
 
 def count_statement(model_version_id: int, tag: str, min_p: float):
@@ -244,21 +331,33 @@ def count_statement(model_version_id: int, tag: str, min_p: float):
 
 
 def browse(conn, model_version_id: int, tag: str = "", min_p: float = 0.0, page: int = 1,
-           per_page: int = PER_PAGE, order: str = "newest") -> Page:
+           per_page: int = PER_PAGE, order: str = "newest", later: dict[int, set[str]] | None = None) -> Page:
     """One page of the tag browser: images with all their predicted tags, most probable first
     (whatever the model's ranking: ``predictions.rank`` only breaks ties), their uploader's labels
-    and people's verdicts. ``order`` "review": the review queue (``review_statement``)."""
+    and people's verdicts. ``order`` "review": the review queue (``review_queue``). ``later``: the
+    uploader labels of photos ingested after the model's vocabulary version
+    (``later_uploader_labels``)."""
     offset = (page - 1) * per_page
     vocab = registry.vocab_version_id(conn, model_version_id)
     if order == "review":
-        rows = conn.execute(review_statement(model_version_id, vocab, tag, min_p, per_page + 1, offset)).all()
-        scores = {r.image_id: r.disagreement for r in rows}
-        ids = [r.image_id for r in rows]
+        queue = review_queue(conn, model_version_id, vocab, tag, min_p, later)[offset:offset + per_page + 1]
+        scores = dict(queue)
+        ids = [i for i, _ in queue]
     else:
         scores = {}
         ids = [r.image_id for r in conn.execute(browse_statement(model_version_id, tag, min_p, per_page + 1,
                                                                  offset))]
     has_next, ids = len(ids) > per_page, ids[:per_page]
+    total = conn.execute(count_statement(model_version_id, tag, min_p)).scalar() if tag else None
+    cards = make_cards(conn, model_version_id, vocab, ids, scores, later)
+    return Page(model_version_id, tag, min_p, page, cards, has_next, total, order)
+
+
+def make_cards(conn, model_version_id: int, vocab_version_id: int | None, ids: list[int],
+               scores: dict[int, float] | None = None, later: dict[int, set[str]] | None = None) -> list[Card]:
+    """The cards of images ``ids`` (in that order; unknown ids give empty cards): the model's predicted
+    tags most probable first, the uploader's labels (``image_labels`` of the vocabulary version, and
+    ``later``), the latest verdicts and the review ``scores``."""
     uploader: dict[int, list[str]] = {i: [] for i in ids}
     verdicts = feedback.latest_verdicts(conn, ids) if ids else {}
     tags: dict[int, list[tuple[str, float]]] = {i: [] for i in ids}
@@ -276,13 +375,14 @@ def browse(conn, model_version_id: int, tag: str = "", min_p: float = 0.0, page:
         posts = {r.id: (r.post, r.taken_at) for r in conn.execute(
             select(im.id, im.post, im.taken_at).where(im.id.in_(ids)))}
         il = t.image_labels.c
-        for r in conn.execute(select(il.image_id, il.label).where(il.vocab_version_id == vocab, il.image_id.in_(ids))
+        for r in conn.execute(select(il.image_id, il.label)
+                              .where(il.vocab_version_id == vocab_version_id, il.image_id.in_(ids))
                               .order_by(il.image_id, il.label)):
             uploader[r.image_id].append(r.label)
-    total = conn.execute(count_statement(model_version_id, tag, min_p)).scalar() if tag else None
-    cards = [Card(i, posts.get(i, ("", None))[0], tags[i], posts.get(i, ("", None))[1], tuple(uploader[i]),
-                  verdicts.get(i, {}), scores.get(i)) for i in ids]
-    return Page(model_version_id, tag, min_p, page, cards, has_next, total, order)
+        for i in ids:
+            uploader[i] = sorted(set(uploader[i]) | set((later or {}).get(i, ())))
+    return [Card(i, posts.get(i, ("", None))[0], tags[i], posts.get(i, ("", None))[1], tuple(uploader[i]),
+                 verdicts.get(i, {}), (scores or {}).get(i)) for i in ids]
 
 
 def model_rows(conn) -> list[dict]:
@@ -299,6 +399,27 @@ def model_rows(conn) -> list[dict]:
     ).mappings()
     return [{**r, "n_train": (r["params"] or {}).get("n_train"), "n_valid": (r["params"] or {}).get("n_valid")}
             for r in rows]
+
+
+def run_rows(conn, limit: int = 20) -> list[dict]:
+    """The newest ``limit`` training runs that registered no model version (running or failed), newest
+    first, with ``reason``: the first line of a failed run's error, or why a run still ``running`` looks
+    dead (``train.stale_reason``; the next training marks it failed)."""
+    from .train import stale_reason
+
+    tr, mv = t.training_runs.c, t.model_versions.c
+    rows = conn.execute(select(tr.id, tr.vocab_version_id, tr.status, tr.error, tr.device, tr.started_at,
+                               tr.finished_at, tr.pid, tr.host, tr.heartbeat_at)
+                        .where(~exists().where(mv.training_run_id == tr.id))
+                        .order_by(tr.id.desc()).limit(limit)).mappings().all()
+    out = []
+    for r in rows:
+        row = dict(r)
+        stale = stale_reason(row)
+        row["stale"] = stale
+        row["reason"] = stale or (r["error"] or "").strip().split("\n", 1)[0]
+        out.append(row)
+    return out
 
 
 # --------------------------------------------------------------------------- files
@@ -392,7 +513,7 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
         rows = model_rows(conn)
         for row in rows:
             row["has_report"] = report_file(settings, row["id"], "report.html") is not None
-        return _html(request, "models.html", rows=rows, metric_names=MODEL_METRICS)
+        return _html(request, "models.html", rows=rows, metric_names=MODEL_METRICS, runs=run_rows(conn))
 
     @app.get("/models/{model_version_id}/report", name="report")
     def report(request: Request, model_version_id: int, conn=Depends(connect)):
@@ -423,7 +544,7 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
         request: Request,
         tag: str = Query("", max_length=255, description="only images predicted with this tag"),
         min_p: float = Query(0.0, ge=0.0, le=1.0, description="minimum probability"),
-        page: int = Query(1, ge=1, le=MAX_PAGE),
+        page: int = Query(1, description=f"page number, clamped to 1..{MAX_PAGE}"),
         model: int | None = Query(None, ge=1, description="model version (default: the champion)"),
         order: str = Query("newest", pattern=f"^({'|'.join(ORDERS)})$", description=" | ".join(ORDERS)),
         conn=Depends(connect),
@@ -432,9 +553,11 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
     ):
         if model is not None and not model_exists(conn, model):
             return _not_found(request, "No such model version", f"There is no model version {model}.")
+        page = min(max(page, 1), MAX_PAGE)
         model = model or default_model(conn)
-        labels = model_labels(conn, model) if model else []
         vocab = registry.vocab_version_id(conn, model) if model else None
+        later = later_uploader_labels(settings, conn, vocab)
+        labels = model_labels(conn, model, later) if model else []
         message = ""
         if model is None:
             message = "No predictions yet: train, evaluate and score a model first."
@@ -443,11 +566,18 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
             message = f"“{tag}” is not a label of model version {model}."
             result = Page(model, tag, min_p, page, [], False, 0)
         else:
-            result = browse(conn, model, tag, min_p, page, order=order)
+            result = browse(conn, model, tag, min_p, page, order=order, later=later)
+        saved = request.query_params.get("saved", "")
+        saved_card = None
+        if model and saved.isdigit() and conn.execute(select(t.images.c.id).where(t.images.c.id == int(saved))
+                                                      ).first():
+            (saved_card,) = make_cards(conn, model, vocab, [int(saved)], later=later)
+            if result is not None:  # shown once, at the top: the grid leaves it out
+                result = replace(result, cards=[c for c in result.cards if c.image_id != saved_card.image_id])
         return _html(request, "browse.html", page=result, labels=labels, tag=tag, min_p=min_p, model=model,
                      message=message, vocab=vocab, ranking=model_ranking(conn, model) if model else "probability",
                      order=order, editor=editor, csrf=csrf_token(secret(), user_name(user)) if editor else "",
-                     saved=request.query_params.get("saved", ""),
+                     saved=saved, saved_card=saved_card, nolabel=request.query_params.get("nolabel", ""),
                      back=urlencode([(k, v) for k, v in request.query_params.multi_items() if k in BACK_PARAMS]))
 
     @app.post("/correct", name="correct")
@@ -472,6 +602,10 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
             raise HTTPException(403, "refused: the form's token is missing or wrong; reload the tag browser")
         verdict, _, chosen = action.partition(":")
         chosen = chosen or label
+        keep = {k: v for k, v in parse_qsl(back.lstrip("?")) if k in BACK_PARAMS}
+        if verdict == "confirmed" and not chosen:  # "add" with no label chosen: back to the page, which says so
+            target = _links(request)("/browse", **{**keep, "nolabel": image_id})
+            return RedirectResponse(f"{target}#image-{image_id}", status_code=303)
         problem = (None if model_exists(conn, model) else f"there is no model version {model}")
         if problem is None and not conn.execute(select(t.images.c.id).where(t.images.c.id == image_id)).first():
             problem = f"there is no image {image_id}"
@@ -481,7 +615,6 @@ def create_app(settings: Settings | None = None, secret_key: bytes | None = None
                          message=f"Correction refused: {problem}. Nothing was stored.")
         feedback.record(conn, image_id, chosen, verdict, user_name(user), model)
         conn.commit()
-        keep = {k: v for k, v in parse_qsl(back.lstrip("?")) if k in BACK_PARAMS}
         target = _links(request)("/browse", **{**keep, "saved": image_id})
         return RedirectResponse(f"{target}#image-{image_id}", status_code=303)
 

@@ -95,12 +95,12 @@ def test_a_new_trending_hashtag_is_flagged_and_a_rare_one_is_not():
     ref = {"cake": 300, "rare": 10}
     drop = {"airfryer": 60, "rare": 2, "cake": 20}
     fig = drift.new_tags_figure(drop, 120, ref, 1000, ["airfryer", "rare"], TH)
-    assert [t["tag"] for t in fig["tags"]] == ["airfryer", "rare"]
-    assert fig["flagged"] and fig["value"] == pytest.approx(0.5)
-    assert fig["tags"][0]["flagged"] and not fig["tags"][1]["flagged"]
+    assert [t["tag"] for t in fig["tags"]] == ["airfryer"] and fig["count"] == 1  # rare's rise is chance
+    assert fig["flagged"] and fig["value"] == pytest.approx(0.5) and fig["tags"][0]["flagged"]
     assert "#airfryer 0% -> 50%" in fig["message"]
     quiet = drift.new_tags_figure({"rare": 2}, 120, ref, 1000, ["rare"], TH)
-    assert not quiet["flagged"] and quiet["value"] == pytest.approx(2 / 120 - 10 / 1000)
+    assert not quiet["flagged"] and quiet["value"] == pytest.approx(2 / 120 - 10 / 1000)  # plotted, not counted
+    assert quiet["tags"] == [] and quiet["count"] == 0
     assert drift.new_tags_figure({}, 120, ref, 1000, [], TH)["value"] == 0.0
 
 
@@ -132,3 +132,19 @@ def test_thresholds_come_from_the_settings():
         load_settings(env={"INSTATAG_DRIFT_P_VALUE": "0"})
     with pytest.raises(SettingsError, match="INSTATAG_RETRAIN_WHEN"):
         load_settings(env={"INSTATAG_RETRAIN_WHEN": "sometimes"})
+
+
+def test_new_tags_are_the_unknown_hashtags_whose_share_rose():
+    """One definition of a drop's new tags: a hashtag the vocabulary does not know whose share of photos rose,
+    not by chance (p < INSTATAG_DRIFT_P_VALUE). #honey at 1% of the vocabulary's images and 1% of the drop's did
+    not rise: not new, not listed, not counted; #once on 1 photo of 100 (0.1% before) rose by chance."""
+    ref = {"honey": 10, "rare": 1, "once": 1}  # of 1000 images
+    drop = {"honey": 1, "rare": 3, "airfryer": 2, "once": 1}  # of 100 photos
+    fig = drift.new_tags_figure(drop, 100, ref, 1000, ["honey", "rare", "airfryer", "gone", "once"], TH)
+    assert [t["tag"] for t in fig["tags"]] == ["rare", "airfryer"] and fig["count"] == 2
+    assert all(t["rise"] > 0 and t["p_value"] < TH.p_value for t in fig["tags"])
+    steady = drift.new_tags_figure({"honey": 1}, 100, ref, 1000, ["honey"], TH)
+    assert steady["tags"] == [] and steady["count"] == 0 and steady["message"].endswith(": none")
+    many = drift.new_tags_figure({f"t{i}": 5 for i in range(15)}, 100, {}, 1000, [f"t{i}" for i in range(15)], TH,
+                                 top=10)
+    assert len(many["tags"]) == 10 and many["count"] == 15  # the count is of all of them, the list the fastest

@@ -115,9 +115,10 @@ def test_scoring_stores_every_probability_the_model_gave(settings, tiny_model_di
 
 
 # --------------------------------------------------------------------------- an oracle champion and four drops
-def oracle_probs(labels: list[str], image_labels: set[str], image_id: int) -> np.ndarray:
-    """What a good model says: its own labels high, the others low, with noise seeded by the image."""
-    rng = np.random.default_rng(image_id)
+def oracle_probs(labels: list[str], image_labels: set[str], sha256: str) -> np.ndarray:
+    """What a good model says: its own labels high, the others low, with noise seeded by the image's
+    content (not its id: ingest's worker processes may number the same photos in another order)."""
+    rng = np.random.default_rng(int(sha256[:16], 16))
     p = 0.08 + np.abs(rng.normal(0, 0.05, len(labels)))
     for label in image_labels:
         p[labels.index(label)] = np.clip(0.7 + rng.normal(0, 0.15), 0.05, 0.99)
@@ -137,14 +138,15 @@ def oracle_champion(s, vocab_id: int) -> int:
             artifact_path="", sha256="0" * 64, status="champion")).inserted_primary_key[0]
         conn.execute(update(t.model_versions).where(t.model_versions.c.id == mid)
                      .values(artifact_path=f"models/{mid}/model.safetensors"))
-        all_ids = conn.execute(select(t.images.c.id)).scalars().all()
+        all_images = conn.execute(select(t.images.c.id, t.images.c.sha256)).all()
     folder = s.data_dir / "models" / str(mid)
     folder.mkdir(parents=True)
     (folder / "model.json").write_text(json.dumps({"labels": labels, "ranking": "probability"}))
     by_image = {it.image_id: set(it.labels) for it in pipeline.items(s)}
-    drops.store_probabilities(s, mid, all_ids, [oracle_probs(labels, by_image.get(i, set()), i) for i in all_ids])
+    drops.store_probabilities(s, mid, [i for i, _ in all_images],
+                              [oracle_probs(labels, by_image.get(i, set()), sha) for i, sha in all_images])
     _, _, counts, items, y_true = evaluate.validation_set(s, mid)
-    probs = np.vstack([oracle_probs(labels, set(it.labels), it.image_id) for it in items])
+    probs = np.vstack([oracle_probs(labels, set(it.labels), it.sha256) for it in items])
     res = metrics.evaluate_predictions(y_true, probs, labels, counts, 0.5)  # its thresholds: the global 0.5
     with db.get_engine(s).begin() as conn:
         conn.execute(update(t.model_versions).where(t.model_versions.c.id == mid).values(
@@ -157,9 +159,10 @@ def oracle_score(s, mid: int, vocab_id: int, run: int) -> None:
     """Store the oracle's probabilities of a drop's new photos (what scoring does)."""
     pipeline = LabelPipeline.for_version(s, vocab_id)
     with db.get_engine(s).connect() as conn:
-        ids = [p["id"] for p in drops.new_photos(conn, run)]
+        photos = [(p["id"], p["sha256"]) for p in drops.new_photos(conn, run)]
         labels_of = drops.fresh_labels(pipeline, drops.drop_hashtags(conn, run))
-    drops.store_probabilities(s, mid, ids, [oracle_probs(pipeline.labels, labels_of.get(i, set()), i) for i in ids])
+    drops.store_probabilities(s, mid, [i for i, _ in photos],
+                              [oracle_probs(pipeline.labels, labels_of.get(i, set()), sha) for i, sha in photos])
 
 
 #: the generated drops after the training drop: (name, make_scrape arguments)
@@ -209,7 +212,8 @@ def test_drops_wait_until_the_champion_scored_them_and_are_graded_once(world):
     assert world["again"] == []  # graded once
     training_drop = world["rows"][1]
     assert training_drop["model_version_id"] is None
-    assert training_drop["note"] == f"in model version {world['model']}'s training data"
+    assert training_drop["note"].startswith(f"in model version {world['model']}'s training data: ingested before "
+                                            "its vocabulary version was built, so it is never graded by it")
 
 
 def test_fresh_labels_come_from_the_champions_vocabulary(world):
@@ -273,7 +277,8 @@ def test_flags_are_logged_as_warnings(world, caplog):
     s = world["settings"]
     with caplog.at_level("WARNING", logger="instatag.drops"):
         drops.grade(s, world["runs"]["trending tag"], world["model"])  # grading again replaces the row
-    assert any("rose: #airfryer" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert any("rose (hashtags the vocabulary does not know): #airfryer" in r.getMessage()
+               and r.levelname == "WARNING" for r in caplog.records)
     with db.get_engine(s).connect() as conn:
         assert conn.execute(select(func.count()).select_from(t.drop_evaluations)).scalar() == 3
     with pytest.raises(UserError, match="no ingest run 99"):
@@ -320,7 +325,8 @@ def test_instatag_drops_prints_the_table_and_one_drop(world, capsys, tmp_path):
 
     assert cli.main([*base, str(world["runs"]["trending tag"]), "--no-grade"]) == 0
     detail = capsys.readouterr().out
-    assert "dominant_recall@2" in detail and "FLAG hashtags the vocabulary does not know rose: #airfryer" in detail
+    assert "dominant_recall@2" in detail
+    assert "FLAG new tags rose (hashtags the vocabulary does not know): #airfryer" in detail
 
     assert cli.main([*base, "--no-grade", "--json", "--plots", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out
@@ -350,6 +356,40 @@ def test_the_drops_page(world):
     assert re.search(r'<span class="flag" title="tag mix against[^"]*">tag mix</span>', dish[1])
     assert "not graded: in model version" in by_id[1][1]
     assert html.count('src="data:image/png;base64,') == 2
+
+
+def test_the_tag_browser_labels_photos_newer_than_the_champions_vocabulary(world):
+    """The drops' photos came after the champion's vocabulary version (no ``image_labels`` row): the browser
+    maps their own hashtags through that vocabulary as grading does, in the cards, the tag counts and the
+    review queue."""
+    from fastapi.testclient import TestClient
+
+    s, mid, run = world["settings"], world["model"], world["runs"]["same mix"]
+    pipeline = LabelPipeline.for_version(s, world["vocab"])
+    with db.get_engine(s).connect() as conn:
+        labels = drops.labels_since(conn, pipeline, drops.champion_vocab_created(conn, mid))
+        mine = drops.fresh_labels(pipeline, drops.drop_hashtags(conn, run))
+        counts = dict(webapp.model_labels(conn, mid))
+    cake = min(i for i, ls in mine.items() if ls == {"cake"})
+    assert labels[cake] == {"cake"} and len(labels) == 360  # every new photo of the three drops
+    with db.get_engine(s).begin() as conn:  # the champion's tags of this photo (what scoring writes)
+        conn.execute(insert(t.predictions), [{"model_version_id": mid, "image_id": cake, "label": lb,
+                                              "probability": p, "rank": r}
+                                             for r, (lb, p) in enumerate((("cake", 0.6), ("pie", 0.2)), 1)])
+    app = webapp.create_app(s)
+    app.dependency_overrides[webapp.airflow_auth()] = lambda: "tester"
+    app.dependency_overrides[webapp.edit_rights()] = lambda: False
+    client = TestClient(app)
+    for order in ("newest", "review"):
+        html = client.get(f"/browse?order={order}").text
+        card = html[html.index(f'id="image-{cake}"'):html.index('class="pager"')]
+        assert '<div class="muted uploader">uploader: cake</div>' in card
+    n_cake = sum(1 for ls in labels.values() if "cake" in ls)
+    assert f'cake ({counts["cake"] + n_cake} images tagged by uploaders)' in html
+    with db.get_engine(s).connect() as conn:
+        later = webapp.later_uploader_labels(s, conn, world["vocab"])
+        (card,) = webapp.browse(conn, mid, order="review", later=later).cards
+    assert card.uploader == ("cake",) and card.disagreement < 0.99  # the uploader's cake is not a disagreement of 1
 
 
 def test_the_drops_page_without_drops(sqlite_settings):
@@ -400,3 +440,52 @@ def test_a_trained_champion_grades_new_drops(tmp_path, monkeypatch):
     assert pipeline.retrain_request(graded) is None  # INSTATAG_RETRAIN_ON_DRIFT is off
     monkeypatch.setenv("INSTATAG_RETRAIN_ON_DRIFT", "true")
     assert pipeline.retrain_request(graded)["reason"].startswith("drop 3 (model version 1): tag mix")
+
+
+# --------------------------------------------------------------------------- (last: they add drops to the world)
+def test_new_tags_are_one_figure_in_the_table_the_detail_and_the_page(world, capsys):
+    s = world["settings"]
+    base = ["--database-url", s.database_url, "--data-dir", str(s.data_dir), "drops", "--no-grade"]
+    for name, run in world["runs"].items():
+        row = world["rows"][run]
+        fig = row["figures"]["new_tags"]
+        assert row["n_new_tags"] == fig["count"] and all(t["rise"] > 0 for t in fig["tags"]), name
+        assert len(fig["tags"]) == min(fig["count"], drops.TOP_TAGS)
+        assert cli.main([*base, str(run)]) == 0
+        detail = capsys.readouterr().out
+        assert re.search(rf"\b{row['n_new_tags']} new tags?\b", detail)
+        listed = re.search(r"new tags \(hashtags the vocabulary does not know whose share rose\), .*", detail)
+        assert (listed is not None) == bool(fig["tags"])
+        if listed:
+            assert listed.group(0).count("#") == len(fig["tags"])
+    assert world["rows"][world["runs"]["same mix"]]["n_new_tags"] == 0  # rare hashtags' chance rises are not new
+
+
+def test_a_drop_too_small_to_test_says_so_and_a_training_drop_why_it_is_never_graded(world, tmp_path, capsys):
+    s, mid = world["settings"], world["model"]
+    sample.make_scrape(tmp_path / "tiny", n_posts=3, seed=9, start=START.replace(day=9), dishes=("chocolate_cake",))
+    run = ingest(s, [tmp_path / "tiny"]).ingest_run_id
+    oracle_score(s, mid, world["vocab"], run)
+    drops.grade(s, run, mid)
+    with db.get_engine(s).connect() as conn:
+        row = next(r for r in drops.drop_rows(conn) if r["id"] == run)
+    assert row["n_images"] == 3 and row["flags"] == []
+    assert row["too_few"] == "too few photos to test: 3 < 30"
+    assert all(drops.untested(row, f) for f in row["figures"].values())
+    base = ["--database-url", s.database_url, "--data-dir", str(s.data_dir), "drops", "--no-grade"]
+    assert cli.main(base) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.split()[0] == str(run))
+    assert line.endswith("too few photos to test: 3 < 30")
+    assert cli.main([*base, str(run)]) == 0
+    assert "too few photos to test: 3 < 30 (INSTATAG_DRIFT_MIN_IMAGES)" in capsys.readouterr().out
+    assert cli.main([*base, "1"]) == 0  # the training drop
+    assert capsys.readouterr().out.strip() == (
+        f"drop 1: not graded: in model version {mid}'s training data: ingested before its vocabulary version was "
+        "built, so it is never graded by it (a model grades only later drops)")
+    app = webapp.create_app(s)
+    app.dependency_overrides[webapp.airflow_auth()] = lambda: "tester"
+    from fastapi.testclient import TestClient
+
+    html = TestClient(app).get("/drops").text
+    tiny = re.search(rf'<td class="num">{run}</td>(.*?)</tr>', html, re.S).group(1)
+    assert "too few photos to test: 3 &lt; 30" in tiny and ">none<" not in tiny

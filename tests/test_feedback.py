@@ -85,3 +85,31 @@ def test_feedback_import_refuses_bad_rows_by_line_and_writes_nothing(sqlite_sett
     (tmp_path / "nohead.csv").write_text("id,label\n1,pie\n")
     assert main([*env, "feedback", "import", str(tmp_path / "nohead.csv")]) != 0
     assert "the header lacks user, verdict, image_id or sha256" in capsys.readouterr().err
+
+
+def test_feedback_import_refuses_contradicting_rows_on_one_image_and_label(sqlite_settings, groups_file,  # noqa: F811
+                                                                          tmp_path, capsys):
+    """``5,pie,confirmed`` then ``5,pie,rejected`` in one file: imported twice it would add both rows each time
+    (each differs from the latest verdict the other left); the file is refused, naming both lines. The same
+    verdict twice is no contradiction."""
+    ids = add_posts(sqlite_settings, TAGGED_POSTS)
+    unchecked_vocab(sqlite_settings, groups_file)
+    sha_p1 = db.get_engine(sqlite_settings).connect().execute(
+        select(t.images.c.sha256).where(t.images.c.id == ids["p1"])).scalar()
+    both = tmp_path / "both.csv"
+    both.write_text(f"image_id,sha256,label,verdict,user\n{ids['p1']},,pie,confirmed,ann\n"
+                    f"{ids['p2']},,pie,rejected,ann\n,{sha_p1},pie,Rejected,bob\n")
+    env = ["--database-url", sqlite_settings.database_url, "--data-dir", str(sqlite_settings.data_dir)]
+    for _ in range(2):
+        assert main([*env, "feedback", "import", str(both)]) != 0
+        err = capsys.readouterr().err
+        assert "1 bad row, nothing imported" in err
+        assert f"line 4: rejected contradicts line 2 (confirmed) for image {ids['p1']} and label 'pie'" in err
+    with db.get_engine(sqlite_settings).connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t.label_corrections)).scalar() == 0
+    same = tmp_path / "same.csv"
+    same.write_text(f"image_id,label,verdict,user\n{ids['p1']},pie,rejected,ann\n{ids['p1']},pie,rejected,bob\n")
+    assert main([*env, "feedback", "import", str(same)]) == 0
+    assert "imported 1 correction from" in capsys.readouterr().out
+    assert main([*env, "feedback", "import", str(same)]) == 0
+    assert "imported 0 corrections" in capsys.readouterr().out

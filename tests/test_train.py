@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -302,6 +303,59 @@ def test_a_failure_marks_the_run_failed_and_registers_nothing(sqlite_settings, m
     assert _rows(s, t.model_versions) == []
     assert not s.models_dir.exists() or list(s.models_dir.iterdir()) == []
     assert len(_rows(s, t.training_epochs)) == 1  # the epochs it did finish stay on record
+
+
+def test_a_run_left_running_by_a_killed_process_is_marked_failed_by_the_next_training(sqlite_settings,
+                                                                                     monkeypatch):
+    """kill -9 leaves no chance to record a failure: the next training finds the run's process gone (same
+    host) or silent for hours (another host) and marks it failed with the reason; a live one stays running.
+    The models page lists them."""
+    import socket
+    import subprocess
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    from fastapi.testclient import TestClient
+
+    s = sqlite_settings
+    vid = add_labelled_images(s, 12)
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    victim.kill()  # SIGKILL
+    victim.wait()
+    now = datetime.now(UTC)
+    here, there = socket.gethostname(), "worker-elsewhere"
+    with db.get_engine(s).begin() as conn:
+        for pid, host, beat in ((victim.pid, here, now), (1, there, now - timedelta(hours=7)),
+                                (1, there, now - timedelta(minutes=5))):
+            conn.execute(insert(t.training_runs).values(vocab_version_id=vid, params={}, status="running", pid=pid,
+                                                        host=host, heartbeat_at=beat))
+    html = TestClient(_app(s)).get("/").text
+    assert '<table id="runs">' in html and html.count("(looks dead)") == 2
+    assert f"its process {victim.pid} on {here} is gone" in html
+
+    def quick_fit(items, labels, config, settings, sink, on_lr_find, counts=None, prefetch=None, valid_pct=None):
+        sink(ft.EpochRecord(0, "frozen", 0.7, 0.6, {}, 8, 0.1))
+        return _fake_result()
+
+    monkeypatch.setattr(tr, "fit", quick_fit)
+    tr.train(s, tr.TrainConfig(**TINY))
+    killed, silent, alive, new = _rows(s, t.training_runs)
+    assert killed["status"] == silent["status"] == "failed" and killed["finished_at"] is not None
+    assert killed["error"] == f"marked failed by a later training: its process {victim.pid} on {here} is gone (killed?)"
+    assert "no sign of life since" in silent["error"] and "over 6 h" in silent["error"]
+    assert alive["status"] == "running" and alive["error"] is None
+    assert new["status"] == "succeeded" and new["pid"] == os.getpid() and new["host"] == here
+    assert new["heartbeat_at"] is not None
+    html = TestClient(_app(s)).get("/").text
+    assert "(looks dead)" not in html and "marked failed by a later training: its process" in html
+
+
+def _app(settings):
+    from instatag import webapp
+
+    app = webapp.create_app(settings)
+    app.dependency_overrides[webapp.airflow_auth()] = lambda: "tester"
+    return app
 
 
 def test_missing_weights_fail_before_a_run_starts(sqlite_settings, tmp_path, monkeypatch):

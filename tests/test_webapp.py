@@ -212,7 +212,7 @@ def test_browse_other_model_and_unknown_tag(filled):
     html = client.get("/browse", params={"tag": "pizza"}).text
     assert "is not a label of model version" in html and 'class="card"' not in html
     assert client.get("/browse", params={"min_p": 2}).status_code == 422
-    assert client.get("/browse", params={"page": 0}).status_code == 422
+    assert client.get("/browse", params={"page": 0}).status_code == 200  # clamped to page 1
 
 
 def test_browse_without_predictions(sqlite_settings):
@@ -440,7 +440,9 @@ def test_a_correction_outside_the_vocabulary_or_malformed_is_refused_with_a_mess
     assert r.status_code == 400 and "Correction refused: &#39;tofu&#39; is not a label of the vocabulary" in r.text
     r = correction(client, ids[0], champ, "maybe:soup")
     assert r.status_code == 400 and "verdict &#39;maybe&#39; is not one of confirmed, rejected" in r.text
-    assert correction(client, ids[0], champ, "confirmed:").status_code == 400  # add without a label
+    r = correction(client, ids[0], champ, "confirmed:")  # "add" with no label chosen: the page says so
+    assert r.status_code == 303 and r.headers["location"] == f"/browse?order=review&nolabel={ids[0]}#image-{ids[0]}"
+    assert f"Nothing stored for image #{ids[0]}: choose a label" in client.get(r.headers["location"]).text
     assert correction(client, 99999, champ, "confirmed:soup").status_code == 400
     assert correction(client, ids[0], 999, "confirmed:soup").status_code == 400
     assert corrections_rows(settings) == []
@@ -518,3 +520,71 @@ def test_review_queue_puts_the_largest_disagreement_first(settings):
     assert "Needs review" in html and html.index(f'id="image-{b}"') < html.index(f'id="image-{a}"')
     with db.get_engine(settings).connect() as conn:  # with a tag: only images predicted with it
         assert [c.image_id for c in webapp.browse(conn, champ, tag="soup", order="review").cards] == [a]
+
+
+def test_review_queue_reads_every_labels_stored_probability(settings):
+    """The stored predictions keep only the tags over threshold and the top 2: an uploader's label missing
+    there is not probability 0 when scoring stored its probability (``image_probabilities``), so the queue
+    does not saturate at 1.00; equal disagreements go newest post first."""
+    from instatag import drops
+
+    with db.get_engine(settings).begin() as conn:
+        vid = vocab_row(conn, LABELS)
+        champ = model_row(conn, vid, "champion")
+        a, b, c, d, e = plain_images(settings, conn, 5, files=False)
+        for i, day in ((a, 1), (b, 2), (c, 3), (d, 4), (e, 5)):
+            conn.execute(t.images.update().where(t.images.c.id == i).values(taken_at=datetime(2026, 11, day,
+                                                                                               tzinfo=UTC)))
+        # every image: the uploader gave cake; the stored predictions hold soup and pie only
+        conn.execute(insert(t.predictions), [{"model_version_id": champ, "image_id": i, "label": lb,
+                                              "probability": p, "rank": r}
+                                             for i in (a, b, c, d, e)
+                                             for lb, p, r in (("soup", 0.3, 1), ("pie", 0.2, 2))])
+        conn.execute(insert(t.image_labels), [{"vocab_version_id": vid, "image_id": i, "label": "cake"}
+                                              for i in (a, b, c, d, e)])
+    # LABELS: cake, pie, salad, soup; e has no stored probabilities: cake counts as 0 there
+    drops.store_probabilities(settings, champ, [a, b, c, d], [[0.05, 0.2, 0.01, 0.3],   # 1 - 0.05 = 0.95
+                                                              [0.6, 0.2, 0.01, 0.3],    # 1 - 0.6 = 0.4
+                                                              [0.3, 0.2, 0.01, 0.25],   # 0.7
+                                                              [0.3, 0.2, 0.01, 0.25]])  # 0.7, newer than c
+    with db.get_engine(settings).connect() as conn:
+        page = webapp.browse(conn, champ, order="review")
+    assert [(c_.image_id, round(c_.disagreement, 2)) for c_ in page.cards] == [(e, 1.0), (a, 0.95), (d, 0.7),
+                                                                              (c, 0.7), (b, 0.4)]
+
+
+def test_after_a_correction_in_the_review_queue_the_corrected_image_is_on_the_page(sqlite_settings):
+    """A corrected image goes to the end of the queue (here page 2); the page the redirect lands on shows it
+    at the top with its new verdict, once, and says what happened."""
+    s = sqlite_settings
+    with db.get_engine(s).begin() as conn:
+        champ = model_row(conn, vocab_row(conn, LABELS), "champion")
+        ids = plain_images(s, conn, 60, files=False)
+        predict_all(conn, champ, ids, seed=3)
+    client = client_for(s, editor=True)
+    with db.get_engine(s).connect() as conn:
+        first = webapp.browse(conn, champ, order="review").cards[0]
+    label = first.tags[0][0]
+    r = correction(client, first.image_id, champ, f"rejected:{label}")
+    assert r.status_code == 303
+    with db.get_engine(s).connect() as conn:  # the queue moved it off page 1
+        assert first.image_id not in {c.image_id for c in webapp.browse(conn, champ, order="review").cards}
+    html = client.get(r.headers["location"]).text
+    banner = html[html.index('id="saved"'):html.index('id="results"')]
+    assert f"Correction of image #{first.image_id} stored; its verdicts" in banner and f"✗ {label}" in banner
+    assert "end of the queue" in banner
+    card = banner[banner.index(f'id="image-{first.image_id}"'):]
+    assert f'class="verdict rejected" data-label="{label}"' in card and '<form class="correct"' in card
+    assert html.count(f'id="image-{first.image_id}"') == 1
+
+
+def test_browse_page_numbers_are_clamped_and_the_order_says_what_it_sorts_by(filled):
+    settings, champ, _, ids = filled
+    client = client_for(settings)
+    for page in (0, -3):
+        r = client.get("/browse", params={"page": page})
+        assert r.status_code == 200 and "Page 1." in r.text and f'id="image-{ids[-1]}"' in r.text
+    assert "Page 100000." in client.get("/browse", params={"page": 10**9}).text
+    html = client.get("/browse", params={"tag": "cake"}).text
+    assert "most probably “cake” first</option>" in html and "newest post first</option>" not in html
+    assert "newest post first</option>" in client.get("/browse").text
