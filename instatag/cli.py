@@ -167,7 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         add_cli = getattr(module, "add_cli", None)
         if add_cli:
-            add_cli(sub)
+            subcommands = add_cli(sub)
+            if name == "vocab":  # `instatag vocab suggest` lives in suggest.py, which imports vocab
+                from . import suggest
+
+                suggest.add_cli(subcommands)
     return parser
 
 

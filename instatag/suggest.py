@@ -767,7 +767,7 @@ def describe(report: Report) -> str:
 
 # --------------------------------------------------------------------------- CLI
 def add_cli(vocab_sub) -> None:
-    """``instatag vocab suggest`` (called by ``vocab.add_cli``)."""
+    """``instatag vocab suggest``, under ``vocab.add_cli``'s subparsers (``cli`` adds it there)."""
     from .archs import names
 
     p = vocab_sub.add_parser(

@@ -356,7 +356,9 @@ def describe(settings, version_id: int | None = None, top: int = 30) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-def add_cli(sub) -> None:
+def add_cli(sub):
+    """``instatag vocab build|show|list|trace``; returns the ``vocab`` subparsers, where ``cli`` adds
+    ``suggest`` (``suggest.add_cli``: this module does not import suggest, which imports it)."""
     p = sub.add_parser("vocab", help="build and inspect label vocabularies",
                        description="Label vocabularies: hashtags -> WordNet lemmas -> grouped labels "
                        "(see docs/grouping.md).")
@@ -390,9 +392,7 @@ def add_cli(sub) -> None:
     e.add_argument("--groups", type=Path, metavar="FILE", help="grouping YAML (default as for build)")
     e.add_argument("--version", type=int, metavar="VERSION", help="use a stored vocabulary version instead")
     e.set_defaults(handler=_explain_cmd)
-    from . import suggest
-
-    suggest.add_cli(vs)
+    return vs
 
 
 def _build_cmd(args, settings) -> int:
