@@ -348,10 +348,9 @@ def test_the_retrain_dags_suggest_task_stores_a_report_and_applies_nothing(inges
     from instatag import pipeline, vocab
 
     settings, groups = ingested
-    monkeypatch.setattr(pipeline, "settings", lambda: settings)
     monkeypatch.setattr(suggest, "_featurizer", lambda s, corpus, arch, size: (pixel_features(s), "pixels-6x6"))
     before = vocab.versions(settings)
-    out = pipeline.suggest_vocabulary(str(groups))
+    out = pipeline.suggest_vocabulary(str(groups), settings=settings)
     assert Path(out["report"]).is_file()
     assert out["suggestions"][:2] == ["D1 drop yolo", "G1 group dessert: dessert, sweet"]
     assert out["labels_now"] == 9
