@@ -369,3 +369,17 @@ def varied_photos(n: int, seed: int = 0):
         buf = io.BytesIO()
         draw(dish, rng, size=96).resize((48 + 4 * (k % 5), 40 + 3 * (k % 4))).save(buf, "JPEG", quality=85)
         yield buf.getvalue(), TRAIN_DISH_LABELS[dish.name]
+
+
+def photo_items(folder: Path, n: int = 24) -> list:
+    """``n`` of ``varied_photos`` written to ``folder`` as ``labels.Item`` (ids from 1, labels in
+    ``TRAIN_LABELS`` order): the training tests' items, without a database."""
+    from instatag.labels import Item
+
+    out = []
+    for k, (data, labels) in enumerate(varied_photos(n)):
+        path = folder / f"{k}.jpg"
+        path.write_bytes(data)
+        out.append(Item(k + 1, hashlib.sha256(data).hexdigest(), path,
+                        tuple(sorted(labels, key=TRAIN_LABELS.index))))
+    return out

@@ -3,7 +3,6 @@ loop runs eagerly on the CPU here (CUDA graphs are the same code replayed, measu
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from builders import TINY_TRAIN as TINY
 from builders import TRAIN_LABELS as LABELS
-from builders import varied_photos as _photos
+from builders import photo_items
 
 from instatag import fastfit, modelfile
 from instatag import fitting as ft
@@ -22,12 +21,7 @@ from instatag.labels import Item
 
 @pytest.fixture
 def items(tmp_path) -> list[Item]:
-    out = []
-    for k, (data, labels) in enumerate(_photos(24)):
-        path = tmp_path / f"{k}.jpg"
-        path.write_bytes(data)
-        out.append(Item(k + 1, hashlib.sha256(data).hexdigest(), path, tuple(sorted(labels, key=LABELS.index))))
-    return out
+    return photo_items(tmp_path)
 
 
 # --------------------------------------------------------------------------- schedules against fastai's

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from builders import TINY_TRAIN as TINY
 from builders import TRAIN_LABELS as LABELS
-from builders import FakeClock
+from builders import FakeClock, photo_items
 from builders import varied_photos as _photos
 from sqlalchemy import insert, select
 
@@ -30,12 +30,7 @@ VALID = 0.3
 
 @pytest.fixture
 def items(tmp_path) -> list[Item]:
-    out = []
-    for k, (data, labels) in enumerate(_photos(24)):
-        path = tmp_path / f"{k}.jpg"
-        path.write_bytes(data)
-        out.append(Item(k + 1, hashlib.sha256(data).hexdigest(), path, tuple(sorted(labels, key=LABELS.index))))
-    return out
+    return photo_items(tmp_path)
 
 
 def add_labelled_images(settings, n: int = 24) -> int:
