@@ -43,7 +43,7 @@ RUN pip install --no-cache-dir ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDE
 RUN python -m instatag.wordnet provision --target "$NLTK_DATA" \
  && python -c "import torchvision; torchvision.models.resnet18(weights='IMAGENET1K_V1')" \
  && python -c "from instatag import weights; from instatag.settings import load_settings; \
-s = load_settings(); print(weights.resolve('resnet18', s)); print(weights.resolve('efficientnet_lite0', s))" \
+s = load_settings(); print(weights.resolve('resnet18', s)); [print(weights.resolve(a, s)) for a in weights.EFFICIENTNET_LITE]" \
  && python -c "from instatag import wordnet; wordnet.require()"
 
 # The DAGs and the UI plugin (docker-compose.yml mounts the working tree's copies over these)

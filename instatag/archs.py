@@ -26,6 +26,8 @@ ARCHS = {
     "resnet34": (IMAGENET_STATS, "resnet"),
     "resnet50": (IMAGENET_STATS, "resnet"),
     "efficientnet_lite0": (HALF_STATS, "default"),
+    "efficientnet_lite1": (HALF_STATS, "default"),
+    "efficientnet_lite2": (HALF_STATS, "default"),
 }
 
 
@@ -54,8 +56,8 @@ class OfflineArch:
     def __call__(self, pretrained: bool = False):
         from . import weights
 
-        if self.name == "efficientnet_lite0":
-            return weights.efficientnet_lite0(self.settings, pretrained)
+        if self.name in weights.EFFICIENTNET_LITE:
+            return weights.efficientnet_lite(self.name, self.settings, pretrained)
         return weights.torchvision_model(self.name, self.settings, pretrained)
 
 

