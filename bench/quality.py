@@ -86,6 +86,7 @@ def run_one(settings, vocab_id: int, name: str, overrides: dict, seed: int, prob
         "model": summary["model"],
         "baseline": summary["baseline"],
         "model_by_ranking": by_ranking(v),
+        "per_label_ap": summary["per_label_ap"],
         "targets_met": targets_met(summary["model"], summary["baseline"], train_s),
         # the same targets with the model's labels in each order (top-k metrics replaced)
         "targets_met_by_ranking": {name: targets_met({**summary["model"], **top}, summary["baseline"], train_s)

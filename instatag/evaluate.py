@@ -172,8 +172,9 @@ def evaluate(settings, model_version_id: int | None = None, batch_size: int = BA
              floor: float = metrics.THRESHOLD_FLOOR, validation: Validation | None = None) -> dict:
     """Evaluate a model version (default: the newest candidate); store and return its metrics:
     {"model": {...}, "baseline": {...}, "ranking", "model_by_ranking": {ranking: {top-k metrics}},
-    "n_images", "global_threshold", "threshold_floor", "valid_image_ids_sha256", "vocab_version_id"}
-    (the per-label table goes to ``label_metrics``). ``model`` ranks labels as the model does
+    "n_images", "global_threshold", "threshold_floor", "valid_image_ids_sha256", "vocab_version_id",
+    "per_label_ap": {label: {"ap", "baseline_ap", "support"}}} (the whole per-label table goes to
+    ``label_metrics``). ``model`` ranks labels as the model does
     (``ranking``); ``model_by_ranking`` holds the top-k metrics under both rankings. ``verified``:
     {"n_images", "min_images"} and, from ``MIN_VERIFIED_IMAGES`` verified images on, "model" and
     "baseline" on them (``verified_validation``; the thresholds tuned on the uploader labels)."""
@@ -194,6 +195,8 @@ def evaluate(settings, model_version_id: int | None = None, batch_size: int = BA
         "vocab_version_id": v.vocab_version_id,
         "valid_image_ids_sha256": v.ids_sha256,
         "verified": verified_summary(settings, v, thresholds, batch_size),
+        "per_label_ap": {label: {"ap": r["ap"], "baseline_ap": r["baseline"]["ap"], "support": r["support"]}
+                         for label, r in res["per_label"].items()},
     }
     _store(settings, model_version_id, summary, res["per_label"])
     log.info("model version %d on %d validation images: dominant_recall@2 %.3f (baseline %.3f), mAP %.3f",
@@ -274,12 +277,30 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def format_label_ap(summary: dict) -> str:
+    """Each label's AP against the popularity baseline's (its share of positives), best learned first:
+    which tags the model can tell from a photo and which it cannot (AP near the baseline's)."""
+    rows = sorted(((label, r) for label, r in (summary.get("per_label_ap") or {}).items() if r["ap"] is not None),
+                  key=lambda lr: (-lr[1]["ap"], lr[0]))
+    if not rows:
+        return ""
+    lines = ["per-label AP, best learned first (baseline AP = the label's share of the validation images):",
+             f"{'label':20} {'support':>7} {'AP':>7} {'baseline':>9}  learned"]
+    for label, r in rows:
+        lift = r["ap"] / r["baseline_ap"] if r["baseline_ap"] else None
+        verdict = "-" if lift is None else "well" if r["ap"] >= 0.7 else "partly" if lift >= 2 else "hardly"
+        lines.append(f"{label:20} {r['support']:>7} {_fmt(r['ap']):>7} {_fmt(r['baseline_ap']):>9}  {verdict}")
+    lines.append("learned: well = AP 0.7 or more; partly = at least twice the baseline's; hardly = less")
+    return "\n".join(lines)
+
+
 def _evaluate_cmd(args, settings) -> int:
     model_id = args.model_version or newest_candidate(settings)
     v = validate(settings, model_id, args.batch_size)
     summary = evaluate(settings, model_id, floor=args.floor, validation=v)
     print(f"model version {model_id}")
     print(format_table(summary))
+    print(format_label_ap(summary))
     print(f"next: `instatag promote {model_id}` compares it with the champion and promotes it when it is not "
           "worse")
     return 0

@@ -58,6 +58,8 @@ def test_evaluate_stores_metrics_thresholds_and_is_idempotent(settings, tiny_mod
         assert r["threshold"] == stored.per_label[r["label"]] and r["threshold"] >= 0.05
         assert r["support"] == int(v.y_true[:, LABELS.index(r["label"])].sum())
         assert set(r["baseline"]) == {"precision", "recall", "f1", "ap"}
+        assert summary["per_label_ap"][r["label"]] == {"ap": r["ap"], "baseline_ap": r["baseline"]["ap"],
+                                                       "support": r["support"]}
     assert meta_file.read_bytes() == before  # model.json stays what training wrote
 
     again = evaluate.evaluate(settings)  # the newest candidate, predicted again: same numbers
@@ -101,6 +103,19 @@ def test_evaluate_stores_dominant_recall_under_both_rankings(sqlite_settings, ti
     d = promote.decide(s, by_probability)
     assert d.comparison["ranking"] == "probability" and d.decision == "promoted", d.reason
     assert d.comparison["candidate"]["metrics"] == d.comparison["champion"]["metrics"]
+
+
+def test_per_label_ap_table_says_which_tags_are_learned():
+    summary = {"per_label_ap": {"bibimbap": {"ap": 0.91, "baseline_ap": 0.10, "support": 30},
+                                "healthy": {"ap": 0.45, "baseline_ap": 0.20, "support": 40},
+                                "foodie": {"ap": 0.33, "baseline_ap": 0.30, "support": 60},
+                                "empty": {"ap": None, "baseline_ap": None, "support": 0}}}
+    lines = evaluate.format_label_ap(summary).splitlines()
+    rows = [line.split() for line in lines[2:-1]]
+    assert [r[0] for r in rows] == ["bibimbap", "healthy", "foodie"]  # best first; no positives: left out
+    assert [r[-1] for r in rows] == ["well", "partly", "hardly"]
+    assert rows[0][1:4] == ["30", "0.910", "0.100"]
+    assert evaluate.format_label_ap({}) == ""
 
 
 def test_evaluate_errors(settings, tiny_model_dir):
