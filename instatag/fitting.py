@@ -75,17 +75,26 @@ def _loss_func(config: TrainConfig):
 
 
 def plain_loss(config: TrainConfig):
-    """``loss(logits, targets)``, both ``[bs, n_labels]``: the mean binary cross-entropy (what fastai's
-    BCEWithLogitsLossFlat computes), with ``label_smoothing`` and ``loss="focal"`` applied, in float32."""
+    """``loss(logits, targets)``, both ``[bs, n_labels]``, a mean over images and labels in float32: the
+    binary cross-entropy (what fastai's BCEWithLogitsLossFlat computes) with ``label_smoothing`` and
+    ``loss="focal"`` applied, or ``loss="asl"``: the asymmetric loss of Ridnik et al., "Asymmetric Loss
+    for Multi-Label Classification" (ICCV 2021), with gamma+ = 0: a positive costs -log p, a negative
+    -p_m ** gamma- * log(1 - p_m) with p_m = max(p - clip, 0) (``asl_gamma_neg``, ``asl_clip``)."""
     import torch
     import torch.nn.functional as F
 
     eps, gamma, focal = config.label_smoothing, config.focal_gamma, config.loss == "focal"
+    asl, gamma_neg, clip = config.loss == "asl", config.asl_gamma_neg, config.asl_clip
 
     def loss(pred, targ):
         pred, t = pred.float(), targ.float()
         if eps:
             t = t * (1 - eps) + eps / 2
+        if asl:
+            p = torch.sigmoid(pred)
+            p_m = (p - clip).clamp(min=0)
+            neg = -p_m.pow(gamma_neg) * torch.log((1 - p_m).clamp(min=1e-8))
+            return (t * F.softplus(-pred) + (1 - t) * neg).mean()
         ce = F.binary_cross_entropy_with_logits(pred, t, reduction="none")
         if focal:
             p = torch.sigmoid(pred)

@@ -35,9 +35,14 @@ class TrainConfig:
     max_rotate: float = 10.0
     #: brightness and contrast jitter
     lighting: float = 0.2
-    #: "bce" (fastai's BCEWithLogitsLossFlat) or "focal" (sigmoid focal loss, ``focal_gamma``)
+    #: "bce" (fastai's BCEWithLogitsLossFlat), "focal" (sigmoid focal loss, ``focal_gamma``) or "asl"
+    #: (asymmetric loss, Ridnik et al. 2021: negatives' probabilities shifted down by ``asl_clip`` and
+    #: their loss weighted by p ** ``asl_gamma_neg``, positives as in BCE; made for the many missing tags
+    #: of noisy multi-label data)
     loss: str = "bce"
     focal_gamma: float = 2.0
+    asl_gamma_neg: float = 4.0
+    asl_clip: float = 0.05
     #: BCE targets become eps/2 and 1 - eps/2
     label_smoothing: float = 0.0
     #: weight decay (None: fastai's default, 0.01)
@@ -84,7 +89,9 @@ class TrainConfig:
                   (self.pretrained or not self.freeze_epochs or self.epochs,
                    "without pretrained weights, unfrozen epochs are needed (--epochs)"),
                   (0 < self.min_scale <= 1, "min_scale must be in (0, 1]"),
-                  (self.loss in ("bce", "focal"), "loss must be bce or focal"),
+                  (self.loss in ("bce", "focal", "asl"), "loss must be bce, focal or asl"),
+                  (self.asl_gamma_neg >= 0 and 0 <= self.asl_clip < 1,
+                   "asl_gamma_neg must be 0 or more and asl_clip in [0, 1)"),
                   (self.data_path in ("auto", "files", "memory"), "data_path must be auto, files or memory"),
                   (self.engine in ("auto", "fastai", "fast"), "engine must be auto, fastai or fast"),
                   (self.engine != "fast" or self.data_path != "files", "engine fast needs the memory data path"),

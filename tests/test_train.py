@@ -497,3 +497,28 @@ ft.fit(items, LABELS, TrainConfig(**{{**TINY, "data_path": "memory"}}), valid_pc
 """
     err = _run_quietly(script, tmp_path)
     assert err.count("instatag.fitting:epoch 2/2 unfrozen: train_loss") == 2 and "lr_find: valley" in err
+
+
+def test_asymmetric_loss_is_bce_without_its_asymmetry_and_forgives_confident_negatives():
+    """loss="asl" (Ridnik et al. 2021): with clip 0 and gamma- 0 it is the binary cross-entropy; with the
+    defaults a negative under the clip (p <= 0.05) costs nothing and a positive costs -log p as in BCE."""
+    import torch
+    import torch.nn.functional as F
+
+    from instatag import fitting
+
+    logits = torch.tensor([[2.0, -1.0, -4.0], [0.5, -3.5, 1.5]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    plain = tr.TrainConfig(loss="asl", asl_gamma_neg=0.0, asl_clip=0.0)
+    bce = F.binary_cross_entropy_with_logits(logits, targets)
+    assert fitting.plain_loss(plain)(logits, targets).item() == pytest.approx(bce.item(), rel=1e-6)
+    asl = fitting.plain_loss(tr.TrainConfig(loss="asl"))
+    p = torch.sigmoid(logits)
+    p_m = (p - 0.05).clamp(min=0)
+    expected = torch.where(targets == 1, -torch.log(p), -(p_m ** 4) * torch.log(1 - p_m)).mean()
+    assert asl(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+    easy = torch.tensor([[-4.0]])  # p = 0.018: under the clip
+    assert asl(easy, torch.zeros(1, 1)).item() == 0.0
+    assert asl(torch.tensor([[0.3]]), torch.ones(1, 1)).item() == pytest.approx(F.softplus(torch.tensor(-0.3)).item())
+    with pytest.raises(UserError, match="asl_clip"):
+        tr.TrainConfig(loss="asl", asl_clip=1.0).validate()
