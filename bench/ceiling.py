@@ -113,7 +113,8 @@ def ceiling(settings, vocab_version_id: int, classes_csv: Path) -> dict:
     with db.get_engine(settings).connect() as conn:
         for image_id, source in conn.execute(select(t.posts.c.image_id, t.posts.c.source_path)):
             p = Path(source)
-            dish.setdefault(image_id, dish_of_post.get((p.parent.name, p.stem), "?"))
+            if (p.parent.name, p.stem) in dish_of_post:  # a re-post's image: any of its posts names the dish
+                dish.setdefault(image_id, dish_of_post[(p.parent.name, p.stem)])
     index = {label: j for j, label in enumerate(lp.labels)}
     y = np.zeros((len(items), len(lp.labels)), dtype=bool)
     for i, item in enumerate(items):
