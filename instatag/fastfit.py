@@ -60,8 +60,9 @@ LR_FIND_CHUNK = 10
 #: float32 with TF32 matrix units; channels_last memory format), what measured fastest on an H200
 #: (docs/training.md, Results): resnet18's 30 study epochs took 1.52 s in bf16 channels_last, 1.69-1.96 s
 #: otherwise; efficientnet_lite0 in bf16 channels_last spent 11 s of its first epoch in cuDNN's preparation
-#: of the depthwise convolutions (26.9 s for the default preset), 11.8 s in float32 NCHW
-CUDA_FORMATS = {"efficientnet_lite0": ("off", False)}
+#: of the depthwise convolutions (26.9 s for the default preset), 11.8 s in float32 NCHW; Lite1 and Lite2
+#: have the same depthwise blocks and take Lite0's setting (not measured on a GPU yet)
+CUDA_FORMATS = {f"efficientnet_lite{n}": ("off", False) for n in (0, 1, 2)}
 CUDA_FORMAT_DEFAULT = ("bf16", True)
 #: switches for benchmarks (bench/gpu_fit.py): cuDNN's autotuning of convolution algorithms (off: it cost
 #: 12 s in the study's 12 s run), and overrides of ``CUDA_FORMATS`` (None: the architecture's)

@@ -102,6 +102,19 @@ def average_precision(y_true_col, scores) -> float | None:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+#: AP from which a label counts as learned "well"; "partly" from LEARNED_LIFT times the baseline's AP
+LEARNED_AP, LEARNED_LIFT = 0.7, 2.0
+
+
+def learned(ap: float | None, baseline_ap: float | None) -> str | None:
+    """How well a label was learned, from its AP and the popularity baseline's (the label's share of
+    positives): "well" (AP >= 0.7), "partly" (at least twice the baseline's), "hardly" (less: a photo
+    tells little about it); None when undefined (no positives)."""
+    if ap is None or not baseline_ap:
+        return None
+    return "well" if ap >= LEARNED_AP else "partly" if ap >= LEARNED_LIFT * baseline_ap else "hardly"
+
+
 def _as_threshold_row(thresholds, n_labels: int) -> np.ndarray:
     t = np.asarray(thresholds, dtype=np.float64)
     return np.full(n_labels, float(t)) if t.ndim == 0 else t

@@ -17,6 +17,7 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from instatag import cli, db, plots, report, webapp
+from instatag import metrics as m
 from instatag import schema as t
 from instatag.errors import UserError
 from instatag.settings import load_settings
@@ -118,6 +119,9 @@ def test_report_table_and_slider_data_agree_with_the_evaluation(trained):
     for r in rows:
         c = curves["labels"][r["label"]]
         assert f'<tr data-label="{r["label"]}">' in html
+        row = html[html.index(f'<tr data-label="{r["label"]}">'):]
+        verdict = m.learned(r["ap"], (r["baseline"] or {}).get("ap")) or "–"
+        assert f"<td>{verdict}</td>" in row[:row.index("</tr>")]  # which tags the model can learn
         for i in range(len(report.THRESHOLDS)):
             assert c["tp"][i] + c["fn"][i] == r["support"]  # the same validation images as the evaluation
         assert c["tp"] == sorted(c["tp"], reverse=True) and c["fp"] == sorted(c["fp"], reverse=True)
