@@ -371,7 +371,7 @@ def test_presets_and_overrides():
     study = tr.PRESETS["study"]
     assert (study.arch, study.size, study.epochs, study.freeze_epochs, study.lr) == ("resnet18", 64, 15, 15, "auto")
     d = tr.config_from("default", size=32, lr=None)
-    assert d.arch == "efficientnet_lite0" and d.pretrained and d.size == 32 and d.lr == 0.01
+    assert d.arch == "efficientnet_lite1" and d.pretrained and d.size == 32 and d.lr == 0.01
     assert tr.config_from("study", epochs=2).freeze_epochs == 15
     for bad, match in [({"arch": "vgg"}, "unknown architecture"), ({"lr": "fast"}, "lr must"),
                        ({"loss": "hinge"}, "loss"), ({"epochs": 0, "freeze_epochs": 0}, "at least one epoch"),
@@ -397,7 +397,8 @@ def test_cli_flags_override_the_preset():
 
 @pytest.mark.slow
 def test_cli_trains_the_default_preset_with_pretrained_weights(sqlite_settings, capsys):
-    """efficientnet_lite0 with its packaged ImageNet weights, lr_find, 1+1 epochs at size 32."""
+    """The default preset's network (efficientnet_lite1) with its packaged ImageNet weights, lr_find, 1+1
+    epochs at size 32."""
     import torch
 
     torch.set_num_threads(1)
@@ -409,7 +410,7 @@ def test_cli_trains_the_default_preset_with_pretrained_weights(sqlite_settings, 
     assert code == 0
     (mv,) = _rows(s, t.model_versions)
     assert f"model version {mv['id']} (candidate)" in out and "frozen" in out and "unfrozen" in out
-    assert mv["arch"] == "efficientnet_lite0" and mv["params"]["preset"] == "default"
+    assert mv["arch"] == "efficientnet_lite1" and mv["params"]["preset"] == "default"
     (run,) = _rows(s, t.training_runs)
     assert run["lr_find"]["suggested"] == mv["params"]["base_lr"] and len(run["lr_find"]["lrs"]) >= 5
     assert modelfile.read_meta(s.data_dir / mv["artifact_path"])["mean"] == [0.5, 0.5, 0.5]
