@@ -16,6 +16,9 @@ ceiling against which bench/quality.py's goals should be read:
   are less sure (pulled toward the label frequencies) can score above this at @1, because frequent
   labels are more often the dominant one: under probability order @1 is no ceiling, only a reference.
 
+A labelled photo whose posts classes.csv does not name (one in food10) forms its own group "?"
+(listed in the JSON's ``dishes``) and is scored with the label rates of all photos.
+
 Two estimates: ``validation`` (rates from the training split, metrics on the validation split, as
 bench/quality.py measures models) and ``all`` (every labelled photo, rates from all the other photos of
 its dish: leave one out; five times the photos, so less noise).
@@ -141,11 +144,17 @@ def main() -> int:
     from machine import machine_info
     from quality import prepare
 
+    from instatag.errors import UserError
     from instatag.settings import load_settings
 
     settings = load_settings(data_dir=args.data_dir)
-    vocab_id = args.vocab_version or prepare(settings, args.food10)
-    res = {"benchmark": "ceiling", **ceiling(settings, vocab_id, args.food10 / "classes.csv"),
+    try:
+        vocab_id = args.vocab_version or prepare(settings, args.food10)
+        found = ceiling(settings, vocab_id, args.food10 / "classes.csv")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    res = {"benchmark": "ceiling", **found,
            "machine": machine_info(), "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"ceiling-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"

@@ -115,6 +115,12 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
+    backbones = []
+    for spec in args.backbone or ["efficientnet_lite0:128", "efficientnet_lite1:224"]:
+        arch, _, size = spec.partition(":")
+        if not size.isdigit():
+            parser.error(f"--backbone takes ARCH:SIZE (e.g. efficientnet_lite1:224), not {spec!r}")
+        backbones.append((spec, arch, int(size)))
     import torch
     from machine import machine_info
     from quality import FOOD10, prepare
@@ -136,10 +142,9 @@ def main() -> int:
     counts = y[~valid].sum(axis=0)
     images = [features.Image(item.sha256, settings.data_dir.absolute() / item.resized_path) for item in items]
     rows = []
-    for spec in args.backbone or ["efficientnet_lite0:128", "efficientnet_lite1:224"]:
-        arch, size = spec.split(":")
+    for spec, arch, size in backbones:
         t0 = time.monotonic()
-        x = features.image_features(settings, images, arch, int(size))
+        x = features.image_features(settings, images, arch, size)
         feat_s = time.monotonic() - t0
         for lever in args.lever or list(LEVERS):
             per_seed = []

@@ -278,24 +278,28 @@ def format_table(summary: dict) -> str:
 
 
 def format_label_ap(summary: dict) -> str:
-    """Each label's AP against the popularity baseline's (its share of positives), best learned first:
-    which tags the model can tell from a photo and which it cannot (AP near the baseline's)."""
+    """Each label's AP against the popularity baseline's (its share of positives), highest AP first, with
+    ``metrics.learned``'s verdict: which tags the model can tell from a photo and which it cannot. Labels
+    without positives in the validation split have no AP and are counted in a last line."""
     rows = sorted(((label, r) for label, r in (summary.get("per_label_ap") or {}).items() if r["ap"] is not None),
                   key=lambda lr: (-lr[1]["ap"], lr[0]))
     if not rows:
         return ""
-    lines = ["per-label AP, best learned first (baseline AP = the label's share of the validation images):",
+    lines = ["per-label AP, highest first (baseline AP = the label's share of the validation images):",
              f"{'label':20} {'support':>7} {'AP':>7} {'baseline':>9}  learned"]
     for label, r in rows:
         verdict = metrics.learned(r["ap"], r["baseline_ap"]) or "-"
         lines.append(f"{label:20} {r['support']:>7} {_fmt(r['ap']):>7} {_fmt(r['baseline_ap']):>9}  {verdict}")
     lines.append(f"learned: well = AP {metrics.LEARNED_AP} or more; partly = at least {metrics.LEARNED_LIFT:g} times "
                  "the baseline's; hardly = less")
+    missing = sorted(label for label, r in summary["per_label_ap"].items() if r["ap"] is None)
+    if missing:
+        lines.append(f"no AP (no positive among the validation images): {', '.join(missing)}")
     return "\n".join(lines)
 
 
 def _evaluate_cmd(args, settings) -> int:
-    model_id = args.model_version or newest_candidate(settings)
+    model_id = newest_candidate(settings) if args.model_version is None else args.model_version
     v = validate(settings, model_id, args.batch_size)
     summary = evaluate(settings, model_id, floor=args.floor, validation=v)
     print(f"model version {model_id}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 from . import archs, ranking
@@ -76,8 +77,11 @@ class TrainConfig:
     preset: str = ""
 
     def validate(self) -> TrainConfig:
+        self._check_types()
         archs.check(self.arch)
         ranking.check(self.ranking)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (str, int, float)):
+            raise UserError(f"lr must be 'auto' or a number, not {self.lr!r}")
         if isinstance(self.lr, str) and self.lr != "auto":
             raise UserError(f"lr must be 'auto' or a number, not {self.lr!r}")
         if not isinstance(self.lr, str) and not (LR_RANGE[0] < float(self.lr) < LR_RANGE[1]):
@@ -90,8 +94,8 @@ class TrainConfig:
                    "without pretrained weights, unfrozen epochs are needed (--epochs)"),
                   (0 < self.min_scale <= 1, "min_scale must be in (0, 1]"),
                   (self.loss in ("bce", "focal", "asl"), "loss must be bce, focal or asl"),
-                  (self.asl_gamma_neg >= 0 and 0 <= self.asl_clip < 1,
-                   "asl_gamma_neg must be 0 or more and asl_clip in [0, 1)"),
+                  (self.asl_gamma_neg >= 0, f"asl_gamma_neg must be 0 or more, not {self.asl_gamma_neg}"),
+                  (0 <= self.asl_clip < 1, f"asl_clip must be in [0, 1), not {self.asl_clip}"),
                   (self.data_path in ("auto", "files", "memory"), "data_path must be auto, files or memory"),
                   (self.engine in ("auto", "fastai", "fast"), "engine must be auto, fastai or fast"),
                   (self.engine != "fast" or self.data_path != "files", "engine fast needs the memory data path"),
@@ -102,6 +106,22 @@ class TrainConfig:
             if not ok:
                 raise UserError(msg)
         return self
+
+    def _check_types(self) -> None:
+        """Each field holds what its annotation says (``--set`` and the DAG's params pass JSON values):
+        finite numbers (whole ones for int fields; not true/false), true/false for bool fields."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if value is None and kind.endswith("| None"):
+                continue
+            base = kind.removesuffix(" | None")
+            if base in ("int", "float"):
+                number = isinstance(value, int) if base == "int" else isinstance(value, (int, float))
+                if isinstance(value, bool) or not number or not math.isfinite(value):
+                    what = "a whole number" if base == "int" else "a number"
+                    raise UserError(f"{f.name} must be {what}, not {value!r}")
+            elif base == "bool" and not isinstance(value, bool):
+                raise UserError(f"{f.name} must be true or false, not {value!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -157,7 +177,7 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default: 0 on CPU, up to 8 on CUDA)")
     p.add_argument("--no-pretrained", action="store_true", help="start from random weights (no weights file needed)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
-                   help="any other TrainConfig field, e.g. --set label_smoothing=0.1 --set loss=focal (repeatable)")
+                   help="any other TrainConfig field, e.g. --set label_smoothing=0.1 --set loss=asl (repeatable)")
 
 
 def _parse_value(raw: str):

@@ -111,8 +111,9 @@ def test_per_label_ap_table_says_which_tags_are_learned():
                                 "foodie": {"ap": 0.33, "baseline_ap": 0.30, "support": 60},
                                 "empty": {"ap": None, "baseline_ap": None, "support": 0}}}
     lines = evaluate.format_label_ap(summary).splitlines()
-    rows = [line.split() for line in lines[2:-1]]
-    assert [r[0] for r in rows] == ["bibimbap", "healthy", "foodie"]  # best first; no positives: left out
+    rows = [line.split() for line in lines[2:-2]]
+    assert [r[0] for r in rows] == ["bibimbap", "healthy", "foodie"]  # highest AP first
+    assert lines[-1] == "no AP (no positive among the validation images): empty"
     assert [r[-1] for r in rows] == ["well", "partly", "hardly"]
     assert rows[0][1:4] == ["30", "0.910", "0.100"]
     assert evaluate.format_label_ap({}) == ""
@@ -144,6 +145,9 @@ def test_evaluate_cli_evaluates_only_and_promote_decides(sqlite_settings, tiny_m
     out = capsys.readouterr().out
     assert f"model version {first}" in out and "dominant_recall@2" in out and "baseline" in out
     assert f"`instatag promote {first}`" in out and "promoted" not in out
+    assert "per-label AP, highest first" in out and "learned" in out
+    assert cli.main(base + ["evaluate", "0"]) != 0  # 0 is no model version, not "the newest candidate"
+    assert "model version 0" in capsys.readouterr().err
     with db.get_engine(s).connect() as conn:
         assert registry.champion_id(conn) is None and _status(s, first) == "candidate"
         assert conn.execute(select(func.count()).select_from(t.promotion_decisions)).scalar() == 0

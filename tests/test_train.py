@@ -523,3 +523,20 @@ def test_asymmetric_loss_is_bce_without_its_asymmetry_and_forgives_confident_neg
     assert asl(torch.tensor([[0.3]]), torch.ones(1, 1)).item() == pytest.approx(F.softplus(torch.tensor(-0.3)).item())
     with pytest.raises(UserError, match="asl_clip"):
         tr.TrainConfig(loss="asl", asl_clip=1.0).validate()
+
+
+def test_set_values_of_the_wrong_type_are_refused_clearly():
+    """``--set`` passes JSON values: text, true/false or infinity where a number belongs is a UserError
+    naming the field, never a TypeError from a comparison."""
+    parser = cli.build_parser()
+    for raw, match in [("asl_gamma_neg=abc", "asl_gamma_neg must be a number, not 'abc'"),
+                       ('asl_clip="0.1"', "asl_clip must be a number"),
+                       ("label_smoothing=abc", "label_smoothing must be a number"),
+                       ("asl_gamma_neg=true", "asl_gamma_neg must be a number, not True"),
+                       ("asl_gamma_neg=Infinity", "asl_gamma_neg must be a number, not inf"),
+                       ("bs=16.5", "bs must be a whole number"), ("flip_tta=1", "flip_tta must be true or false"),
+                       ("lr=true", "lr must be 'auto' or a number"), ("asl_clip=2", "asl_clip must be in")]:
+        with pytest.raises(UserError, match=match):
+            tr.config_from_args(parser.parse_args(["train", "--set", raw]))
+    ok = tr.config_from_args(parser.parse_args(["train", "--set", "wd=null", "--set", "asl_clip=0.1"]))
+    assert ok.wd is None and ok.asl_clip == 0.1
