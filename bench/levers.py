@@ -60,7 +60,7 @@ def train_head(x_train, y_train, x_valid, lever: str, seed: int, epochs: int = 4
     import torch
     from torch import nn
 
-    from instatag import fitting
+    from instatag import archs, fitting
     from instatag.trainconfig import TrainConfig
 
     overrides, sampling = LEVERS[lever]
@@ -68,8 +68,7 @@ def train_head(x_train, y_train, x_valid, lever: str, seed: int, epochs: int = 4
     torch.manual_seed(seed)
     x, y = torch.tensor(x_train, dtype=torch.float32), torch.tensor(y_train, dtype=torch.float32)
     d, n_out = x.shape[1], y.shape[1]
-    head = nn.Sequential(nn.BatchNorm1d(d), nn.Dropout(0.25), nn.Linear(d, 512, bias=False), nn.ReLU(),
-                         nn.BatchNorm1d(512), nn.Dropout(0.5), nn.Linear(512, n_out))
+    head = nn.Sequential(*archs.head_layers(d, n_out, ps=0.5, output_bias=True))
     prior = y.mean(0).clamp(1e-3, 1 - 1e-3)
     with torch.no_grad():
         head[-1].bias.copy_(torch.log(prior / (1 - prior)))

@@ -106,15 +106,25 @@ def build_plain(arch: str, n_out: int, output_bias: bool = False, ps: float = 0.
     model = OfflineArch(check(arch), Settings())(pretrained=False)
     nf = model.num_features if hasattr(model, "num_features") else model.fc.in_features  # timm | torchvision
     body = nn.Sequential(*list(model.children())[:-2])
-    head = [AdaptiveConcatPool2d(), nn.Flatten()]
-    for n_in, n_next, p, last in ((2 * nf, 512, ps / 2, False), (512, n_out, ps, True)):
-        head.append(nn.BatchNorm1d(n_in))
-        if p:
-            head.append(nn.Dropout(p))
-        head.append(nn.Linear(n_in, n_next, bias=last and output_bias))
-        if not last:
-            head.append(nn.ReLU(inplace=True))
+    head = [AdaptiveConcatPool2d(), nn.Flatten(), *head_layers(2 * nf, n_out, ps, output_bias)]
     return nn.Sequential(body, nn.Sequential(*head))
+
+
+def head_layers(n_in: int, n_out: int, ps: float = 0.5, output_bias: bool = False) -> list:
+    """fastai's ``create_head`` after its pooling, for pooled features ``[bs, n_in]``: BatchNorm1d,
+    Dropout(ps / 2), Linear(n_in, 512, no bias), ReLU, BatchNorm1d, Dropout(ps), Linear(512, n_out) (with
+    ``output_bias`` a bias); a Dropout with p 0 is left out, as fastai does."""
+    from torch import nn
+
+    layers = []
+    for width, n_next, p, last in ((n_in, 512, ps / 2, False), (512, n_out, ps, True)):
+        layers.append(nn.BatchNorm1d(width))
+        if p:
+            layers.append(nn.Dropout(p))
+        layers.append(nn.Linear(width, n_next, bias=last and output_bias))
+        if not last:
+            layers.append(nn.ReLU(inplace=True))
+    return layers
 
 
 def add_output_bias(net, bias=None):

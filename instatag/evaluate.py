@@ -281,7 +281,8 @@ def format_label_ap(summary: dict) -> str:
     """Each label's AP against the popularity baseline's (its share of positives), highest AP first, with
     ``metrics.learned``'s verdict: which tags the model can tell from a photo and which it cannot. Labels
     without positives in the validation split have no AP and are counted in a last line."""
-    rows = sorted(((label, r) for label, r in (summary.get("per_label_ap") or {}).items() if r["ap"] is not None),
+    table = summary.get("per_label_ap") or {}
+    rows = sorted(((label, r) for label, r in table.items() if r["ap"] is not None),
                   key=lambda lr: (-lr[1]["ap"], lr[0]))
     if not rows:
         return ""
@@ -292,7 +293,7 @@ def format_label_ap(summary: dict) -> str:
         lines.append(f"{label:20} {r['support']:>7} {_fmt(r['ap']):>7} {_fmt(r['baseline_ap']):>9}  {verdict}")
     lines.append(f"learned: well = AP {metrics.LEARNED_AP} or more; partly = at least {metrics.LEARNED_LIFT:g} times "
                  "the baseline's; hardly = less")
-    missing = sorted(label for label, r in summary["per_label_ap"].items() if r["ap"] is None)
+    missing = sorted(label for label, r in table.items() if r["ap"] is None)
     if missing:
         lines.append(f"no AP (no positive among the validation images): {', '.join(missing)}")
     return "\n".join(lines)

@@ -80,9 +80,8 @@ class TrainConfig:
         self._check_types()
         archs.check(self.arch)
         ranking.check(self.ranking)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (str, int, float)):
-            raise UserError(f"lr must be 'auto' or a number, not {self.lr!r}")
-        if isinstance(self.lr, str) and self.lr != "auto":
+        if (isinstance(self.lr, bool) or not isinstance(self.lr, (str, int, float))
+                or (isinstance(self.lr, str) and self.lr != "auto")):
             raise UserError(f"lr must be 'auto' or a number, not {self.lr!r}")
         if not isinstance(self.lr, str) and not (LR_RANGE[0] < float(self.lr) < LR_RANGE[1]):
             raise UserError(f"lr must be in ({LR_RANGE[0]}, {LR_RANGE[1]}), not {self.lr}")
